@@ -1,0 +1,31 @@
+# The two commands of the README's Quickstart: `make demo` and `make test`.
+# Both set up everything they need on a fresh machine where PostgreSQL and
+# RabbitMQ listen on their default local ports.
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+RUN_ID := $(shell date +%s)_$$$$
+export TPX_TEST_DATABASE ?= tpx_test_$(RUN_ID)
+export TPX_TEST_AMQP_PREFIX ?= tpx-test-$(RUN_ID)
+
+.PHONY: test demo venv clean
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	@echo "==> creating $(VENV) and installing tpx with its test dependencies"
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check --upgrade pip
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	@touch $@
+
+test: venv
+	@$(PY) tests/preflight.py
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+demo: venv
+	@$(PY) -m tpx.cli demo
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache

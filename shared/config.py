@@ -1,0 +1,172 @@
+"""Settings from the environment (api.md section 6), validated once at start.
+
+A bad value stops the process with a message naming the variable and what it
+accepts, rather than failing later on a request. Secrets may be given as
+`<NAME>_FILE`, the way container platforms mount them.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping
+
+SECRET_VARIABLES = ("TPX_DATABASE_URL", "TPX_AMQP_URL", "TPX_ADMIN_TOKENS", "TPX_INTROSPECTION_TOKENS")
+_PREFIX_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+MIN_CREDENTIAL_LENGTH = 16
+
+
+class ConfigError(Exception):
+    """A configuration variable is missing or invalid; the message names it."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str = "postgresql://localhost/tpx"
+    amqp_url: str = "amqp://guest:guest@localhost:5672/"
+    amqp_prefix: str = "tpx"
+    audience: str = "tpx"
+    admin_tokens: tuple[str, ...] = ()
+    introspection_tokens: tuple[str, ...] = ()
+    host: str = "127.0.0.1"
+    port: int = 8000
+    token_ttl_seconds: int = 1800
+    token_ttl_max_seconds: int = 21600
+    leeway_seconds: int = 60
+    insecure_loopback_issuers: bool = False
+    log_format: str = "json"
+    log_level: str = "info"
+    max_body_bytes: int = 64 * 1024
+    db_pool_min: int = 2
+    db_pool_max: int = 10
+    relay_poll_seconds: float = 0.5
+    keys_reload_seconds: float = 30.0
+    extra: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def events_exchange(self) -> str:
+        return f"{self.amqp_prefix}.events"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
+        env = _Reader(os.environ if environ is None else environ)
+        settings = cls(
+            database_url=env.text("TPX_DATABASE_URL", cls.database_url, pattern=r"postgres(ql)?://.*",
+                                  accepts="a postgresql:// URL"),
+            amqp_url=env.text("TPX_AMQP_URL", cls.amqp_url, pattern=r"amqps?://.*", accepts="an amqp:// URL"),
+            amqp_prefix=env.text("TPX_AMQP_PREFIX", cls.amqp_prefix, pattern=_PREFIX_RE.pattern,
+                                 accepts="letters, digits, '.', '_' and '-'"),
+            audience=env.text("TPX_AUDIENCE", cls.audience, pattern=r"[\x21-\x7e]{1,255}",
+                              accepts="a non-empty printable ASCII string"),
+            admin_tokens=env.credentials("TPX_ADMIN_TOKENS"),
+            introspection_tokens=env.credentials("TPX_INTROSPECTION_TOKENS"),
+            host=env.text("TPX_HOST", cls.host, pattern=r"[A-Za-z0-9.:\[\]-]{1,255}", accepts="a host name or address"),
+            port=env.integer("TPX_PORT", cls.port, 0, 65535),
+            token_ttl_seconds=env.integer("TPX_TOKEN_TTL_SECONDS", cls.token_ttl_seconds, 60, 86400),
+            token_ttl_max_seconds=env.integer("TPX_TOKEN_TTL_MAX_SECONDS", cls.token_ttl_max_seconds, 60, 7 * 86400),
+            leeway_seconds=env.integer("TPX_LEEWAY_SECONDS", cls.leeway_seconds, 0, 300),
+            insecure_loopback_issuers=env.boolean("TPX_INSECURE_LOOPBACK_ISSUERS", False),
+            log_format=env.choice("TPX_LOG_FORMAT", cls.log_format, ("json", "console")),
+            log_level=env.choice("TPX_LOG_LEVEL", cls.log_level, ("debug", "info", "warning", "error")),
+            max_body_bytes=env.integer("TPX_MAX_BODY_BYTES", cls.max_body_bytes, 1024, 1024 * 1024),
+            db_pool_min=env.integer("TPX_DB_POOL_MIN", cls.db_pool_min, 1, 200),
+            db_pool_max=env.integer("TPX_DB_POOL_MAX", cls.db_pool_max, 1, 200),
+            relay_poll_seconds=env.number("TPX_RELAY_POLL_SECONDS", cls.relay_poll_seconds, 0.01, 60),
+            keys_reload_seconds=env.number("TPX_KEYS_RELOAD_SECONDS", cls.keys_reload_seconds, 1, 3600),
+        )
+        if settings.token_ttl_seconds > settings.token_ttl_max_seconds:
+            raise ConfigError(
+                f"TPX_TOKEN_TTL_SECONDS ({settings.token_ttl_seconds}) is larger than TPX_TOKEN_TTL_MAX_SECONDS "
+                f"({settings.token_ttl_max_seconds}); lower the first or raise the second"
+            )
+        if settings.db_pool_min > settings.db_pool_max:
+            raise ConfigError("TPX_DB_POOL_MIN is larger than TPX_DB_POOL_MAX; make it smaller or equal")
+        return settings
+
+
+class _Reader:
+    """Reads one variable at a time, resolving `<NAME>_FILE` for secrets."""
+
+    def __init__(self, environ: Mapping[str, str]) -> None:
+        self.environ = environ
+
+    def raw(self, name: str) -> str | None:
+        file_name = f"{name}_FILE"
+        if name in SECRET_VARIABLES and self.environ.get(file_name):
+            if self.environ.get(name):
+                raise ConfigError(f"both {name} and {file_name} are set; set only one of them")
+            path = Path(self.environ[file_name])
+            try:
+                return path.read_text(encoding="utf-8").strip()
+            except OSError as exc:
+                raise ConfigError(f"{file_name} points to {str(path)!r}, which cannot be read: {exc.strerror}") from None
+            except UnicodeDecodeError:
+                raise ConfigError(f"{file_name} points to {str(path)!r}, which is not UTF-8 text") from None
+        value = self.environ.get(name)
+        return value if value not in (None, "") else None
+
+    def text(self, name: str, default: str, *, pattern: str, accepts: str) -> str:
+        value = self.raw(name)
+        if value is None:
+            return default
+        if not re.fullmatch(pattern, value, flags=re.DOTALL):
+            shown = "<hidden>" if name in SECRET_VARIABLES else repr(value[:80])
+            raise ConfigError(f"{name} is {shown}; it must be {accepts}")
+        return value
+
+    def integer(self, name: str, default: int, low: int, high: int) -> int:
+        value = self.raw(name)
+        if value is None:
+            return default
+        if not re.fullmatch(r"-?[0-9]{1,12}", value.strip()):
+            raise ConfigError(f"{name} is {value[:40]!r}; it must be a whole number between {low} and {high}")
+        number = int(value)
+        if not low <= number <= high:
+            raise ConfigError(f"{name} is {number}; it must be between {low} and {high}")
+        return number
+
+    def number(self, name: str, default: float, low: float, high: float) -> float:
+        value = self.raw(name)
+        if value is None:
+            return default
+        try:
+            number = float(value)
+        except ValueError:
+            raise ConfigError(f"{name} is {value[:40]!r}; it must be a number between {low} and {high}") from None
+        if not low <= number <= high:
+            raise ConfigError(f"{name} is {number}; it must be between {low} and {high}")
+        return number
+
+    def boolean(self, name: str, default: bool) -> bool:
+        value = self.raw(name)
+        if value is None:
+            return default
+        lowered = value.strip().lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{name} is {value[:40]!r}; it must be 1 or 0 (true/false)")
+
+    def choice(self, name: str, default: str, choices: tuple[str, ...]) -> str:
+        value = self.raw(name)
+        if value is None:
+            return default
+        if value.lower() not in choices:
+            raise ConfigError(f"{name} is {value[:40]!r}; it must be one of: {', '.join(choices)}")
+        return value.lower()
+
+    def credentials(self, name: str) -> tuple[str, ...]:
+        value = self.raw(name)
+        if value is None:
+            return ()
+        tokens = tuple(part.strip() for part in value.split(",") if part.strip())
+        for token in tokens:
+            if len(token) < MIN_CREDENTIAL_LENGTH or not re.fullmatch(r"[\x21-\x7e]+", token):
+                raise ConfigError(
+                    f"{name} holds a credential that is shorter than {MIN_CREDENTIAL_LENGTH} characters or not "
+                    f"printable ASCII; use long random values (e.g. `python -c 'import secrets; print(secrets.token_urlsafe(32))'`)"
+                )
+        return tokens

@@ -1,0 +1,44 @@
+"""The asyncpg pool and the mapping of database failures to `503 unavailable`."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import asyncpg
+
+from tpx.config import Settings
+
+# Failures that mean "the database is not reachable right now", never "bad input".
+UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    asyncio.TimeoutError,
+    asyncpg.exceptions.PostgresConnectionError,
+    asyncpg.exceptions.ConnectionDoesNotExistError,
+    asyncpg.exceptions.CannotConnectNowError,
+    asyncpg.exceptions.TooManyConnectionsError,
+    asyncpg.exceptions.AdminShutdownError,
+    asyncpg.exceptions.InterfaceError,
+)
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+    await conn.set_type_codec("json", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+
+
+async def create_pool(settings: Settings, *, min_size: int | None = None, max_size: int | None = None) -> asyncpg.Pool:
+    return await asyncpg.create_pool(
+        settings.database_url,
+        min_size=settings.db_pool_min if min_size is None else min_size,
+        max_size=settings.db_pool_max if max_size is None else max_size,
+        init=_init_connection,
+        command_timeout=10,
+        timeout=5,
+    )
+
+
+async def connect(settings: Settings) -> asyncpg.Connection:
+    conn = await asyncpg.connect(settings.database_url, timeout=5)
+    await _init_connection(conn)
+    return conn

@@ -1,0 +1,58 @@
+"""Structured logging with structlog: JSON in production, readable on a console.
+
+A last processor redacts anything shaped like a tpx token or a JWT, so a
+careless log call can never leak a credential.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from typing import Any
+
+import structlog
+
+_SECRET_PATTERNS = re.compile(
+    r"tpx_[0-9A-Za-z]{20,}"  # tpx tokens
+    r"|eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*\.?[A-Za-z0-9_-]*"  # compact JWS/JWT
+)
+
+
+def redact(text: str) -> str:
+    return _SECRET_PATTERNS.sub("[redacted]", text)
+
+
+def _redact_values(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any]:
+    for key, value in event.items():
+        if isinstance(value, str):
+            event[key] = redact(value)
+    return event
+
+
+def configure(log_format: str = "json", level: str = "info") -> None:
+    numeric = getattr(logging, level.upper(), logging.INFO)
+    renderer: Any
+    if log_format == "console":
+        renderer = structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+    else:
+        renderer = structlog.processors.JSONRenderer()
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            _redact_values,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(numeric),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        cache_logger_on_first_use=True,
+    )
+    # Libraries that log through the standard library (uvicorn, aio-pika) go to stderr at warning+.
+    logging.basicConfig(level=max(numeric, logging.WARNING), stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+
+
+def get_logger(name: str | None = None) -> Any:
+    return structlog.get_logger(name)
