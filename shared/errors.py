@@ -28,6 +28,7 @@ ERROR_CODES: dict[str, tuple[int, str]] = {
     "token_reused": (409, "Token already used"),
     "duplicate_publisher": (409, "Duplicate publisher"),
     "duplicate_issuer": (409, "Duplicate issuer"),
+    "issuer_in_use": (409, "Issuer in use"),
     "invalid_publisher": (422, "Invalid publisher"),
     "invalid_issuer": (422, "Invalid issuer"),
     "invalid_request": (422, "Invalid request"),

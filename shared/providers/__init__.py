@@ -1,0 +1,21 @@
+"""The providers tpx knows, by issuer kind.
+
+An issuer's `kind` selects its provider; a kind with no provider is a
+configuration error, so the lookup fails loudly rather than guessing.
+"""
+
+from __future__ import annotations
+
+from tpx.providers.base import Provider
+from tpx.providers.github import GitHubProvider
+
+PROVIDERS: dict[str, Provider] = {
+    "github": GitHubProvider(),
+}
+
+
+def get_provider(kind: str) -> Provider:
+    try:
+        return PROVIDERS[kind]
+    except KeyError:
+        raise KeyError(f"no provider for issuer kind {kind!r}; known kinds: {', '.join(sorted(PROVIDERS))}") from None

@@ -1,0 +1,29 @@
+"""What the routes need at run time, built once by the app's lifespan."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import asyncpg
+from starlette.requests import Request
+
+from tpx.config import Settings
+from tpx.events.outbox import OutboxSignal
+from tpx.keycache import KeyCache
+
+from tpx.exchange.auth import Credentials
+
+
+@dataclass
+class ServiceContext:
+    settings: Settings
+    pool: asyncpg.Pool
+    keycache: KeyCache
+    outbox_signal: OutboxSignal
+    admin: Credentials
+    introspection: Credentials
+    draining: bool = False
+
+
+def context(request: Request) -> ServiceContext:
+    return request.app.state.tpx

@@ -1,0 +1,184 @@
+"""The exchange transaction: one Postgres transaction from JTI claim to outbox.
+
+claim (issuer, jti) -> load candidates -> run the check table -> bind unset ids
+-> insert the hashed token -> insert the events -> commit. Any refusal raises
+inside the transaction, so it rolls back and consumes nothing: the JTI stays
+usable, no id is bound, no row is half-written. The denial event of a verified
+identity is written afterwards in its own small transaction.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import asyncpg
+
+from tpx import tokens
+from tpx.config import Settings
+from tpx.errors import Problem
+from tpx.events import types as event_types
+from tpx.events.outbox import Event, add_events
+from tpx.providers.base import CheckResult
+from tpx.providers.matching import PublisherEvaluation, denial, evaluate
+from tpx.store import publishers as publisher_store
+from tpx.store import tokens as token_store
+
+from tpx.exchange.verification import VerifiedToken
+
+SOURCE = "urn:tpx:exchange"
+
+
+@dataclass(frozen=True)
+class MintedToken:
+    token: str
+    token_id: str
+    packages: list[str]
+    permissions: dict[str, list[str]]
+    publisher_ids: list[str]
+    issued_at: datetime
+    expires_at: datetime
+    events: list[Event] = field(default_factory=list)
+
+    def response(self) -> dict[str, Any]:
+        return {
+            "token": self.token,
+            "token_id": self.token_id,
+            "expires_at": _rfc3339(self.expires_at),
+            "expires_in": int((self.expires_at - self.issued_at).total_seconds()),
+            "packages": self.packages,
+            "publisher_ids": self.publisher_ids,
+            "permissions": self.permissions,
+        }
+
+
+def _rfc3339(moment: datetime) -> str:
+    return moment.astimezone(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def issuer_scope_check(verified: VerifiedToken, evaluation: PublisherEvaluation) -> CheckResult | None:
+    """An issuer limited to some packages can never mint for others, even if a publisher says so."""
+    allowed = verified.issuer.allowed_packages
+    if allowed is None:
+        return None
+    package = evaluation.publisher.package
+    return CheckResult(
+        check="issuer_packages", claim="iss", expected=list(allowed), actual=package,
+        passed=any(fnmatch.fnmatchcase(package, pattern) for pattern in allowed),
+        note=f"issuer {verified.issuer.url} may only publish packages matching {list(allowed)}",
+    )
+
+
+def evaluate_candidates(verified: VerifiedToken, candidates) -> list[PublisherEvaluation]:
+    evaluations = evaluate(verified.provider, verified.identity, candidates)
+    for evaluation in evaluations:
+        extra = issuer_scope_check(verified, evaluation)
+        if extra is not None:
+            evaluation.results.append(extra)
+    return evaluations
+
+
+async def explain(conn: asyncpg.Connection, verified: VerifiedToken) -> list[PublisherEvaluation]:
+    candidates = await publisher_store.candidates(conn, verified.issuer.id, verified.identity.repository_key)
+    return evaluate_candidates(verified, candidates)
+
+
+def _lifetime(settings: Settings, matched: list[PublisherEvaluation]) -> int:
+    ttl = min(e.publisher.token_ttl_seconds or settings.token_ttl_seconds for e in matched)
+    return min(ttl, settings.token_ttl_max_seconds)
+
+
+async def _bind(conn: asyncpg.Connection, verified: VerifiedToken, matched: list[PublisherEvaluation]) -> tuple[list[PublisherEvaluation], list[Event]]:
+    """Bind unset ids race-free: the UPDATE locks the row, and COALESCE keeps whatever won first."""
+    kept: list[PublisherEvaluation] = []
+    events: list[Event] = []
+    identity = verified.identity
+    for evaluation in matched:
+        publisher = evaluation.publisher
+        wanted = verified.provider.bindings(identity, publisher)
+        if not wanted:
+            kept.append(evaluation)
+            continue
+        owner_id, name_id = await publisher_store.bind_ids(conn, publisher.id, wanted.get("owner_id"), wanted.get("name_id"))
+        if owner_id != identity.owner_id or name_id != identity.repository_id:
+            continue  # a concurrent exchange bound other ids first; this publisher no longer matches
+        kept.append(evaluation)
+        events.append(Event(event_types.PUBLISHER_BOUND, subject=publisher.id, data={
+            "publisher_id": publisher.id,
+            "package": publisher.package,
+            "bound": wanted,
+            "ci": identity.ci(),
+        }))
+    return kept, events
+
+
+async def mint(conn: asyncpg.Connection, settings: Settings, verified: VerifiedToken) -> MintedToken:
+    identity = verified.identity
+    now = datetime.now(timezone.utc)
+    async with conn.transaction():
+        claimed = await conn.fetchval(
+            """INSERT INTO used_jtis (issuer_id, jti, expires_at) VALUES ($1, $2, to_timestamp($3))
+               ON CONFLICT DO NOTHING RETURNING true""",
+            verified.issuer.id, verified.jti, verified.exp + settings.leeway_seconds,
+        )
+        if not claimed:
+            raise Problem(
+                "token_reused",
+                "this ID token was already exchanged; request a fresh ID token from your CI provider for each exchange",
+            )
+        candidates = await publisher_store.candidates(conn, verified.issuer.id, identity.repository_key)
+        evaluations = evaluate_candidates(verified, candidates)
+        matched = [e for e in evaluations if e.matched]
+        if not matched:
+            raise denial(identity, evaluations)
+        matched, bound_events = await _bind(conn, verified, matched)
+        if not matched:
+            raise denial(identity, evaluate_candidates(
+                verified, await publisher_store.candidates(conn, verified.issuer.id, identity.repository_key)))
+
+        token = tokens.generate()
+        token_id = str(uuid.uuid4())
+        expires_at = now + timedelta(seconds=_lifetime(settings, matched))
+        permissions: dict[str, set[str]] = {}
+        for evaluation in matched:
+            permissions.setdefault(evaluation.publisher.package, set()).update(evaluation.publisher.permissions)
+        packages = sorted(permissions)
+        granted = {package: sorted(permissions[package]) for package in packages}
+        publisher_ids = [e.publisher.id for e in matched]
+        ci = identity.ci()
+        await token_store.insert(
+            conn, token_id=uuid.UUID(token_id), token_hash=tokens.hash_token(token), issuer_id=verified.issuer.id,
+            packages=packages, permissions=granted, publisher_ids=publisher_ids, ci=ci,
+            repository_key=identity.repository_key, workflow=identity.workflow, issued_at=now, expires_at=expires_at,
+        )
+        events = [*bound_events, Event(event_types.TOKEN_ISSUED, subject=token_id, data={
+            "token_id": token_id,
+            "packages": packages,
+            "permissions": granted,
+            "publisher_ids": publisher_ids,
+            "issued_at": _rfc3339(now),
+            "expires_at": _rfc3339(expires_at),
+            "ci": ci,
+        })]
+        await add_events(conn, events, source=SOURCE)
+    return MintedToken(token, token_id, packages, granted, publisher_ids, now, expires_at, events)
+
+
+async def record_denial(conn: asyncpg.Connection, verified: VerifiedToken, problem: Problem) -> None:
+    """Tell the repository's owners (through the event stream) that a verified identity was refused."""
+    failed = []
+    for publisher in problem.checks or []:
+        failed.append({
+            "publisher_id": publisher["id"],
+            "package": publisher["package"],
+            "failed_checks": [c["check"] for c in publisher["checks"] if not c["passed"]],
+        })
+    await add_events(conn, [Event(event_types.EXCHANGE_DENIED, subject=verified.identity.repository, data={
+        "code": problem.code,
+        "reason": problem.detail,
+        "publishers": failed,
+        "ci": verified.identity.ci(),
+    })], source=SOURCE)

@@ -1,0 +1,62 @@
+"""`POST /v1/exchange` and `POST /v1/explain`: the CI-facing routes."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+from tpx.errors import Problem
+from tpx.logging import get_logger
+
+from tpx.exchange.context import ServiceContext, context
+from tpx.exchange.http import read_object, reject_unknown, require_string
+from tpx.exchange.minting import explain, mint, record_denial
+from tpx.exchange.verification import VerifiedToken, verify_id_token
+
+log = get_logger("tpx.exchange")
+JWT_EXAMPLE = '{"jwt": "<your CI provider\'s OIDC ID token>"}'
+
+
+async def read_verified(request: Request, ctx: ServiceContext, member: str = "jwt") -> VerifiedToken:
+    body = await read_object(request, ctx.settings.max_body_bytes)
+    reject_unknown(body, {member})
+    value = require_string(body, member, example=JWT_EXAMPLE.replace("jwt", member))
+    return verify_id_token(value, ctx.keycache, ctx.settings.leeway_seconds)
+
+
+async def exchange_token(ctx: ServiceContext, verified: VerifiedToken):
+    """Mint for a verified token; shared by the native and compatibility routes."""
+    async with ctx.pool.acquire() as conn:
+        try:
+            minted = await mint(conn, ctx.settings, verified)
+        except Problem as problem:
+            if problem.code in ("no_matching_publisher", "forbidden_trigger"):
+                await record_denial(conn, verified, problem)
+                ctx.outbox_signal.notify()
+            log.info("exchange.denied", code=problem.code, issuer=verified.issuer.url,
+                     repository=verified.identity.repository, workflow=verified.identity.workflow)
+            raise
+    ctx.outbox_signal.notify()
+    log.info("exchange.issued", token_id=minted.token_id, packages=minted.packages,
+             repository=verified.identity.repository, workflow=verified.identity.workflow)
+    return minted
+
+
+async def exchange(request: Request) -> JSONResponse:
+    ctx = context(request)
+    verified = await read_verified(request, ctx)
+    minted = await exchange_token(ctx, verified)
+    return JSONResponse(minted.response(), headers={"Cache-Control": "no-store"})
+
+
+async def explain_route(request: Request) -> JSONResponse:
+    ctx = context(request)
+    verified = await read_verified(request, ctx)
+    async with ctx.pool.acquire() as conn:
+        evaluations = await explain(conn, verified)
+    identity = verified.identity
+    return JSONResponse({
+        "would_issue": any(e.matched for e in evaluations),
+        "identity": identity.ci(),
+        "publishers": [e.as_explain() for e in evaluations],
+    })

@@ -1,0 +1,55 @@
+"""`/healthz`, `/readyz` and `/openapi.json`."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime, timezone
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+from tpx.db.pool import UNAVAILABLE_ERRORS
+
+from tpx.exchange.context import context
+from tpx.exchange.openapi import OPENAPI
+
+
+async def healthz(request: Request) -> JSONResponse:
+    return JSONResponse({"status": "ok"})
+
+
+async def readyz(request: Request) -> JSONResponse:
+    """Ready when the database answers and at least one enabled issuer has usable keys."""
+    ctx = context(request)
+    reasons: list[str] = []
+    database = "ok"
+    try:
+        await asyncio.wait_for(ctx.pool.fetchval("SELECT 1"), timeout=2)
+    except UNAVAILABLE_ERRORS as exc:
+        database = f"unreachable ({type(exc).__name__})"
+        reasons.append("the database is unreachable")
+    issuers = []
+    now = datetime.now(timezone.utc)
+    for entry in ctx.keycache.snapshot.issuers.values():
+        age = (now - entry.keys_fetched_at).total_seconds() if entry.keys_fetched_at else None
+        issuers.append({
+            "url": entry.url, "kind": entry.kind, "enabled": entry.enabled, "key_count": len(entry.keys),
+            "key_ids": sorted(entry.keys), "keys_fetched_at": entry.keys_fetched_at.isoformat() if entry.keys_fetched_at else None,
+            "key_age_seconds": int(age) if age is not None else None, "last_error": entry.last_error,
+            "state": "ready" if entry.keys else ("disabled" if not entry.enabled else "no usable keys"),
+        })
+    if not ctx.keycache.snapshot.usable():
+        reasons.append("no enabled issuer has usable keys (is the jwks-refresher running?)")
+    if ctx.draining:
+        reasons.append("the service is shutting down")
+    ready = not reasons
+    return JSONResponse(
+        {"status": "ready" if ready else "not ready", "reasons": reasons,
+         "dependencies": {"database": database}, "issuers": issuers},
+        status_code=200 if ready else 503,
+        headers={} if ready else {"Retry-After": "5"},
+    )
+
+
+async def openapi(request: Request) -> JSONResponse:
+    return JSONResponse(OPENAPI)

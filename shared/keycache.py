@@ -1,0 +1,161 @@
+"""The exchange's in-memory view of issuers and their verification keys.
+
+Loaded from Postgres at start and reloaded whenever the issuer tables change
+(a trigger NOTIFYs `tpx_issuers`) or, as a fallback, every few seconds. A reload
+builds a complete new snapshot and swaps it in with one assignment, so a request
+sees either the old keys or the new ones, never a mix. Keys are parsed once per
+distinct JWK, never per request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Mapping
+
+import asyncpg
+
+from tpx.config import Settings
+from tpx.db.pool import UNAVAILABLE_ERRORS
+from tpx.jose import IssuerPolicy, KeyRejected, VerificationKey, parse_jwk
+from tpx.logging import get_logger
+
+log = get_logger("tpx.keycache")
+CHANNEL = "tpx_issuers"
+
+
+@dataclass(frozen=True)
+class IssuerEntry:
+    id: Any
+    url: str
+    kind: str
+    policy: IssuerPolicy
+    enabled: bool
+    allowed_packages: tuple[str, ...] | None
+    keys: Mapping[str, VerificationKey]
+    keys_fetched_at: datetime | None
+    last_error: str | None
+    rejected_keys: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    issuers: Mapping[str, IssuerEntry] = field(default_factory=dict)
+    version: int = 0
+
+    def usable(self) -> list[IssuerEntry]:
+        return [entry for entry in self.issuers.values() if entry.enabled and entry.keys]
+
+
+class KeyCache:
+    def __init__(self, settings: Settings, pool: asyncpg.Pool) -> None:
+        self.settings = settings
+        self.pool = pool
+        self.snapshot = Snapshot()
+        self.loaded_at: float | None = None
+        self._parsed: dict[tuple[Any, str, str], VerificationKey] = {}
+        self._changed = asyncio.Condition()
+        self._reload_lock = asyncio.Lock()
+        self._wake = asyncio.Event()
+        self._stopping = False
+
+    def issuer(self, url: str) -> IssuerEntry | None:
+        entry = self.snapshot.issuers.get(url)
+        return entry if entry is not None and entry.enabled else None
+
+    async def reload(self) -> Snapshot:
+        """Read every issuer and key and swap the snapshot in; safe to call concurrently."""
+        async with self._reload_lock:
+            async with self.pool.acquire() as conn:
+                issuers = await conn.fetch(
+                    """SELECT id, url, kind, audience, algorithms, allowed_packages, max_token_lifetime_seconds,
+                              enabled, keys_fetched_at, last_error FROM issuers""")
+                keys = await conn.fetch("SELECT issuer_id, kid, jwk FROM issuer_keys")
+            by_issuer: dict[Any, dict[str, VerificationKey]] = {row["id"]: {} for row in issuers}
+            rejected: dict[Any, list[str]] = {}
+            parsed: dict[tuple[Any, str, str], VerificationKey] = {}
+            for row in keys:
+                cache_key = (row["issuer_id"], row["kid"], json.dumps(row["jwk"], sort_keys=True))
+                key = self._parsed.get(cache_key)
+                if key is None:
+                    try:
+                        key = parse_jwk(row["jwk"])
+                    except KeyRejected as exc:
+                        rejected.setdefault(row["issuer_id"], []).append(f"kid={row['kid']}: {exc}")
+                        continue
+                parsed[cache_key] = key
+                by_issuer.setdefault(row["issuer_id"], {})[key.kid] = key
+            entries = {}
+            for row in issuers:
+                entries[row["url"]] = IssuerEntry(
+                    id=row["id"],
+                    url=row["url"],
+                    kind=row["kind"],
+                    policy=IssuerPolicy(
+                        url=row["url"],
+                        audience=row["audience"] or self.settings.audience,
+                        algorithms=frozenset(row["algorithms"]),
+                        max_token_lifetime=row["max_token_lifetime_seconds"],
+                    ),
+                    enabled=row["enabled"],
+                    allowed_packages=tuple(row["allowed_packages"]) if row["allowed_packages"] is not None else None,
+                    keys=by_issuer.get(row["id"], {}),
+                    keys_fetched_at=row["keys_fetched_at"],
+                    last_error=row["last_error"],
+                    rejected_keys=tuple(rejected.get(row["id"], ())),
+                )
+            self._parsed = parsed
+            self.snapshot = Snapshot(entries, self.snapshot.version + 1)
+            self.loaded_at = asyncio.get_running_loop().time()
+        async with self._changed:
+            self._changed.notify_all()
+        return self.snapshot
+
+    async def wait_for_version(self, version: int, timeout: float) -> bool:
+        """Wait until a snapshot newer than `version` is in place (used by tests and key-refresh waits)."""
+        async with self._changed:
+            try:
+                await asyncio.wait_for(self._changed.wait_for(lambda: self.snapshot.version > version), timeout)
+                return True
+            except asyncio.TimeoutError:
+                return False
+
+    async def run(self) -> None:
+        """Follow changes until stopped: LISTEN for NOTIFYs, reload on each, poll as a fallback."""
+        backoff = 0.5
+        while not self._stopping:
+            conn: asyncpg.Connection | None = None
+            try:
+                conn = await asyncpg.connect(self.settings.database_url, timeout=5)
+                await conn.add_listener(CHANNEL, self._on_notify)
+                await self.reload()  # catch up on anything missed while not listening
+                backoff = 0.5
+                while not self._stopping and not conn.is_closed():
+                    try:
+                        await asyncio.wait_for(self._wake.wait(), self.settings.keys_reload_seconds)
+                    except asyncio.TimeoutError:
+                        pass
+                    self._wake.clear()
+                    if not self._stopping:
+                        await self.reload()
+            except asyncio.CancelledError:
+                raise
+            except UNAVAILABLE_ERRORS as exc:
+                log.warning("keycache.database_unavailable", error=type(exc).__name__, retry_in=backoff)
+            except Exception:  # noqa: BLE001 - keep the loop alive, say what happened
+                log.exception("keycache.reload_failed", retry_in=backoff)
+            finally:
+                if conn is not None and not conn.is_closed():
+                    await conn.close()
+            if not self._stopping:
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 10.0)
+
+    def _on_notify(self, *_args: Any) -> None:
+        self._wake.set()
+
+    def stop(self) -> None:
+        self._stopping = True
+        self._wake.set()

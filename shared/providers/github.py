@@ -1,0 +1,243 @@
+"""GitHub Actions: the typed identity of a verified ID token and its check table.
+
+Claim validation is deliberately narrower than what GitHub documents: every
+value must be plain ASCII of a known shape before anything compares or folds
+it, so look-alike Unicode, control characters and type confusion (an id sent as
+a JSON number, a boolean where a string belongs) are refused as
+`malformed_token` instead of reaching a comparison that might accept them.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from typing import Any
+
+from tpx.errors import Problem
+from tpx.providers.base import CheckResult, Identity
+from tpx.providers.matching import FORBIDDEN_TRIGGER, ascii_iequal
+from tpx.providers.workflow_ref import expected_workflow_ref, workflow_filename
+from tpx.publishers import Publisher
+
+# Triggers that run with the base repository's privileges on behalf of code or
+# events someone outside the repository controls (a fork's pull request, a
+# workflow a fork's pull request triggered); they must never publish.
+FORBIDDEN_EVENTS = frozenset({"pull_request_target", "workflow_run"})
+
+GITHUB_HOSTED = "github-hosted"
+
+_REPOSITORY = re.compile(r"(?P<owner>[A-Za-z0-9][A-Za-z0-9-]{0,38})/(?P<name>[A-Za-z0-9._-]{1,100})")
+_ID = re.compile(r"[0-9]{1,20}")
+_EVENT = re.compile(r"[a-z_]{1,64}")
+# Printable ASCII (space to tilde): excludes NUL, CR, LF, every other control
+# character and everything outside ASCII.
+_TEXT_1K = re.compile(r"[\x20-\x7e]{1,1024}")
+_TEXT_255 = re.compile(r"[\x20-\x7e]{1,255}")
+_TEXT_255_OR_EMPTY = re.compile(r"[\x20-\x7e]{0,255}")
+_TEXT_1K_OR_EMPTY = re.compile(r"[\x20-\x7e]{0,1024}")
+
+_PRINTABLE_1K = "printable ASCII without control characters, 1 to 1024 characters"
+_PRINTABLE_255 = "printable ASCII without control characters, 1 to 255 characters"
+_PRINTABLE_255_OR_EMPTY = "printable ASCII without control characters, at most 255 characters"
+_PRINTABLE_1K_OR_EMPTY = "printable ASCII without control characters, at most 1024 characters"
+
+# Optional claims: name -> (pattern, description). Empty means absent.
+_OPTIONAL: dict[str, tuple[re.Pattern[str], str]] = {
+    "environment": (_TEXT_255_OR_EMPTY, _PRINTABLE_255_OR_EMPTY),
+    "run_id": (_TEXT_255_OR_EMPTY, _PRINTABLE_255_OR_EMPTY),
+    "actor": (_TEXT_255_OR_EMPTY, _PRINTABLE_255_OR_EMPTY),
+    "runner_environment": (_TEXT_255_OR_EMPTY, _PRINTABLE_255_OR_EMPTY),
+    "job_workflow_ref": (_TEXT_1K_OR_EMPTY, _PRINTABLE_1K_OR_EMPTY),
+    "ref_type": (_TEXT_255_OR_EMPTY, _PRINTABLE_255_OR_EMPTY),
+    "ref_protected": (_TEXT_255_OR_EMPTY, _PRINTABLE_255_OR_EMPTY),
+    "repository_visibility": (_TEXT_255_OR_EMPTY, _PRINTABLE_255_OR_EMPTY),
+    "run_attempt": (_TEXT_255_OR_EMPTY, _PRINTABLE_255_OR_EMPTY),
+}
+_EXTRA_CLAIMS = ("job_workflow_ref", "ref_type", "ref_protected", "repository_visibility", "run_attempt")
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, (int, float)):
+        return "number"
+    if isinstance(value, list):
+        return "array"
+    if isinstance(value, dict):
+        return "object"
+    return type(value).__name__
+
+
+def _string_claim(claims: dict[str, Any], name: str, pattern: re.Pattern[str], expected: str, *,
+                  required: bool = True) -> str | None:
+    """A claim that is a string of the given shape; the value is never echoed back."""
+    if name not in claims:
+        if required:
+            raise Problem("malformed_token", f"the token has no {name!r} claim; expected {expected}")
+        return None
+    value = claims[name]
+    if not isinstance(value, str):
+        raise Problem("malformed_token", f"claim {name!r} is a JSON {_json_type(value)}; expected a string: {expected}")
+    if pattern.fullmatch(value) is None:
+        raise Problem("malformed_token", f"claim {name!r} is not {expected}")
+    return value
+
+
+def _required(claims: dict[str, Any], name: str, pattern: re.Pattern[str], expected: str) -> str:
+    value = _string_claim(claims, name, pattern, expected)
+    assert value is not None
+    return value
+
+
+class GitHubProvider:
+    name = "github"
+
+    def identity(self, claims: dict[str, Any], issuer_url: str) -> Identity:
+        if not isinstance(claims, dict):
+            raise Problem("malformed_token", "the token payload is not a JSON object")
+        repository = _required(claims, "repository", _REPOSITORY,
+                               "owner/name (owner: ASCII letters, digits and '-', at most 39; "
+                               "name: ASCII letters, digits, '.', '_' and '-', at most 100)")
+        owner, _, name = repository.partition("/")
+        repository_owner = _required(claims, "repository_owner", _TEXT_255, _PRINTABLE_255)
+        if repository_owner != owner:
+            raise Problem("malformed_token",
+                          "claim 'repository_owner' does not equal the owner part of claim 'repository'")
+        owner_id = _required(claims, "repository_owner_id", _ID, "a string of 1 to 20 decimal digits")
+        repository_id = _required(claims, "repository_id", _ID, "a string of 1 to 20 decimal digits")
+        workflow_ref = _required(claims, "workflow_ref", _TEXT_1K, _PRINTABLE_1K)
+        ref = _required(claims, "ref", _TEXT_1K, _PRINTABLE_1K)
+        sha = _required(claims, "sha", _TEXT_255, _PRINTABLE_255)
+        event_name = _required(claims, "event_name", _EVENT, "1 to 64 lower-case ASCII letters or '_'")
+        optional = {
+            claim: _string_claim(claims, claim, pattern, expected, required=False) or None
+            for claim, (pattern, expected) in _OPTIONAL.items()
+        }
+        filename = workflow_filename(workflow_ref, repository, ref)
+        return Identity(
+            provider=self.name,
+            issuer=issuer_url,
+            repository=repository,
+            owner=owner,
+            name=name,
+            owner_id=owner_id,
+            repository_id=repository_id,
+            # The raw ref when it names no top-level workflow of this repository,
+            # so a denial can still show what the token carried.
+            workflow=filename if filename is not None else workflow_ref,
+            workflow_ref=workflow_ref,
+            environment=optional["environment"],
+            ref=ref,
+            sha=sha,
+            run_id=optional["run_id"],
+            actor=optional["actor"],
+            event_name=event_name,
+            runner_environment=optional["runner_environment"],
+            extra={claim: optional[claim] for claim in _EXTRA_CLAIMS},
+        )
+
+    def checks(self, identity: Identity, publisher: Publisher) -> list[CheckResult]:
+        """Every row, in a fixed order, even after a failure, so explain and the
+        denial hints can report all differences at once."""
+        return [
+            _repository(identity, publisher),
+            _pinned_id("repository_owner_id", identity.owner_id, publisher.owner_id,
+                       "the account may have been deleted and its name re-registered by someone else"),
+            _pinned_id("repository_id", identity.repository_id, publisher.name_id,
+                       "the repository may have been deleted and re-created under the same name"),
+            _workflow(identity, publisher),
+            _trigger(identity),
+            _environment(identity, publisher),
+            _ref(identity, publisher),
+            _runner(identity, publisher),
+        ]
+
+    def bindings(self, identity: Identity, publisher: Publisher) -> dict[str, str]:
+        out: dict[str, str] = {}
+        if publisher.owner_id is None:
+            out["owner_id"] = identity.owner_id
+        if publisher.name_id is None:
+            out["name_id"] = identity.repository_id
+        return out
+
+
+def _repository(identity: Identity, publisher: Publisher) -> CheckResult:
+    passed = ascii_iequal(identity.owner, publisher.owner) and ascii_iequal(identity.name, publisher.name)
+    return CheckResult("repository", "repository", publisher.repository, identity.repository, passed)
+
+
+def _pinned_id(claim: str, actual: str, pinned: str | None, resurrection: str) -> CheckResult:
+    """Names can be re-registered; the numeric ids GitHub assigns cannot, so
+    pinning them is what stops a resurrected account or repository."""
+    if pinned is None:
+        return CheckResult(claim, claim, None, actual, True,
+                           note=f"not pinned yet; bound to {actual} on the first successful exchange")
+    if actual == pinned:
+        return CheckResult(claim, claim, pinned, actual, True)
+    return CheckResult(claim, claim, pinned, actual, False,
+                       note=f"the publisher is pinned to id {pinned} but the token carries {actual}; {resurrection}")
+
+
+def _workflow(identity: Identity, publisher: Publisher) -> CheckResult:
+    expected_ref = expected_workflow_ref(identity.repository, publisher.workflow, identity.ref)
+    # Equality with a string built from the token's own repository and ref is
+    # the decision; it cannot be fooled by '@' in the file name or the ref, and
+    # a workflow of another repository (a reusable or cross-repository one)
+    # never equals it. Requiring the anchored extraction to agree as well
+    # refuses publishers configured with a path instead of a bare file name.
+    filename = workflow_filename(identity.workflow_ref, identity.repository, identity.ref)
+    passed = identity.workflow_ref == expected_ref and filename == publisher.workflow
+    actual = filename if filename is not None else identity.workflow_ref
+    if passed:
+        note = f"workflow_ref is {expected_ref!r}"
+    elif filename is None:
+        note = (f"workflow_ref {identity.workflow_ref!r} is not a top-level workflow of {identity.repository} "
+                f"at {identity.ref}; expected workflow_ref {expected_ref!r}")
+    else:
+        note = f"expected workflow_ref {expected_ref!r}; file names are case-sensitive"
+    return CheckResult("workflow", "workflow_ref", publisher.workflow, actual, passed, note=note)
+
+
+def _trigger(identity: Identity) -> CheckResult:
+    event = identity.event_name
+    passed = event is not None and event not in FORBIDDEN_EVENTS
+    note = None
+    if not passed:
+        note = ("this trigger runs with the repository's privileges for events someone outside it controls"
+                if event is not None else "the token names no triggering event")
+    return CheckResult("trigger", "event_name", "not one of " + ", ".join(sorted(FORBIDDEN_EVENTS)), event,
+                       passed, note=note, code=FORBIDDEN_TRIGGER)
+
+
+def _environment(identity: Identity, publisher: Publisher) -> CheckResult:
+    if not publisher.environments:
+        return CheckResult("environment", "environment", "any", identity.environment, True)
+    env = identity.environment
+    passed = env is not None and any(ascii_iequal(env, allowed) for allowed in publisher.environments)
+    note = None
+    if env is None:
+        note = "the job must run in one of the publisher's environments (jobs.<job>.environment)"
+    elif passed and env not in publisher.environments:
+        note = "matched ignoring case, as GitHub environment names are case-insensitive"
+    return CheckResult("environment", "environment", list(publisher.environments), env, passed, note=note)
+
+
+def _ref(identity: Identity, publisher: Publisher) -> CheckResult:
+    if not publisher.ref_patterns:
+        return CheckResult("ref", "ref", "any", identity.ref, True)
+    passed = any(fnmatch.fnmatchcase(identity.ref, pattern) for pattern in publisher.ref_patterns)
+    return CheckResult("ref", "ref", list(publisher.ref_patterns), identity.ref, passed)
+
+
+def _runner(identity: Identity, publisher: Publisher) -> CheckResult:
+    actual = identity.runner_environment
+    if publisher.allow_self_hosted_runners:
+        return CheckResult("runner", "runner_environment", "any", actual, True,
+                           note="the publisher allows self-hosted runners")
+    passed = actual == GITHUB_HOSTED
+    note = None if passed else (
+        "self-hosted runners are refused unless the publisher sets allow_self_hosted_runners")
+    return CheckResult("runner", "runner_environment", GITHUB_HOSTED, actual, passed, note=note)
+

@@ -1,0 +1,65 @@
+"""Token rows. Only the SHA-256 of a token is stored; rows carry no personal data."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+ACTIVE = "revoked_at IS NULL AND expires_at > now()"
+
+
+async def insert(
+    conn: asyncpg.Connection, *, token_id: Any, token_hash: bytes, issuer_id: Any, packages: list[str],
+    permissions: dict[str, list[str]], publisher_ids: list[str], ci: dict[str, Any], repository_key: str,
+    workflow: str, issued_at: datetime, expires_at: datetime,
+) -> None:
+    await conn.execute(
+        """INSERT INTO tokens (id, token_hash, issuer_id, packages, permissions, publisher_ids, ci,
+                               repository_key, workflow, issued_at, expires_at)
+           VALUES ($1, $2, $3, $4, $5, $6::uuid[], $7, $8, $9, $10, $11)""",
+        token_id, token_hash, issuer_id, packages, permissions, publisher_ids, ci, repository_key, workflow,
+        issued_at, expires_at,
+    )
+
+
+async def active_by_hash(conn: asyncpg.Connection | asyncpg.Pool, token_hash: bytes) -> asyncpg.Record | None:
+    return await conn.fetchrow(
+        f"""SELECT id, packages, permissions, publisher_ids, ci, issued_at, expires_at
+            FROM tokens WHERE token_hash = $1 AND {ACTIVE}""",
+        token_hash,
+    )
+
+
+async def revoke_by_hash(conn: asyncpg.Connection, token_hash: bytes, reason: str) -> asyncpg.Record | None:
+    return await conn.fetchrow(
+        f"""UPDATE tokens SET revoked_at = now(), revocation_reason = $2
+            WHERE token_hash = $1 AND {ACTIVE}
+            RETURNING id, packages, publisher_ids, ci""",
+        token_hash, reason,
+    )
+
+
+async def revoke_by_publisher(conn: asyncpg.Connection, publisher_id: Any, reason: str) -> list[asyncpg.Record]:
+    return await conn.fetch(
+        f"""UPDATE tokens SET revoked_at = now(), revocation_reason = $2
+            WHERE publisher_ids @> ARRAY[$1::uuid] AND {ACTIVE}
+            RETURNING id, packages, publisher_ids, ci""",
+        publisher_id, reason,
+    )
+
+
+async def list_metadata(
+    conn: asyncpg.Connection, *, package: str | None, publisher_id: Any | None, active: bool | None, limit: int,
+) -> list[asyncpg.Record]:
+    return await conn.fetch(
+        f"""SELECT id, packages, permissions, publisher_ids, ci, issued_at, expires_at, revoked_at,
+                   revocation_reason, ({ACTIVE}) AS active
+            FROM tokens
+            WHERE ($1::text IS NULL OR packages @> ARRAY[$1::text])
+              AND ($2::uuid IS NULL OR publisher_ids @> ARRAY[$2::uuid])
+              AND ($3::boolean IS NULL OR ({ACTIVE}) = $3)
+            ORDER BY issued_at DESC, id LIMIT $4""",
+        package, publisher_id, active, limit,
+    )

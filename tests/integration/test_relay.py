@@ -1,0 +1,390 @@
+"""The outbox relay against the real PostgreSQL and RabbitMQ.
+
+Outages are simulated with a TCP proxy between the relay and the real server,
+never by touching the shared servers. The outbox table is shared by the whole
+test session, so every assertion filters by the event ids the test inserted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+import re
+import uuid
+from contextlib import asynccontextmanager
+from dataclasses import replace
+from datetime import datetime
+from typing import Any, AsyncIterator, Awaitable, Callable
+from urllib.parse import urlsplit, urlunsplit
+
+import aio_pika
+import asyncpg
+import pytest
+
+from tpx.config import Settings
+from tpx.db.pool import create_pool
+from tpx.events import types
+from tpx.events.cloudevents import CONTENT_TYPE, encode
+from tpx.events.outbox import Event, OutboxSignal, add_events
+from tpx.events.relay import RELAY_LOCK_ID, OutboxRelay
+from tests.support.tcp_proxy import TcpProxy
+
+pytestmark = pytest.mark.integration
+
+SOURCE = "/tests/relay"
+WAIT = 20.0  # upper bound for anything the relay should do "soon" (covers a few back-off steps)
+
+
+# -- helpers ----------------------------------------------------------------------
+
+
+async def eventually(predicate: Callable[[], Any | Awaitable[Any]], what: str, timeout: float = WAIT) -> None:
+    """Poll a condition until it holds, failing after `timeout` (a bounded wait, not a sleep)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        result = predicate()
+        if inspect.isawaitable(result):
+            result = await result
+        if result:
+            return
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+class Consumer:
+    """A queue bound to every event of one exchange, declared before anything is published."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.messages: asyncio.Queue[aio_pika.abc.AbstractIncomingMessage] = asyncio.Queue()
+        self.received: list[aio_pika.abc.AbstractIncomingMessage] = []
+
+    async def __aenter__(self) -> "Consumer":
+        self.connection = await aio_pika.connect(self.settings.amqp_url)
+        channel = await self.connection.channel()
+        self.exchange = await channel.declare_exchange(
+            self.settings.events_exchange, aio_pika.ExchangeType.TOPIC, durable=True
+        )
+        self.queue = await channel.declare_queue(f"{self.settings.amqp_prefix}.test-{uuid.uuid4().hex[:8]}",
+                                                 exclusive=True)
+        await self.queue.bind(self.exchange, routing_key="#")
+        self.consumer_tag = await self.queue.consume(self.messages.put, no_ack=True)
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        try:
+            await self.queue.cancel(self.consumer_tag)
+            await self.queue.delete(if_unused=False, if_empty=False)
+            await self.exchange.delete()
+        finally:
+            await self.connection.close()
+
+    async def collect(self, event_ids: set[str], timeout: float = WAIT) -> list[aio_pika.abc.AbstractIncomingMessage]:
+        """Receive until every id in `event_ids` arrived; return this test's messages in arrival order."""
+        mine: list[aio_pika.abc.AbstractIncomingMessage] = []
+        missing = set(event_ids)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while missing:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise AssertionError(f"{len(missing)} of {len(event_ids)} events did not arrive within {timeout} s")
+            try:
+                message = await asyncio.wait_for(self.messages.get(), remaining)
+            except asyncio.TimeoutError:
+                continue
+            self.received.append(message)
+            if message.message_id in event_ids:
+                mine.append(message)
+                missing.discard(message.message_id)
+        return mine
+
+    def drain(self) -> list[aio_pika.abc.AbstractIncomingMessage]:
+        """Messages already delivered but not yet collected."""
+        extra = []
+        while not self.messages.empty():
+            extra.append(self.messages.get_nowait())
+        self.received.extend(extra)
+        return extra
+
+
+@asynccontextmanager
+async def running(relay: OutboxRelay) -> AsyncIterator[asyncio.Task[None]]:
+    task = asyncio.create_task(relay.run())
+    try:
+        yield task
+    finally:
+        await relay.stop(timeout=10)
+        await asyncio.wait_for(task, 5)  # re-raises if the relay died
+
+
+def isolated(settings: Settings, **changes: Any) -> Settings:
+    """The session settings with an exchange of this test's own."""
+    return replace(settings, amqp_prefix=f"{settings.amqp_prefix}-relay-{uuid.uuid4().hex[:6]}", **changes)
+
+
+def through(url: str, proxy: TcpProxy) -> str:
+    """The same URL, but pointing at the proxy."""
+    parts = urlsplit(url)
+    credentials = parts.netloc.rpartition("@")[0]
+    netloc = f"{credentials}@127.0.0.1:{proxy.port}" if credentials else f"127.0.0.1:{proxy.port}"
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def target_of(url: str, default_port: int) -> tuple[str, int]:
+    parts = urlsplit(url)
+    return parts.hostname or "127.0.0.1", parts.port or default_port
+
+
+async def insert(db: asyncpg.Pool, count: int, *, type_: str = types.TOKEN_ISSUED,
+                 signal: OutboxSignal | None = None) -> list[Event]:
+    events = [Event(type=type_, data={"n": n, "run": uuid.uuid4().hex}, subject=f"pkg-{n}") for n in range(count)]
+    async with db.acquire() as conn:
+        async with conn.transaction():
+            await add_events(conn, events, source=SOURCE)
+    if signal is not None:
+        signal.notify()
+    return events
+
+
+async def sequences_of(db: asyncpg.Pool, events: list[Event]) -> list[int | None]:
+    rows = await db.fetch("SELECT event_id::text AS id, sequence FROM outbox WHERE event_id = ANY($1::uuid[])",
+                          [e.id for e in events])
+    by_id = {row["id"]: row["sequence"] for row in rows}
+    return [by_id.get(e.id) for e in events]
+
+
+async def all_published(db: asyncpg.Pool, events: list[Event]) -> bool:
+    return await db.fetchval(
+        "SELECT count(*) = $2 FROM outbox WHERE event_id = ANY($1::uuid[]) AND published_at IS NOT NULL",
+        [e.id for e in events], len(events),
+    )
+
+
+async def assert_sequences_gap_free(db: asyncpg.Pool) -> None:
+    count, low, high = await db.fetchrow(
+        "SELECT count(sequence), min(sequence), max(sequence) FROM outbox WHERE sequence IS NOT NULL"
+    )
+    assert count and high - low + 1 == count, f"{count} sequences spread over {low}..{high}"
+
+
+def sequence_of(message: aio_pika.abc.AbstractIncomingMessage) -> int:
+    return int(json.loads(message.body)["sequence"])
+
+
+def first_arrivals(messages: list[aio_pika.abc.AbstractIncomingMessage]) -> list[aio_pika.abc.AbstractIncomingMessage]:
+    seen: set[str | None] = set()
+    first = []
+    for message in messages:
+        if message.message_id not in seen:
+            seen.add(message.message_id)
+            first.append(message)
+    return first
+
+
+# -- tests ------------------------------------------------------------------------
+
+
+async def test_events_arrive_as_ordered_cloudevents(settings, db):
+    test_settings = isolated(settings)
+    signal = OutboxSignal()
+    relay = OutboxRelay(test_settings, db, signal)
+    events = [
+        Event(type=types.TOKEN_ISSUED, data={"token_id": "t1", "packages": ["a"]}, subject="a"),
+        Event(type=types.PUBLISHER_CREATED, data={"publisher_id": "p1", "note": "ünïcode"}),
+        Event(type=types.ISSUER_KEYS_ROTATED, data={"issuer": "https://issuer.test"}, subject="https://issuer.test"),
+        Event(type=types.EXCHANGE_DENIED, data={"reason": "workflow mismatch"}, subject="b"),
+    ]
+    async with Consumer(test_settings) as consumer, running(relay):
+        async with db.acquire() as conn:
+            async with conn.transaction():
+                await add_events(conn, events, source=SOURCE)
+        signal.notify()
+        messages = await consumer.collect({e.id for e in events})
+
+        assert [m.message_id for m in messages] == [e.id for e in events]  # once each, in commit order
+        sequences = await sequences_of(db, events)
+        assert sequences == list(range(sequences[0], sequences[0] + len(events)))
+        for message, event, sequence in zip(messages, events, sequences):
+            assert message.routing_key == types.routing_key(event.type) == event.type.removeprefix("dev.tpx.")
+            assert message.content_type == CONTENT_TYPE
+            assert message.delivery_mode == aio_pika.DeliveryMode.PERSISTENT
+            assert message.type == event.type
+            assert message.timestamp is not None
+            body = json.loads(message.body)
+            assert encode(body) == message.body  # canonical: compact, sorted keys
+            expected_keys = {"specversion", "id", "source", "type", "time", "datacontenttype", "data", "sequence"}
+            assert set(body) == expected_keys | ({"subject"} if event.subject is not None else set())
+            assert body["specversion"] == "1.0"
+            assert body["id"] == event.id
+            assert body["source"] == SOURCE
+            assert body["type"] == event.type
+            assert body.get("subject") == event.subject
+            assert body["datacontenttype"] == "application/json"
+            assert body["data"] == event.data
+            assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", body["time"])
+            assert datetime.fromisoformat(body["time"].replace("Z", "+00:00")) == event.time
+            assert re.fullmatch(r"\d{20}", body["sequence"]) and int(body["sequence"]) == sequence
+
+        await eventually(lambda: all_published(db, events), "the events to be marked published")
+        assert relay.published_total >= len(events)
+        assert relay.last_published_sequence is not None and relay.last_published_sequence >= sequences[-1]
+        assert await relay.backlog() == 0
+    await assert_sequences_gap_free(db)
+
+
+async def test_rolled_back_events_never_arrive_and_leave_no_gap(settings, db):
+    test_settings = isolated(settings)
+    signal = OutboxSignal()
+    relay = OutboxRelay(test_settings, db, signal)
+    async with Consumer(test_settings) as consumer, running(relay):
+        rolled_back = [Event(type=types.TOKEN_ISSUED, data={"doomed": True}) for _ in range(3)]
+        async with db.acquire() as doomed:
+            transaction = doomed.transaction()
+            await transaction.start()
+            await add_events(doomed, rolled_back, source=SOURCE)  # takes outbox ids first...
+            before = await insert(db, 2, signal=signal)  # ...then a writer that commits takes later ones
+            await transaction.rollback()
+        after = await insert(db, 2, signal=signal)
+
+        messages = await consumer.collect({e.id for e in before + after})
+        assert [m.message_id for m in messages] == [e.id for e in before + after]
+        assert not {m.message_id for m in consumer.received} & {e.id for e in rolled_back}
+        assert await db.fetchval("SELECT count(*) FROM outbox WHERE event_id = ANY($1::uuid[])",
+                                 [e.id for e in rolled_back]) == 0
+        sequences = [sequence_of(m) for m in messages]
+        assert sequences == list(range(sequences[0], sequences[0] + 4))  # the rollback consumed no number
+    await assert_sequences_gap_free(db)
+
+
+async def test_broker_outage_loses_nothing(settings, db):
+    test_settings = isolated(settings)
+    proxy = TcpProxy(*target_of(settings.amqp_url, 5672))
+    await proxy.start()
+    signal = OutboxSignal()
+    relay = OutboxRelay(replace(test_settings, amqp_url=through(settings.amqp_url, proxy)), db, signal)
+    try:
+        async with Consumer(test_settings) as consumer, running(relay):
+            warm_up = await insert(db, 1, signal=signal)
+            await consumer.collect({e.id for e in warm_up})  # the relay's connection is up
+
+            failures_before = relay.broker_failures
+            await proxy.cut()
+            during: list[Event] = []
+            for _ in range(5):  # writers keep committing while the broker is gone
+                during += await insert(db, 10, signal=signal)
+            await eventually(lambda: relay.broker_failures > failures_before, "the relay to notice the outage")
+            assert not await db.fetchval(
+                "SELECT count(*) FROM outbox WHERE event_id = ANY($1::uuid[]) AND published_at IS NOT NULL",
+                [e.id for e in during],
+            )
+            assert await relay.backlog() >= len(during)
+
+            await proxy.restore()
+            messages = await consumer.collect({e.id for e in during}, timeout=30)
+            assert {m.message_id for m in messages} == {e.id for e in during}
+            first = first_arrivals(messages)
+            assert [m.message_id for m in first] == [e.id for e in during]  # in commit order
+            sequences = [sequence_of(m) for m in first]
+            assert sequences == sorted(sequences) and len(set(sequences)) == len(sequences)
+            await eventually(lambda: all_published(db, during), "the events to be marked published")
+    finally:
+        await proxy.close()
+
+
+async def test_database_outage_loses_nothing_and_leadership_returns(settings, db):
+    test_settings = isolated(settings)
+    proxy = TcpProxy(*target_of(settings.database_url, 5432))
+    await proxy.start()
+    proxied = replace(test_settings, database_url=through(settings.database_url, proxy))
+    relay_pool = await create_pool(proxied, min_size=1, max_size=2)
+    signal = OutboxSignal()
+    relay = OutboxRelay(proxied, relay_pool, signal, standby_retry_seconds=0.2)
+    try:
+        async with Consumer(test_settings) as consumer, running(relay):
+            await eventually(lambda: relay.is_leader, "the relay to lead")
+            warm_up = await insert(db, 1, signal=signal)
+            await consumer.collect({e.id for e in warm_up})
+
+            await proxy.cut()  # the lock session dies with the rest: leadership is lost
+            await eventually(lambda: not relay.is_leader, "the relay to notice it lost the lock")
+            during = await insert(db, 20, signal=signal)  # written directly, the service's own pool is fine
+            await proxy.restore()
+
+            messages = await consumer.collect({e.id for e in during}, timeout=30)
+            assert relay.is_leader
+            first = first_arrivals(messages)
+            assert [m.message_id for m in first] == [e.id for e in during]
+            await eventually(lambda: all_published(db, during), "the events to be marked published")
+    finally:
+        await relay_pool.close()
+        await proxy.close()
+
+
+async def test_only_one_of_two_relays_publishes(settings, db):
+    test_settings = isolated(settings)
+    signal = OutboxSignal()
+    first = OutboxRelay(test_settings, db, signal, standby_retry_seconds=0.2)
+    second = OutboxRelay(test_settings, db, signal, standby_retry_seconds=0.2)
+    async with Consumer(test_settings) as consumer, running(first), running(second):
+        await eventually(lambda: first.is_leader or second.is_leader, "one relay to lead")
+        leader, standby = (first, second) if first.is_leader else (second, first)
+        assert not standby.is_leader
+
+        events = await insert(db, 30, signal=signal)
+        marker = await insert(db, 1, signal=signal)
+        messages = await consumer.collect({e.id for e in events + marker})
+        messages += [m for m in consumer.drain() if m.message_id in {e.id for e in events}]
+        assert [m.message_id for m in messages] == [e.id for e in events + marker]  # each exactly once
+        sequences = [sequence_of(m) for m in messages]
+        assert len(set(sequences)) == len(sequences) and sequences == sorted(sequences)
+        assert standby.published_total == 0
+
+        await leader.stop()  # a graceful leader hands over without duplicates
+        await eventually(lambda: standby.is_leader, "the standby to take over")
+        later = await insert(db, 10, signal=signal)
+        messages = await consumer.collect({e.id for e in later})
+        assert [m.message_id for m in messages] == [e.id for e in later]
+        await eventually(lambda: standby.published_total >= len(later), "the new leader to count its events")
+        seen = [m.message_id for m in consumer.received if m.message_id in {e.id for e in events + marker + later}]
+        assert len(seen) == len(set(seen))
+
+
+async def test_stop_is_prompt_and_releases_the_lock(settings, db):
+    test_settings = isolated(settings)
+    relay = OutboxRelay(test_settings, db, OutboxSignal())
+    loop = asyncio.get_running_loop()
+    task = asyncio.create_task(relay.run())
+    await eventually(lambda: relay.is_leader, "the relay to lead")
+    started = loop.time()
+    await relay.stop()
+    assert loop.time() - started < 2
+    assert task.done() and task.exception() is None
+
+    conn = await asyncpg.connect(settings.database_url)
+    try:
+        assert await conn.fetchval("SELECT pg_try_advisory_lock($1)", RELAY_LOCK_ID)
+        await conn.fetchval("SELECT pg_advisory_unlock($1)", RELAY_LOCK_ID)
+    finally:
+        await conn.close()
+
+
+async def test_stop_is_prompt_while_the_broker_is_away(settings, db):
+    proxy = TcpProxy(*target_of(settings.amqp_url, 5672))
+    await proxy.start()
+    await proxy.cut()  # refuses every connection from the start
+    relay = OutboxRelay(isolated(settings, amqp_url=through(settings.amqp_url, proxy)), db, OutboxSignal())
+    loop = asyncio.get_running_loop()
+    task = asyncio.create_task(relay.run())
+    try:
+        await eventually(lambda: relay.broker_failures >= 2, "the relay to back off")
+        started = loop.time()
+        await relay.stop()
+        assert loop.time() - started < 2
+        assert task.done() and task.exception() is None
+    finally:
+        await relay.stop()
+        await proxy.close()

@@ -1,0 +1,111 @@
+"""A loopback TCP proxy that can fail on demand.
+
+Tests put it between a client and a real server (RabbitMQ, PostgreSQL) to
+simulate an outage without stopping or reconfiguring the shared server: `cut()`
+behaves like the server vanishing (connections reset, new ones refused) and
+`restore()` like it coming back on the same address.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+
+
+class _Link:
+    """One client connection and its upstream twin; aborting either kills both."""
+
+    def __init__(self, client: asyncio.StreamWriter, upstream: asyncio.StreamWriter) -> None:
+        self.client = client
+        self.upstream = upstream
+
+    def abort(self) -> None:
+        for writer in (self.client, self.upstream):
+            writer.transport.abort()
+
+    def close(self) -> None:
+        for writer in (self.client, self.upstream):
+            writer.close()
+
+
+class TcpProxy:
+    def __init__(self, target_host: str, target_port: int) -> None:
+        self.target_host = target_host
+        self.target_port = target_port
+        self.port = 0
+        self._server: asyncio.Server | None = None
+        self._links: set[_Link] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def start(self, port: int = 0) -> None:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", port))
+        self.port = sock.getsockname()[1]
+        self._server = await asyncio.start_server(self._handle, sock=sock)
+
+    async def cut(self) -> None:
+        """Refuse new connections and reset every open one."""
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+        for link in list(self._links):
+            link.abort()
+        await self._drain_tasks()
+
+    async def restore(self) -> None:
+        """Listen again on the same port."""
+        if self._server is None:
+            await self.start(self.port)
+
+    async def close(self) -> None:
+        await self.cut()
+
+    async def __aenter__(self) -> "TcpProxy":
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    async def _drain_tasks(self) -> None:
+        tasks = set(self._tasks)
+        if tasks:
+            await asyncio.wait(tasks, timeout=5)
+
+    async def _handle(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        try:
+            try:
+                upstream_reader, upstream_writer = await asyncio.open_connection(self.target_host, self.target_port)
+            except OSError:
+                client_writer.transport.abort()
+                return
+            link = _Link(client_writer, upstream_writer)
+            self._links.add(link)
+            try:
+                # When either direction ends, the whole connection ends (AMQP and PG never half-close).
+                pipes = {
+                    asyncio.create_task(_pipe(client_reader, upstream_writer)),
+                    asyncio.create_task(_pipe(upstream_reader, client_writer)),
+                }
+                _, pending = await asyncio.wait(pipes, return_when=asyncio.FIRST_COMPLETED)
+                for pipe in pending:
+                    pipe.cancel()
+                await asyncio.wait(pipes)
+            finally:
+                self._links.discard(link)
+                link.close()
+        finally:
+            self._tasks.discard(task)
+
+
+async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    try:
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+    except (ConnectionError, OSError):
+        pass
