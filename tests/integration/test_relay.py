@@ -295,6 +295,53 @@ async def test_broker_outage_loses_nothing(settings, db):
         await proxy.close()
 
 
+async def test_broker_lost_in_the_middle_of_a_batch_loses_nothing(settings, db):
+    test_settings = isolated(settings)
+    proxy = TcpProxy(*target_of(settings.amqp_url, 5672))
+    await proxy.start()
+    signal = OutboxSignal()
+    relay = OutboxRelay(replace(test_settings, amqp_url=through(settings.amqp_url, proxy)), db, signal,
+                        batch_size=400)
+    try:
+        async with Consumer(test_settings) as consumer, running(relay):
+            warm_up = await insert(db, 1, signal=signal)
+            await consumer.collect({e.id for e in warm_up})
+
+            failures_before = relay.broker_failures
+            proxy.cut_after(60_000)  # about a hundred messages into the first batch
+            events = await insert(db, 1000, signal=signal)
+            await eventually(lambda: not proxy.listening, "the cut in the middle of the batch")
+            await eventually(lambda: relay.broker_failures > failures_before, "the relay to notice the outage")
+            assert await relay.backlog() > 0
+            await proxy.restore()
+
+            messages = await consumer.collect({e.id for e in events}, timeout=30)
+            first = first_arrivals(messages)
+            assert [m.message_id for m in first] == [e.id for e in events]
+            sequences = [sequence_of(m) for m in first]
+            assert sequences == list(range(sequences[0], sequences[0] + len(events)))
+            await eventually(lambda: all_published(db, events), "the events to be marked published")
+    finally:
+        await proxy.close()
+
+
+async def test_many_events_arrive_in_order_across_batches(settings, db):
+    test_settings = isolated(settings)
+    signal = OutboxSignal()
+    relay = OutboxRelay(test_settings, db, signal, batch_size=64)
+    async with Consumer(test_settings) as consumer:
+        events: list[Event] = []
+        for _ in range(10):  # committed before the relay starts: a backlog several batches long
+            events += await insert(db, 100)
+        async with running(relay):
+            messages = await consumer.collect({e.id for e in events})
+            assert [m.message_id for m in messages] == [e.id for e in events]
+            sequences = [sequence_of(m) for m in messages]
+            assert sequences == list(range(sequences[0], sequences[0] + len(events)))
+            await eventually(lambda: all_published(db, events), "the events to be marked published")
+    await assert_sequences_gap_free(db)
+
+
 async def test_database_outage_loses_nothing_and_leadership_returns(settings, db):
     test_settings = isolated(settings)
     proxy = TcpProxy(*target_of(settings.database_url, 5432))
@@ -357,12 +404,16 @@ async def test_stop_is_prompt_and_releases_the_lock(settings, db):
     test_settings = isolated(settings)
     relay = OutboxRelay(test_settings, db, OutboxSignal())
     loop = asyncio.get_running_loop()
-    task = asyncio.create_task(relay.run())
-    await eventually(lambda: relay.is_leader, "the relay to lead")
-    started = loop.time()
-    await relay.stop()
-    assert loop.time() - started < 2
-    assert task.done() and task.exception() is None
+    async with Consumer(test_settings):  # deletes the exchange the relay declares
+        task = asyncio.create_task(relay.run())
+        try:
+            await eventually(lambda: relay.is_leader, "the relay to lead")
+            started = loop.time()
+            await relay.stop()
+            assert loop.time() - started < 2
+            assert task.done() and task.exception() is None
+        finally:
+            await relay.stop()
 
     conn = await asyncpg.connect(settings.database_url)
     try:

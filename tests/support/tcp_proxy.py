@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from typing import Callable
 
 
 class _Link:
@@ -36,6 +37,7 @@ class TcpProxy:
         self._server: asyncio.Server | None = None
         self._links: set[_Link] = set()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._budget: int | None = None
 
     async def start(self, port: int = 0) -> None:
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -44,14 +46,18 @@ class TcpProxy:
         self.port = sock.getsockname()[1]
         self._server = await asyncio.start_server(self._handle, sock=sock)
 
+    @property
+    def listening(self) -> bool:
+        return self._server is not None
+
     async def cut(self) -> None:
         """Refuse new connections and reset every open one."""
-        if self._server is not None:
-            self._server.close()
-            self._server = None
-        for link in list(self._links):
-            link.abort()
+        self._sever()
         await self._drain_tasks()
+
+    def cut_after(self, client_bytes: int) -> None:
+        """Cut once clients have sent `client_bytes` more bytes: an outage in the middle of a write."""
+        self._budget = client_bytes
 
     async def restore(self) -> None:
         """Listen again on the same port."""
@@ -67,6 +73,24 @@ class TcpProxy:
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
+
+    def _sever(self) -> None:
+        self._budget = None
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+        for link in list(self._links):
+            link.abort()
+
+    def _spend(self, size: int) -> bool:
+        """Account for client bytes; False (and everything severed) once the budget is exhausted."""
+        if self._budget is None:
+            return True
+        self._budget -= size
+        if self._budget >= 0:
+            return True
+        self._sever()
+        return False
 
     async def _drain_tasks(self) -> None:
         tasks = set(self._tasks)
@@ -88,8 +112,8 @@ class TcpProxy:
             try:
                 # When either direction ends, the whole connection ends (AMQP and PG never half-close).
                 pipes = {
-                    asyncio.create_task(_pipe(client_reader, upstream_writer)),
-                    asyncio.create_task(_pipe(upstream_reader, client_writer)),
+                    asyncio.create_task(_pipe(client_reader, upstream_writer, self._spend)),
+                    asyncio.create_task(_pipe(upstream_reader, client_writer, lambda size: True)),
                 }
                 _, pending = await asyncio.wait(pipes, return_when=asyncio.FIRST_COMPLETED)
                 for pipe in pending:
@@ -102,9 +126,11 @@ class TcpProxy:
             self._tasks.discard(task)
 
 
-async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, allow: Callable[[int], bool]) -> None:
     try:
         while data := await reader.read(65536):
+            if not allow(len(data)):
+                return
             writer.write(data)
             await writer.drain()
     except (ConnectionError, OSError):

@@ -1,0 +1,100 @@
+"""Integration fixtures: the exchange app on loopback, the loopback issuer registered
+with its keys written to Postgres the way the jwks-refresher writes them."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import pytest
+
+from tpx.exchange.app import create_app
+from tpx.jose import parse_jwks
+from tpx.keystore import replace_issuer_keys
+from tests.conftest import ADMIN_TOKEN
+from tests.support.claims import github_claims
+from tests.support.servers import serve
+
+ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+
+
+@pytest.fixture(scope="session")
+async def exchange_app(settings):
+    # The relay is started by the tests that watch events, so each owns the relay lock while it runs.
+    app = create_app(settings, run_relay=False)
+    async with serve(app) as url:
+        app.state.url = url
+        yield app
+
+
+@pytest.fixture(scope="session")
+async def client(exchange_app):
+    async with httpx.AsyncClient(base_url=exchange_app.state.url, timeout=30) as http:
+        yield http
+
+
+async def publish_issuer_keys(db, exchange_app, issuer_id, oidc_issuer) -> None:
+    """Fetch the issuer's JWKS over HTTP, store it like the refresher, and wait until the exchange sees it."""
+    async with httpx.AsyncClient() as http:
+        document = (await http.get(f"{oidc_issuer.url}/.well-known/jwks")).json()
+    keys, _skipped = parse_jwks(document)
+    by_kid = {jwk["kid"]: jwk for jwk in document["keys"] if jwk.get("kid") in keys}
+    cache = exchange_app.state.tpx.keycache
+    version = cache.snapshot.version
+    async with db.acquire() as conn:
+        await replace_issuer_keys(conn, issuer_id, by_kid)
+    assert await cache.wait_for_version(version, timeout=10), "the exchange did not pick up the new keys"
+
+
+@pytest.fixture(scope="session")
+async def issuer(client, db, exchange_app, oidc_issuer):
+    response = await client.post("/v1/admin/issuers", json={"url": oidc_issuer.url, "kind": "github"}, headers=ADMIN)
+    assert response.status_code == 201, response.text
+    issuer_id = uuid.UUID(response.json()["issuer"]["id"])
+    await publish_issuer_keys(db, exchange_app, issuer_id, oidc_issuer)
+    return oidc_issuer
+
+
+@dataclass
+class Repo:
+    """A fresh GitHub repository identity per test, so tests never see each other's publishers."""
+
+    issuer: Any
+    client: httpx.AsyncClient
+    owner: str = field(default_factory=lambda: f"org-{uuid.uuid4().hex[:8]}")
+    repo: str = field(default_factory=lambda: f"repo-{uuid.uuid4().hex[:8]}")
+    owner_id: str = field(default_factory=lambda: str(uuid.uuid4().int % 10**9))
+    repository_id: str = field(default_factory=lambda: str(uuid.uuid4().int % 10**9))
+
+    @property
+    def repository(self) -> str:
+        return f"{self.owner}/{self.repo}"
+
+    def claims(self, **overrides: Any) -> dict[str, Any]:
+        base = dict(owner=self.owner, repo=self.repo, owner_id=self.owner_id, repository_id=self.repository_id)
+        base.update(overrides)
+        return github_claims(**base)
+
+    def token(self, **overrides: Any) -> str:
+        return self.issuer.mint(self.claims(**overrides))
+
+    async def add_publisher(self, expect: int = 201, **fields: Any) -> dict[str, Any]:
+        body = {
+            "package": f"pkg-{uuid.uuid4().hex[:8]}", "provider": "github", "issuer": self.issuer.url,
+            "repository_owner": self.owner, "repository_name": self.repo, "workflow_filename": "release.yml",
+        }
+        body.update(fields)
+        body = {k: v for k, v in body.items() if v is not None}
+        response = await self.client.post("/v1/admin/publishers", json=body, headers=ADMIN)
+        assert response.status_code == expect, response.text
+        return response.json().get("publisher", response.json())
+
+    async def exchange(self, jwt: str) -> httpx.Response:
+        return await self.client.post("/v1/exchange", json={"jwt": jwt})
+
+
+@pytest.fixture
+def repo(issuer, client) -> Repo:
+    return Repo(issuer, client)
