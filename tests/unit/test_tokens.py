@@ -1,0 +1,49 @@
+"""Token format, entropy source, checksum and hashing."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+
+from tpx import tokens
+
+
+def test_generated_tokens_are_well_formed_and_distinct():
+    generated = {tokens.generate() for _ in range(2000)}
+    assert len(generated) == 2000
+    for token in generated:
+        assert token.startswith("tpx_")
+        assert len(token) == 4 + tokens.BODY_LENGTH + tokens.CHECKSUM_LENGTH
+        assert tokens.is_well_formed(token)
+
+
+def test_entropy_is_at_least_160_bits():
+    import math
+
+    assert tokens.BODY_LENGTH * math.log2(len(tokens.ALPHABET)) >= 160
+    assert tokens.ENTROPY_BITS >= 160
+
+
+def test_every_single_character_change_breaks_the_checksum_or_shape():
+    token = tokens.generate()
+    for position in range(4, len(token)):
+        for replacement in "0aZ":
+            if token[position] == replacement:
+                continue
+            altered = token[:position] + replacement + token[position + 1:]
+            # CRC32 detects every single-symbol error in a message this short.
+            assert not tokens.is_well_formed(altered), (position, replacement)
+
+
+@pytest.mark.parametrize("value", [
+    None, 42, "", "tpx_", "tpx_" + "a" * 45, "tpx_" + "a" * 47, "TPX_" + "a" * 46, "tpx-" + "a" * 46,
+    "tpx_" + "a" * 45 + "!", "tpx_" + "é" * 46, " " + "tpx_" + "a" * 46,
+])
+def test_malformed_values_are_rejected(value):
+    assert not tokens.is_well_formed(value)
+
+
+def test_hash_is_sha256_of_the_token():
+    token = tokens.generate()
+    assert tokens.hash_token(token) == hashlib.sha256(token.encode()).digest()
