@@ -43,6 +43,13 @@ class Settings:
     db_pool_max: int = 10
     relay_poll_seconds: float = 0.5
     keys_reload_seconds: float = 30.0
+    keys_max_staleness_seconds: int = 86400
+    keys_wait_seconds: float = 2.0
+    jwks_refresh_seconds: int = 900
+    jwks_refresh_cooldown_seconds: float = 10.0
+    jwks_fetch_timeout_seconds: float = 10.0
+    revoker_sweep_seconds: float = 30.0
+    token_retention_seconds: int = 30 * 86400
     extra: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -75,6 +82,17 @@ class Settings:
             db_pool_max=env.integer("TPX_DB_POOL_MAX", cls.db_pool_max, 1, 200),
             relay_poll_seconds=env.number("TPX_RELAY_POLL_SECONDS", cls.relay_poll_seconds, 0.01, 60),
             keys_reload_seconds=env.number("TPX_KEYS_RELOAD_SECONDS", cls.keys_reload_seconds, 1, 3600),
+            keys_max_staleness_seconds=env.integer("TPX_KEYS_MAX_STALENESS_SECONDS", cls.keys_max_staleness_seconds,
+                                                   60, 30 * 86400),
+            keys_wait_seconds=env.number("TPX_KEYS_WAIT_SECONDS", cls.keys_wait_seconds, 0, 10),
+            jwks_refresh_seconds=env.integer("TPX_JWKS_REFRESH_SECONDS", cls.jwks_refresh_seconds, 300, 3600),
+            jwks_refresh_cooldown_seconds=env.number("TPX_JWKS_REFRESH_COOLDOWN_SECONDS",
+                                                     cls.jwks_refresh_cooldown_seconds, 0.1, 600),
+            jwks_fetch_timeout_seconds=env.number("TPX_JWKS_FETCH_TIMEOUT_SECONDS", cls.jwks_fetch_timeout_seconds,
+                                                  0.1, 60),
+            revoker_sweep_seconds=env.number("TPX_REVOKER_SWEEP_SECONDS", cls.revoker_sweep_seconds, 0.05, 3600),
+            token_retention_seconds=env.integer("TPX_TOKEN_RETENTION_SECONDS", cls.token_retention_seconds,
+                                                3600, 10 * 365 * 86400),
         )
         if settings.token_ttl_seconds > settings.token_ttl_max_seconds:
             raise ConfigError(

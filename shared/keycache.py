@@ -24,6 +24,7 @@ from tpx.logging import get_logger
 
 log = get_logger("tpx.keycache")
 CHANNEL = "tpx_issuers"
+REFRESH_CHANNEL = "tpx_jwks_refresh"
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,7 @@ class KeyCache:
         self._reload_lock = asyncio.Lock()
         self._wake = asyncio.Event()
         self._stopping = False
+        self._refresh_requested: dict[Any, float] = {}
 
     def issuer(self, url: str) -> IssuerEntry | None:
         entry = self.snapshot.issuers.get(url)
@@ -152,6 +154,41 @@ class KeyCache:
             if not self._stopping:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 10.0)
+
+    async def refresh_for_kid(self, issuer: IssuerEntry, kid: str) -> IssuerEntry:
+        """Ask the jwks-refresher for the issuer's current keys and wait briefly for `kid` to appear.
+
+        A key the IdP just started signing with then works on its first use. The
+        exchange never calls the IdP itself; it NOTIFYs the refresher, which
+        answers single-flight with a cluster-wide cooldown. Within this replica,
+        requests are also coalesced: while one is in flight, others just wait for
+        it; after it, unknown kids fail fast until the cooldown has passed, so a
+        flood of random kids costs neither the IdP nor the database anything.
+        """
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        last = self._refresh_requested.get(issuer.id)
+        wait = self.settings.keys_wait_seconds
+        if last is None or now - last >= self.settings.jwks_refresh_cooldown_seconds:
+            self._refresh_requested[issuer.id] = now
+            try:
+                await self.pool.execute("SELECT pg_notify($1, $2)", REFRESH_CHANNEL, str(issuer.id))
+            except UNAVAILABLE_ERRORS as exc:
+                log.warning("keycache.refresh_request_failed", error=type(exc).__name__)
+                return issuer
+        elif now - last >= wait:
+            return issuer  # asked recently and the answer did not have this kid: do not wait again
+
+        def arrived() -> bool:
+            entry = self.snapshot.issuers.get(issuer.url)
+            return entry is None or kid in entry.keys
+
+        async with self._changed:
+            try:
+                await asyncio.wait_for(self._changed.wait_for(arrived), max(0.0, wait - (now - (last or now))))
+            except asyncio.TimeoutError:
+                pass
+        return self.snapshot.issuers.get(issuer.url, issuer)
 
     def _on_notify(self, *_args: Any) -> None:
         self._wake.set()

@@ -21,7 +21,7 @@ async def read_verified(request: Request, ctx: ServiceContext, member: str = "jw
     body = await read_object(request, ctx.settings.max_body_bytes)
     reject_unknown(body, {member})
     value = require_string(body, member, example=JWT_EXAMPLE.replace("jwt", member))
-    return verify_id_token(value, ctx.keycache, ctx.settings.leeway_seconds)
+    return await verify_id_token(value, ctx.keycache, ctx.settings)
 
 
 async def exchange_token(ctx: ServiceContext, verified: VerifiedToken):

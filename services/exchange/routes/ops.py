@@ -30,15 +30,26 @@ async def readyz(request: Request) -> JSONResponse:
         reasons.append("the database is unreachable")
     issuers = []
     now = datetime.now(timezone.utc)
+    usable = 0
     for entry in ctx.keycache.snapshot.issuers.values():
         age = (now - entry.keys_fetched_at).total_seconds() if entry.keys_fetched_at else None
+        stale = age is not None and age > ctx.settings.keys_max_staleness_seconds
+        if not entry.enabled:
+            state = "disabled"
+        elif not entry.keys:
+            state = "no usable keys"
+        elif stale:
+            state = "stale keys"
+        else:
+            state = "ready"
+            usable += 1
         issuers.append({
             "url": entry.url, "kind": entry.kind, "enabled": entry.enabled, "key_count": len(entry.keys),
             "key_ids": sorted(entry.keys), "keys_fetched_at": entry.keys_fetched_at.isoformat() if entry.keys_fetched_at else None,
             "key_age_seconds": int(age) if age is not None else None, "last_error": entry.last_error,
-            "state": "ready" if entry.keys else ("disabled" if not entry.enabled else "no usable keys"),
+            "state": state,
         })
-    if not ctx.keycache.snapshot.usable():
+    if not usable:
         reasons.append("no enabled issuer has usable keys (is the jwks-refresher running?)")
     if ctx.draining:
         reasons.append("the service is shutting down")
