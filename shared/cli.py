@@ -9,7 +9,7 @@ import sys
 from tpx.config import ConfigError, Settings
 
 
-def _settings() -> Settings:
+def load_settings() -> Settings:
     try:
         return Settings.from_env()
     except ConfigError as exc:
@@ -17,11 +17,17 @@ def _settings() -> Settings:
         raise SystemExit(2) from None
 
 
+def _configure_logging(settings: Settings) -> None:
+    from tpx.logging import configure
+
+    configure(settings.log_format, settings.log_level)
+
+
 def cmd_migrate(_args: argparse.Namespace) -> int:
     from tpx.db.migrate import SchemaMismatch, migrate
     from tpx.db.pool import connect
 
-    settings = _settings()
+    settings = load_settings()
 
     async def run() -> int:
         try:
@@ -43,19 +49,51 @@ def cmd_migrate(_args: argparse.Namespace) -> int:
     return asyncio.run(run())
 
 
-def cmd_exchange(_args: argparse.Namespace) -> int:
-    import uvicorn
+def _run_service(name: str, serve_factory) -> int:
+    from tpx.db.migrate import SchemaMismatch
+    from tpx.runtime import run_until_signalled
 
-    from tpx.exchange.app import create_app
-    from tpx.logging import configure
-
-    settings = _settings()
-    configure(settings.log_format, settings.log_level)
-    uvicorn.run(
-        create_app(settings), host=settings.host, port=settings.port, log_level="warning", access_log=False,
-        proxy_headers=False, server_header=False, timeout_graceful_shutdown=20, lifespan="on",
-    )
+    settings = load_settings()
+    _configure_logging(settings)
+    try:
+        asyncio.run(run_until_signalled(name, lambda stop: serve_factory(settings, stop)))
+    except SchemaMismatch as exc:
+        print(f"tpx {name}: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"tpx {name}: cannot start: {exc}; check TPX_DATABASE_URL / TPX_HOST / TPX_PORT", file=sys.stderr)
+        return 1
     return 0
+
+
+def cmd_exchange(_args: argparse.Namespace) -> int:
+    from tpx.exchange.service import serve
+
+    return _run_service("exchange", serve)
+
+
+def cmd_jwks_refresher(_args: argparse.Namespace) -> int:
+    from tpx.jwks_refresher.service import serve
+
+    return _run_service("jwks-refresher", serve)
+
+
+def cmd_revoker(_args: argparse.Namespace) -> int:
+    from tpx.revoker.service import serve
+
+    return _run_service("revoker", serve)
+
+
+def cmd_dev(_args: argparse.Namespace) -> int:
+    from tpx.devstack import serve
+
+    return _run_service("dev", serve)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from tpx.demo import main as demo_main
+
+    return demo_main(args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -63,6 +101,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     sub.add_parser("migrate", help="apply database migrations (safe to run from several replicas)").set_defaults(func=cmd_migrate)
     sub.add_parser("exchange", help="run the exchange HTTP service").set_defaults(func=cmd_exchange)
+    sub.add_parser("jwks-refresher", help="run the worker that keeps issuer keys fresh").set_defaults(func=cmd_jwks_refresher)
+    sub.add_parser("revoker", help="run the worker that enforces expiry and revocations").set_defaults(func=cmd_revoker)
+    sub.add_parser("dev", help="run the exchange, the jwks-refresher and the revoker in one process (laptop)").set_defaults(func=cmd_dev)
+    demo = sub.add_parser("demo", help="run the whole stack with a loopback development issuer and show an exchange")
+    demo.add_argument("--keep-running", action="store_true", help="keep the stack running after the tour")
+    demo.set_defaults(func=cmd_demo)
     return parser
 
 

@@ -15,11 +15,13 @@ import pytest
 from tpx.config import Settings
 from tpx.db.migrate import migrate
 from tpx.db.pool import create_pool
+from tpx.logging import configure as configure_logging
 from tests.support.oidc_issuer import LoopbackIssuer
 from tests.support.servers import serve
 
 PG_HOST = os.environ.get("TPX_TEST_PG", "postgresql://postgres@127.0.0.1:5432")
 AMQP_URL = os.environ.get("TPX_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
+configure_logging("console", os.environ.get("TPX_TEST_LOG_LEVEL", "warning"))
 ADMIN_TOKEN = "test-admin-" + secrets.token_urlsafe(24)
 INTROSPECTION_TOKEN = "test-introspect-" + secrets.token_urlsafe(24)
 
