@@ -21,7 +21,9 @@ from starlette.routing import Route
 from tpx.config import Settings
 from tpx.db.migrate import check_schema
 from tpx.db.pool import UNAVAILABLE_ERRORS, create_pool
+from tpx import metrics
 from tpx.errors import Problem
+from tpx.events.backlog import sample_forever
 from tpx.events.outbox import OutboxSignal
 from tpx.events.relay import OutboxRelay
 from tpx.keycache import KeyCache
@@ -29,8 +31,8 @@ from tpx.logging import get_logger
 
 from tpx.exchange.auth import Credentials
 from tpx.exchange.context import ServiceContext
-from tpx.exchange.http import RequestIdMiddleware, problem_response
-from tpx.exchange.routes import admin, exchange, ops, tokens
+from tpx.exchange.http import MetricsMiddleware, RequestIdMiddleware, problem_response
+from tpx.exchange.routes import admin, exchange, ops, revocations, tokens
 
 log = get_logger("tpx.exchange.app")
 
@@ -51,8 +53,10 @@ def routes() -> list[Route]:
         Route("/v1/admin/publishers/{id}", admin.get_publisher, methods=["GET"]),
         Route("/v1/admin/publishers/{id}", admin.delete_publisher, methods=["DELETE"]),
         Route("/v1/admin/tokens", admin.list_tokens, methods=["GET"]),
+        *revocations.routes(),
         Route("/healthz", ops.healthz, methods=["GET"]),
         Route("/readyz", ops.readyz, methods=["GET"]),
+        Route("/metrics", ops.metrics, methods=["GET"]),
         Route("/openapi.json", ops.openapi, methods=["GET"]),
     ]
 
@@ -96,7 +100,12 @@ def create_app(settings: Settings, *, run_relay: bool = True) -> Starlette:
                                           "TPX_INTROSPECTION_TOKENS"),
             )
             app.state.tpx = ctx
-            tasks = [asyncio.create_task(keycache.run(), name="keycache")]
+            metrics.POOLS.add("exchange", pool)
+            metrics.KEYS.add(lambda: keycache.snapshot)
+            metrics.BUILD.labels("exchange").set(1)
+            metrics.DRAINING.set(0)
+            tasks = [asyncio.create_task(keycache.run(), name="keycache"),
+                     asyncio.create_task(sample_forever(pool), name="outbox-sampler")]
             relay = OutboxRelay(settings, pool, signal) if run_relay else None
             if relay is not None:
                 tasks.append(asyncio.create_task(relay.run(), name="outbox-relay"))
@@ -107,6 +116,7 @@ def create_app(settings: Settings, *, run_relay: bool = True) -> Starlette:
                 yield
             finally:
                 ctx.draining = True
+                metrics.DRAINING.set(1)
                 keycache.stop()
                 if relay is not None:
                     await relay.stop()
@@ -114,11 +124,14 @@ def create_app(settings: Settings, *, run_relay: bool = True) -> Starlette:
                     task.cancel()
                 await asyncio.gather(*tasks, return_exceptions=True)
         finally:
+            metrics.POOLS.remove("exchange", pool)
             await pool.close()
 
+    route_list = routes()
+    route_names = {route.endpoint: route.path for route in route_list}
     return Starlette(
-        routes=routes(),
-        middleware=[Middleware(RequestIdMiddleware)],
+        routes=route_list,
+        middleware=[Middleware(RequestIdMiddleware), Middleware(MetricsMiddleware, route_names=route_names)],
         exception_handlers={Problem: _problem, HTTPException: _http_error, Exception: _unexpected},
         lifespan=lifespan,
     )

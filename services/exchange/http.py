@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextvars
 import json
 import re
+import time
 import uuid
 from typing import Any
 from urllib.parse import parse_qsl
@@ -51,6 +52,36 @@ class RequestIdMiddleware:
         finally:
             structlog.contextvars.unbind_contextvars("request_id")
             request_id_var.reset(token)
+
+
+class MetricsMiddleware:
+    """Latency by route template (never the raw path, which a client controls), method and status."""
+
+    def __init__(self, app, route_names: dict) -> None:
+        self.app = app
+        self.route_names = route_names
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        from tpx.metrics import HTTP_LATENCY
+
+        started = time.perf_counter()
+        status = 500
+
+        async def send_and_record(message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_record)
+        finally:
+            route = self.route_names.get(scope.get("endpoint"), "unmatched")
+            HTTP_LATENCY.labels(route, scope["method"] if route != "unmatched" else "other", str(status)).observe(
+                time.perf_counter() - started)
 
 
 class ProblemResponse(JSONResponse):

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import time
+
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from tpx.errors import Problem
 from tpx.logging import get_logger
+from tpx.metrics import EXCHANGE_LATENCY, EXCHANGES
 
 from tpx.exchange.context import ServiceContext, context
 from tpx.exchange.http import read_object, reject_unknown, require_string
@@ -44,8 +47,16 @@ async def exchange_token(ctx: ServiceContext, verified: VerifiedToken):
 
 async def exchange(request: Request) -> JSONResponse:
     ctx = context(request)
-    verified = await read_verified(request, ctx)
-    minted = await exchange_token(ctx, verified)
+    started = time.perf_counter()
+    try:
+        verified = await read_verified(request, ctx)
+        minted = await exchange_token(ctx, verified)
+    except Problem as problem:
+        EXCHANGES.labels(problem.code).inc()
+        raise
+    finally:
+        EXCHANGE_LATENCY.observe(time.perf_counter() - started)
+    EXCHANGES.labels("issued").inc()
     return JSONResponse(minted.response(), headers={"Cache-Control": "no-store"})
 
 

@@ -6,9 +6,10 @@ import asyncio
 from datetime import datetime, timezone
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 
 from tpx.db.pool import UNAVAILABLE_ERRORS
+from tpx.metrics import exposition
 
 from tpx.exchange.context import context
 from tpx.exchange.openapi import OPENAPI
@@ -60,6 +61,11 @@ async def readyz(request: Request) -> JSONResponse:
         status_code=200 if ready else 503,
         headers={} if ready else {"Retry-After": "5"},
     )
+
+
+async def metrics(request: Request) -> Response:
+    body, content_type = exposition()
+    return Response(body, media_type=content_type)
 
 
 async def openapi(request: Request) -> JSONResponse:

@@ -11,6 +11,7 @@ from tpx import tokens
 from tpx.errors import Problem
 from tpx.events import types as event_types
 from tpx.events.outbox import Event, add_events
+from tpx.metrics import INTROSPECTIONS
 from tpx.store import tokens as token_store
 
 from tpx.exchange.context import context
@@ -87,9 +88,8 @@ async def introspect(request: Request) -> JSONResponse:
     if not isinstance(token, str):
         raise Problem("malformed_request", "send the token to introspect as {\"token\": \"tpx_...\"} or token=tpx_...")
     headers = {"Cache-Control": "no-store"}
-    if not tokens.is_well_formed(token):
-        return JSONResponse({"active": False}, headers=headers)
-    row = await token_store.active_by_hash(ctx.pool, tokens.hash_token(token))
+    row = await token_store.active_by_hash(ctx.pool, tokens.hash_token(token)) if tokens.is_well_formed(token) else None
+    INTROSPECTIONS.labels("active" if row is not None else "inactive").inc()
     if row is None:
         return JSONResponse({"active": False}, headers=headers)
     return JSONResponse(introspection_body(row), headers=headers)

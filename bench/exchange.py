@@ -1,0 +1,208 @@
+"""Benchmark: exchanges and introspections against the running stack, next to a bare Starlette baseline.
+
+    .venv/bin/python bench/exchange.py [--clients 32] [--exchanges 8000] [--duration 8]
+
+Starts its own stack as production runs it (`tpx exchange`, `tpx jwks-refresher`,
+`tpx revoker` as separate processes, a fresh `tpx_bench` database, its own AMQP
+prefix) plus a loopback development issuer, pre-mints distinct ID tokens
+(minting is not measured), then drives N concurrent keep-alive clients. Every
+write is durable (PostgreSQL defaults, synchronous commit). Prints throughput
+and p50/p95/p99 for each, and ratios against the baseline measured in the
+same run, since this machine is shared and noisy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import asyncpg
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "bench"))
+
+import loadgen  # noqa: E402
+
+from tpx.devissuer import DevIssuer  # noqa: E402
+from tpx.config import Settings  # noqa: E402
+from tpx.db.migrate import migrate  # noqa: E402
+from tpx.exchange.server import ExchangeServer, uvicorn_config  # noqa: E402
+
+PG = os.environ.get("TPX_BENCH_PG", "postgresql://postgres@127.0.0.1:5432")
+DATABASE = "tpx_bench"
+TARGETS = {"exchange_rps": 1000, "exchange_p99_ms": 50, "introspect_rps": 3000}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def progress(text: str) -> None:
+    print(f"  · {text}", flush=True)
+
+
+async def fresh_database() -> str:
+    admin = await asyncpg.connect(f"{PG}/postgres")
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{DATABASE}" WITH (FORCE)')
+        await admin.execute(f'CREATE DATABASE "{DATABASE}"')
+    finally:
+        await admin.close()
+    url = f"{PG}/{DATABASE}"
+    conn = await asyncpg.connect(url)
+    try:
+        await migrate(conn)
+    finally:
+        await conn.close()
+    return url
+
+
+def start(command: list[str], env: dict[str, str], name: str) -> subprocess.Popen:
+    log = open(ROOT / ".bench-logs" / f"{name}.log", "w")
+    return subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+
+
+async def wait_http(url: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    async with httpx.AsyncClient(trust_env=False) as http:
+        while True:
+            try:
+                if (await http.get(url)).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise SystemExit(f"bench: {url} did not answer within {timeout} s (see .bench-logs/)")
+            await asyncio.sleep(0.1)
+
+
+async def main(args: argparse.Namespace) -> None:
+    (ROOT / ".bench-logs").mkdir(exist_ok=True)
+    print("tpx benchmark: exchange and introspection vs a bare Starlette endpoint\n", flush=True)
+    progress("fresh database tpx_bench, migrated")
+    database_url = await fresh_database()
+    admin_token = "bench-admin-" + secrets.token_urlsafe(16)
+    registry_token = "bench-registry-" + secrets.token_urlsafe(16)
+    port, baseline_port = free_port(), free_port()
+    env = {**os.environ, "TPX_DATABASE_URL": database_url, "TPX_AMQP_PREFIX": f"tpx-bench-{os.getpid()}",
+           "TPX_PORT": str(port), "TPX_ADMIN_TOKENS": admin_token, "TPX_INTROSPECTION_TOKENS": registry_token,
+           "TPX_INSECURE_LOOPBACK_ISSUERS": "1", "TPX_LOG_LEVEL": "warning", "TPX_DB_POOL_MAX": str(args.pool),
+           "TPX_DB_POOL_MIN": str(min(args.pool, 10)), "BASELINE_PORT": str(baseline_port)}
+    tpx = str(Path(sys.executable).with_name("tpx"))
+
+    issuer = DevIssuer()
+    issuer_port = free_port()
+    issuer.url = f"http://127.0.0.1:{issuer_port}"
+    stop = asyncio.Event()
+    issuer_server = ExchangeServer(uvicorn_config(issuer.app(), Settings(), port=issuer_port, lifespan="off"))
+    issuer_task = asyncio.create_task(issuer_server.serve_until(stop))
+    await issuer_server.listening.wait()
+
+    processes = [
+        start([tpx, "exchange"], env, "exchange"),
+        start([tpx, "jwks-refresher"], env, "jwks-refresher"),
+        start([tpx, "revoker"], env, "revoker"),
+        start([sys.executable, str(ROOT / "bench" / "baseline_app.py")], env, "baseline"),
+    ]
+    try:
+        base = f"http://127.0.0.1:{port}"
+        await wait_http(f"{base}/healthz")
+        progress(f"stack up: exchange :{port}, jwks-refresher, revoker (pids {[p.pid for p in processes]})")
+        admin = {"Authorization": f"Bearer {admin_token}"}
+        async with httpx.AsyncClient(base_url=base, trust_env=False, timeout=30) as http:
+            (await http.post("/v1/admin/issuers", json={"url": issuer.url, "kind": "github"}, headers=admin)).raise_for_status()
+            await wait_http(f"{base}/readyz")
+            progress("issuer registered; keys fetched by the jwks-refresher")
+            (await http.post("/v1/admin/publishers", headers=admin, json={
+                "package": "bench-pkg", "provider": "github", "issuer": issuer.url, "repository_owner": "bench-org",
+                "repository_owner_id": "1001", "repository_name": "bench-repo", "repository_id": "2002",
+                "workflow_filename": "release.yml", "environments": ["release"]})).raise_for_status()
+
+            total = args.exchanges + args.warmup + args.introspect_tokens
+            progress(f"pre-minting {total} distinct ID tokens (not measured)")
+            jwts = []
+            for i in range(total):
+                jwts.append(issuer.github_token(repository="bench-org/bench-repo"))
+                if (i + 1) % 2000 == 0:
+                    progress(f"  {i + 1}/{total}")
+            live_tokens = []
+            for jwt in jwts[:args.introspect_tokens]:
+                live_tokens.append((await http.post("/v1/exchange", json={"jwt": jwt})).json()["token"])
+            jwts = jwts[args.introspect_tokens:]
+
+        host = f"127.0.0.1:{port}"
+        exchange_requests = (loadgen.request_bytes("/v1/exchange", json.dumps({"jwt": j}).encode(),
+                                                   {"Content-Type": "application/json"}, host) for j in jwts)
+        baseline_body = json.dumps({"jwt": jwts[0]}).encode()
+        baseline_request = loadgen.request_bytes("/echo", baseline_body, {"Content-Type": "application/json"},
+                                                 f"127.0.0.1:{baseline_port}")
+        introspect_requests = itertools.cycle([
+            loadgen.request_bytes("/v1/introspect", json.dumps({"token": t}).encode(),
+                                  {"Content-Type": "application/json", "Authorization": f"Bearer {registry_token}"}, host)
+            for t in live_tokens])
+
+        progress(f"warm-up: {args.warmup} exchanges")
+        await loadgen.run("warmup", "127.0.0.1", port, exchange_requests, clients=args.clients, total=args.warmup)
+        progress(f"baseline: bare Starlette POST for {args.duration} s at {args.clients} clients")
+        baseline = await loadgen.run("baseline (Starlette)", "127.0.0.1", baseline_port, lambda: baseline_request,
+                                     clients=args.clients, duration=args.duration)
+        progress(f"exchange: {args.exchanges} distinct ID tokens at {args.clients} clients")
+        exchange = await loadgen.run("exchange", "127.0.0.1", port, exchange_requests, clients=args.clients,
+                                     total=args.exchanges)
+        progress(f"introspection: {args.duration} s at {args.clients} clients")
+        introspection = await loadgen.run("introspection", "127.0.0.1", port, introspect_requests,
+                                          clients=args.clients, duration=args.duration)
+    finally:
+        for process in processes:
+            process.send_signal(signal.SIGTERM)
+        for process in processes:
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        stop.set()
+        await issuer_task
+
+    print("\nresults (durable: synchronous commit, one PostgreSQL transaction per exchange)\n")
+    for result in (baseline, exchange, introspection):
+        print("  " + result.summary())
+    print("\nratios against the baseline measured in this run")
+    for result in (exchange, introspection):
+        print(f"  {result.name:<14} throughput {loadgen.ratio(result.throughput, baseline.throughput):>7}   "
+              f"p99 {loadgen.ratio(result.p99, baseline.p99):>7}")
+    print("\ntargets (2-core machine)")
+    checks = [
+        (f"exchange >= {TARGETS['exchange_rps']}/s", exchange.throughput >= TARGETS["exchange_rps"], f"{exchange.throughput:.0f}/s"),
+        (f"exchange p99 <= {TARGETS['exchange_p99_ms']} ms", exchange.p99 <= TARGETS["exchange_p99_ms"], f"{exchange.p99:.1f} ms"),
+        (f"introspection >= {TARGETS['introspect_rps']}/s", introspection.throughput >= TARGETS["introspect_rps"],
+         f"{introspection.throughput:.0f}/s"),
+    ]
+    for label, ok, value in checks:
+        print(f"  {'PASS' if ok else 'MISS'}  {label:<28} measured {value}")
+    bad = {s: n for r in (exchange, introspection) for s, n in r.statuses.items() if s != 200}
+    if bad:
+        print(f"\n  non-200 answers: {bad} (see .bench-logs/)")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--clients", type=int, default=32)
+    parser.add_argument("--exchanges", type=int, default=8000)
+    parser.add_argument("--warmup", type=int, default=500)
+    parser.add_argument("--introspect-tokens", type=int, default=200)
+    parser.add_argument("--duration", type=float, default=8.0)
+    parser.add_argument("--pool", type=int, default=20)
+    asyncio.run(main(parser.parse_args()))

@@ -1,0 +1,51 @@
+"""Operations endpoints: health, readiness, metrics, OpenAPI, request ids."""
+
+from __future__ import annotations
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+
+async def test_healthz_and_readyz(client, issuer):
+    assert (await client.get("/healthz")).json() == {"status": "ok"}
+    ready = await client.get("/readyz")
+    assert ready.status_code == 200
+    body = ready.json()
+    assert body["status"] == "ready" and body["dependencies"]["database"] == "ok"
+    [entry] = [i for i in body["issuers"] if i["url"] == issuer.url]
+    assert entry["state"] == "ready" and entry["key_count"] >= 1
+    public = [i for i in body["issuers"] if i["url"] == "https://token.actions.githubusercontent.com"]
+    assert public and public[0]["state"] == "no usable keys"
+
+
+async def test_metrics_use_bounded_labels_and_never_carry_tokens(repo, client):
+    await repo.add_publisher()
+    minted = (await repo.exchange(repo.token())).json()
+    await client.get(f"/v1/admin/publishers/{'x' * 40}")  # an attacker-chosen path must not become a label
+    text = (await client.get("/metrics")).text
+    assert 'tpx_exchanges_total{code="issued"}' in text
+    assert 'route="/v1/exchange"' in text
+    assert 'route="/v1/admin/publishers/{id}"' in text
+    assert "x" * 40 not in text
+    assert minted["token"] not in text and "tpx_" + minted["token"][4:10] not in text
+    assert "tpx_db_pool_connections" in text
+    assert f'tpx_issuer_keys{{issuer="{repo.issuer.url}"}}' in text
+
+
+async def test_request_id_is_echoed_or_generated(client):
+    response = await client.get("/healthz", headers={"X-Request-ID": "ci-run-1234-abcd"})
+    assert response.headers["x-request-id"] == "ci-run-1234-abcd"
+    hostile = await client.get("/healthz", headers={"X-Request-ID": "bad id\twith spaces"})
+    assert hostile.headers["x-request-id"] != "bad id\twith spaces"
+    assert len(hostile.headers["x-request-id"]) == 32
+
+
+async def test_openapi_describes_the_native_api(client):
+    document = (await client.get("/openapi.json")).json()
+    assert document["openapi"].startswith("3.")
+    for path in ("/v1/exchange", "/v1/explain", "/v1/revoke", "/v1/introspect", "/v1/admin/issuers",
+                 "/v1/admin/publishers", "/v1/admin/tokens", "/healthz", "/readyz"):
+        assert path in document["paths"], path
+    codes = document["components"]["schemas"]["Problem"]["properties"]["code"]["enum"]
+    assert "no_matching_publisher" in codes and "token_reused" in codes
