@@ -50,6 +50,11 @@ class Settings:
     jwks_fetch_timeout_seconds: float = 10.0
     revoker_sweep_seconds: float = 30.0
     token_retention_seconds: int = 30 * 86400
+    rate_failed_per_minute: int = 60
+    rate_publisher_per_minute: int = 120
+    trusted_proxies: tuple[str, ...] = ()
+    drain_seconds: float = 0.0
+    ops_port: int = 9000
     extra: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -91,6 +96,12 @@ class Settings:
             jwks_fetch_timeout_seconds=env.number("TPX_JWKS_FETCH_TIMEOUT_SECONDS", cls.jwks_fetch_timeout_seconds,
                                                   0.1, 60),
             revoker_sweep_seconds=env.number("TPX_REVOKER_SWEEP_SECONDS", cls.revoker_sweep_seconds, 0.05, 3600),
+            rate_failed_per_minute=env.integer("TPX_RATE_FAILED_PER_MINUTE", cls.rate_failed_per_minute, 0, 1_000_000),
+            rate_publisher_per_minute=env.integer("TPX_RATE_PUBLISHER_PER_MINUTE", cls.rate_publisher_per_minute, 0,
+                                                  1_000_000),
+            trusted_proxies=env.networks("TPX_TRUSTED_PROXIES"),
+            drain_seconds=env.number("TPX_DRAIN_SECONDS", cls.drain_seconds, 0, 120),
+            ops_port=env.integer("TPX_OPS_PORT", cls.ops_port, 0, 65535),
             token_retention_seconds=env.integer("TPX_TOKEN_RETENTION_SECONDS", cls.token_retention_seconds,
                                                 3600, 10 * 365 * 86400),
         )
@@ -175,6 +186,23 @@ class _Reader:
         if value.lower() not in choices:
             raise ConfigError(f"{name} is {value[:40]!r}; it must be one of: {', '.join(choices)}")
         return value.lower()
+
+    def networks(self, name: str) -> tuple[str, ...]:
+        value = self.raw(name)
+        if value is None:
+            return ()
+        import ipaddress
+
+        networks = []
+        for part in value.split(","):
+            if not part.strip():
+                continue
+            try:
+                networks.append(str(ipaddress.ip_network(part.strip(), strict=False)))
+            except ValueError:
+                raise ConfigError(f"{name} holds {part.strip()[:60]!r}, which is not an IP address or CIDR network "
+                                  "(e.g. 10.0.0.0/8)") from None
+        return tuple(networks)
 
     def credentials(self, name: str) -> tuple[str, ...]:
         value = self.raw(name)

@@ -12,6 +12,7 @@ from tpx.events.outbox import OutboxSignal
 from tpx.keycache import KeyCache
 
 from tpx.exchange.auth import Credentials
+from tpx.exchange.ratelimit import RateLimits
 
 
 @dataclass
@@ -22,6 +23,7 @@ class ServiceContext:
     outbox_signal: OutboxSignal
     admin: Credentials
     introspection: Credentials
+    limits: RateLimits
     draining: bool = False
 
 

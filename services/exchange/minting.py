@@ -27,6 +27,7 @@ from tpx.providers.matching import PublisherEvaluation, denial, evaluate
 from tpx.store import publishers as publisher_store
 from tpx.store import tokens as token_store
 
+from tpx.exchange.ratelimit import RateLimits
 from tpx.exchange.verification import VerifiedToken
 
 SOURCE = "urn:tpx:exchange"
@@ -115,7 +116,8 @@ async def _bind(conn: asyncpg.Connection, verified: VerifiedToken, matched: list
     return kept, events
 
 
-async def mint(conn: asyncpg.Connection, settings: Settings, verified: VerifiedToken) -> MintedToken:
+async def mint(conn: asyncpg.Connection, settings: Settings, verified: VerifiedToken,
+               limits: RateLimits | None = None) -> MintedToken:
     identity = verified.identity
     now = datetime.now(timezone.utc)
     async with conn.transaction():
@@ -134,6 +136,9 @@ async def mint(conn: asyncpg.Connection, settings: Settings, verified: VerifiedT
         matched = [e for e in evaluations if e.matched]
         if not matched:
             raise denial(identity, evaluations)
+        if limits is not None:
+            for evaluation in matched:  # refused inside the transaction: the JTI is released with the rollback
+                limits.take_publisher(evaluation.publisher.id, evaluation.publisher.package)
         matched, bound_events = await _bind(conn, verified, matched)
         if not matched:
             raise denial(identity, evaluate_candidates(

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
+from typing import Iterator
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -14,6 +16,7 @@ from tpx.metrics import EXCHANGE_LATENCY, EXCHANGES
 from tpx.exchange.context import ServiceContext, context
 from tpx.exchange.http import read_object, reject_unknown, require_string
 from tpx.exchange.minting import explain, mint, record_denial
+from tpx.exchange.ratelimit import client_address
 from tpx.exchange.verification import VerifiedToken, verify_id_token
 
 log = get_logger("tpx.exchange")
@@ -27,11 +30,25 @@ async def read_verified(request: Request, ctx: ServiceContext, member: str = "jw
     return await verify_id_token(value, ctx.keycache, ctx.settings)
 
 
+@contextlib.contextmanager
+def client_failures_limited(ctx: ServiceContext, request: Request) -> Iterator[None]:
+    """Refuse a client address that keeps failing; count this attempt if it fails on the client's side."""
+    address = client_address(request.client.host if request.client else None,
+                             request.headers.get("x-forwarded-for"), ctx.limits.trusted_proxies)
+    ctx.limits.check_client(address)
+    try:
+        yield
+    except Problem as problem:
+        if problem.status < 500 and problem.code != "rate_limited":
+            ctx.limits.record_failure(address)
+        raise
+
+
 async def exchange_token(ctx: ServiceContext, verified: VerifiedToken):
     """Mint for a verified token; shared by the native and compatibility routes."""
     async with ctx.pool.acquire() as conn:
         try:
-            minted = await mint(conn, ctx.settings, verified)
+            minted = await mint(conn, ctx.settings, verified, ctx.limits)
         except Problem as problem:
             if problem.code in ("no_matching_publisher", "forbidden_trigger"):
                 await record_denial(conn, verified, problem)
@@ -49,8 +66,9 @@ async def exchange(request: Request) -> JSONResponse:
     ctx = context(request)
     started = time.perf_counter()
     try:
-        verified = await read_verified(request, ctx)
-        minted = await exchange_token(ctx, verified)
+        with client_failures_limited(ctx, request):
+            verified = await read_verified(request, ctx)
+            minted = await exchange_token(ctx, verified)
     except Problem as problem:
         EXCHANGES.labels(problem.code).inc()
         raise
