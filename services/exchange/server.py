@@ -52,10 +52,20 @@ class ExchangeServer(uvicorn.Server):
     def install_signal_handlers(self) -> None:  # older uvicorn releases
         return None
 
-    async def serve_until(self, stop: asyncio.Event) -> None:
+    async def serve_until(self, stop: asyncio.Event, *, on_drain=None, drain_seconds: float = 0.0) -> None:
+        """Serve until `stop`; then report not-ready for `drain_seconds` before closing the listener.
+
+        The pause lets load balancers see /readyz fail and stop sending new
+        requests; uvicorn then finishes the requests in flight.
+        """
         task = asyncio.create_task(self.serve())
         stopper = asyncio.create_task(stop.wait())
         done, _ = await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        if stopper in done and not task.done():
+            if on_drain is not None:
+                on_drain()
+            if drain_seconds > 0:
+                await asyncio.wait({task}, timeout=drain_seconds)
         self.should_exit = True
         stopper.cancel()
         await task

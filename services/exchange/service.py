@@ -6,6 +6,7 @@ import asyncio
 
 from tpx.config import Settings
 from tpx.logging import get_logger
+from tpx.metrics import DRAINING
 
 from tpx.exchange.app import create_app
 from tpx.exchange.server import ExchangeServer, uvicorn_config
@@ -14,6 +15,15 @@ log = get_logger("tpx.exchange")
 
 
 async def serve(settings: Settings, stop: asyncio.Event) -> None:
-    server = ExchangeServer(uvicorn_config(create_app(settings), settings))
+    app = create_app(settings)
+    server = ExchangeServer(uvicorn_config(app, settings))
+
+    def draining() -> None:
+        context = getattr(app.state, "tpx", None)
+        if context is not None:
+            context.draining = True
+            DRAINING.set(1)
+        log.info("exchange.draining", seconds=settings.drain_seconds)
+
     log.info("exchange.listening", host=settings.host, port=settings.port)
-    await server.serve_until(stop)
+    await server.serve_until(stop, on_drain=draining, drain_seconds=settings.drain_seconds)
