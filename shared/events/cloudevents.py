@@ -51,6 +51,9 @@ def to_cloudevent(row: Mapping[str, Any]) -> dict[str, Any]:
     }
     if row["subject"] is not None:
         event["subject"] = row["subject"]
+    chainhash = row.get("chainhash") if hasattr(row, "get") else None
+    if chainhash is not None:
+        event["chainhash"] = bytes(chainhash).hex()
     return event
 
 

@@ -25,6 +25,7 @@ import asyncpg
 
 from tpx.config import Settings
 from tpx.db.pool import UNAVAILABLE_ERRORS
+from tpx.events import chain
 from tpx.events.cloudevents import CONTENT_TYPE, encode, to_cloudevent
 from tpx.events.outbox import OutboxSignal
 from tpx.events.types import routing_key
@@ -44,21 +45,13 @@ _LOCK_SESSION_SETTINGS = {
     "tcp_keepalives_count": "3",
 }
 
-_ASSIGN_SEQUENCES = """
-WITH batch AS (
-    SELECT id FROM outbox WHERE sequence IS NULL ORDER BY id LIMIT $1 FOR UPDATE
-), numbered AS (
-    SELECT id, row_number() OVER (ORDER BY id) AS n FROM batch
-), base AS (
-    SELECT coalesce(max(sequence), 0) AS top FROM outbox
-)
-UPDATE outbox SET sequence = base.top + numbered.n
-FROM numbered, base
-WHERE outbox.id = numbered.id
+_UNSEQUENCED = """
+SELECT id, event_id, type, source, subject, time, data
+FROM outbox WHERE sequence IS NULL ORDER BY id LIMIT $1 FOR UPDATE
 """
 
 _SELECT_PENDING = """
-SELECT event_id, type, source, subject, time, data, sequence
+SELECT event_id, type, source, subject, time, data, sequence, chainhash
 FROM outbox
 WHERE published_at IS NULL AND sequence IS NOT NULL
 ORDER BY sequence
@@ -437,11 +430,23 @@ class OutboxRelay:
         return assigned >= self._batch_size or len(rows) >= self._batch_size
 
     async def _assign_sequences(self) -> int:
+        """Give committed rows the next gap-free sequences and their hash-chain links, in `id` order."""
         async with self._pool.acquire() as conn:
             async with conn.transaction():
                 await conn.execute("SELECT pg_advisory_xact_lock($1)", SEQUENCE_LOCK_ID)
-                status = await conn.execute(_ASSIGN_SEQUENCES, self._batch_size)
-        return int(status.rsplit(" ", 1)[-1])
+                rows = await conn.fetch(_UNSEQUENCED, self._batch_size)
+                if not rows:
+                    return 0
+                head = await conn.fetchrow("SELECT sequence, chainhash FROM event_chain FOR UPDATE")
+                sequence, previous = head["sequence"], bytes(head["chainhash"])
+                updates = []
+                for row in rows:
+                    sequence += 1
+                    previous = chain.link(previous, to_cloudevent({**dict(row), "sequence": sequence}))
+                    updates.append((row["id"], sequence, previous))
+                await conn.executemany("UPDATE outbox SET sequence = $2, chainhash = $3 WHERE id = $1", updates)
+                await conn.execute("UPDATE event_chain SET sequence = $1, chainhash = $2", sequence, previous)
+        return len(rows)
 
     # -- helpers ------------------------------------------------------------------
 

@@ -9,6 +9,7 @@ from dataclasses import replace
 import httpx
 import pytest
 
+from tpx.events import chain
 from tpx.events.outbox import OutboxSignal
 from tpx.events.relay import OutboxRelay
 from tpx.exchange.app import create_app
@@ -18,7 +19,8 @@ from tests.support.servers import serve
 from tests.support.tcp_proxy import TcpProxy
 
 pytestmark = pytest.mark.integration
-CE_ATTRIBUTES = {"specversion", "id", "source", "type", "time", "subject", "datacontenttype", "data", "sequence"}
+CE_ATTRIBUTES = {"specversion", "id", "source", "type", "time", "subject", "datacontenttype", "data", "sequence",
+                 "chainhash"}
 
 
 async def outbox_ids(db, since_id: int) -> set[str]:
@@ -73,6 +75,9 @@ async def test_events_arrive_with_documented_fields_and_no_secret(repo, settings
 
     sequences = [int(json.loads(m.body)["sequence"]) for m in messages]
     assert sequences == sorted(sequences)
+    everything = [json.loads(m.body) for m in consumer.received]
+    report = chain.verify(everything)
+    assert report.ok, report.describe()
 
 
 async def test_unverifiable_garbage_writes_no_event(client, db):

@@ -111,7 +111,8 @@ async def test_events_arrive_as_ordered_cloudevents(settings, db):
             assert message.timestamp is not None
             body = json.loads(message.body)
             assert encode(body) == message.body  # canonical: compact, sorted keys
-            expected_keys = {"specversion", "id", "source", "type", "time", "datacontenttype", "data", "sequence"}
+            expected_keys = {"specversion", "id", "source", "type", "time", "datacontenttype", "data", "sequence",
+                             "chainhash"}
             assert set(body) == expected_keys | ({"subject"} if event.subject is not None else set())
             assert body["specversion"] == "1.0"
             assert body["id"] == event.id
