@@ -61,6 +61,22 @@ def amqp_prefix(run_id) -> str:
     return os.environ.get("TPX_TEST_AMQP_PREFIX") or f"tpx-test-{run_id}"
 
 
+@pytest.fixture(scope="session", autouse=True)
+async def amqp_cleanup(amqp_prefix):
+    """Delete what this run declared under its own prefix, so the shared broker does not fill up."""
+    yield
+    import aio_pika
+
+    connection = await aio_pika.connect(AMQP_URL)
+    async with connection:
+        for queue in (f"{amqp_prefix}.audit", f"{amqp_prefix}.revoker", f"{amqp_prefix}.revoker.dead"):
+            channel = await connection.channel()
+            await channel.queue_delete(queue)
+        for exchange in (f"{amqp_prefix}.events", f"{amqp_prefix}.dlx"):
+            channel = await connection.channel()
+            await channel.exchange_delete(exchange)
+
+
 @pytest.fixture(scope="session")
 def settings(database_url, amqp_prefix) -> Settings:
     return Settings(

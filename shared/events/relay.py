@@ -122,6 +122,7 @@ class _Broker:
     def __init__(self, settings: Settings, *, connect_timeout: float, publish_timeout: float) -> None:
         self._url = settings.amqp_url
         self._exchange_name = settings.events_exchange
+        self._settings = settings
         self._connect_timeout = connect_timeout
         self._publish_timeout = publish_timeout
         self._connection: aio_pika.abc.AbstractConnection | None = None
@@ -152,6 +153,7 @@ class _Broker:
             exchange = await channel.declare_exchange(
                 self._exchange_name, aio_pika.ExchangeType.TOPIC, durable=True, timeout=self._connect_timeout
             )
+            await declare_audit_stream(connection, self._settings, exchange, timeout=self._connect_timeout)
         except BaseException:
             await asyncio.shield(self._close_connection(connection))
             raise
@@ -192,6 +194,29 @@ class _Broker:
             await asyncio.wait_for(connection.close(), 5)
         except Exception:  # noqa: BLE001 - closing a broken connection may fail; it is gone either way
             pass
+
+
+async def declare_audit_stream(connection: aio_pika.abc.AbstractConnection, settings: Settings,
+                               exchange: aio_pika.abc.AbstractExchange, *, timeout: float) -> None:
+    """The replayable audit stream, bound to every event before the first one is published.
+
+    Declared on its own channel: a stream whose retention was set differently
+    by an operator makes the declaration fail, which must not close the
+    publishing channel. Retention then stays as the operator set it.
+    """
+    channel = await connection.channel()
+    try:
+        stream = await channel.declare_queue(settings.audit_stream, durable=True, timeout=timeout, arguments={
+            "x-queue-type": "stream",
+            "x-max-age": settings.audit_max_age,
+            "x-max-length-bytes": settings.audit_max_bytes,
+        })
+        await stream.bind(exchange, routing_key="#", timeout=timeout)
+    except aiormq.exceptions.ChannelPreconditionFailed as exc:
+        log.warning("relay.audit_stream_differs", stream=settings.audit_stream, error=str(exc)[:200])
+    finally:
+        if not channel.is_closed:
+            await channel.close()
 
 
 def _message(row: asyncpg.Record) -> aio_pika.Message:

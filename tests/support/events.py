@@ -59,6 +59,8 @@ class Consumer:
             await self.queue.cancel(self.consumer_tag)
             await self.queue.delete(if_unused=False, if_empty=False)
             await self.exchange.delete()
+            channel = await self.connection.channel()
+            await channel.queue_delete(self.settings.audit_stream)
         finally:
             await self.connection.close()
 
