@@ -159,7 +159,17 @@ async def mint(conn: asyncpg.Connection, settings: Settings, verified: VerifiedT
             packages=packages, permissions=granted, publisher_ids=publisher_ids, ci=ci,
             repository_key=identity.repository_key, workflow=identity.workflow, issued_at=now, expires_at=expires_at,
         )
-        events = [*bound_events, Event(event_types.TOKEN_ISSUED, subject=token_id, data={
+        unpinned = [e.publisher for e in matched if identity.environment and not e.publisher.environments]
+        notices = [Event(event_types.EXCHANGE_ENVIRONMENT_UNPINNED, subject=p.id, data={
+            "publisher_id": p.id,
+            "package": p.package,
+            "token_id": token_id,
+            "environment": identity.environment,
+            "advice": f"the token came from the environment {identity.environment!r} but the publisher accepts any; "
+                      "pin it with \"environments\" so a workflow outside that environment cannot publish",
+            "ci": ci,
+        }) for p in unpinned]
+        events = [*bound_events, *notices, Event(event_types.TOKEN_ISSUED, subject=token_id, data={
             "token_id": token_id,
             "packages": packages,
             "permissions": granted,

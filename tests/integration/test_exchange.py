@@ -297,3 +297,14 @@ async def test_admin_tokens_listing_never_shows_secrets(repo, client):
     inactive = await client.get("/v1/admin/tokens", params={"publisher_id": publisher["id"], "active": "false"},
                                 headers=ADMIN)
     assert inactive.json()["tokens"] == []
+
+
+async def test_environment_unpinned_notice_is_an_event(repo, db):
+    loose = await repo.add_publisher()
+    pinned = await repo.add_publisher(environments=["prod"])
+    minted = (await repo.exchange(repo.token(environment="prod"))).json()
+    rows = await db.fetch("SELECT subject, data FROM outbox WHERE type = 'dev.tpx.exchange.environment_unpinned' "
+                          "AND data->>'token_id' = $1", minted["token_id"])
+    assert [row["subject"] for row in rows] == [loose["id"]]
+    assert rows[0]["data"]["environment"] == "prod"
+    assert pinned["id"] not in [row["subject"] for row in rows]
