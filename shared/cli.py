@@ -107,6 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="run the whole stack with a loopback development issuer and show an exchange")
     demo.add_argument("--keep-running", action="store_true", help="keep the stack running after the tour")
     demo.set_defaults(func=cmd_demo)
+    from tpx import audit
+
+    audit.register(sub)
     return parser
 
 
