@@ -107,9 +107,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="run the whole stack with a loopback development issuer and show an exchange")
     demo.add_argument("--keep-running", action="store_true", help="keep the stack running after the tour")
     demo.set_defaults(func=cmd_demo)
-    from tpx import audit
+    from tpx import admin_cli, audit
 
     audit.register(sub)
+    admin_cli.register(sub)
     return parser
 
 

@@ -1,0 +1,210 @@
+"""`tpx issuers`, `tpx publishers` and `tpx revoke`: the admin API from a terminal.
+
+They talk to a running exchange over HTTP (`--url` or TPX_URL) with an admin
+credential from TPX_ADMIN_TOKEN (or TPX_ADMIN_TOKEN_FILE), so an operator
+needs no database access, and every change is an audited admin event.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+
+class CliError(Exception):
+    pass
+
+
+def _admin_token() -> str:
+    if os.environ.get("TPX_ADMIN_TOKEN_FILE"):
+        return Path(os.environ["TPX_ADMIN_TOKEN_FILE"]).read_text().strip()
+    token = os.environ.get("TPX_ADMIN_TOKEN")
+    if not token:
+        raise CliError("set TPX_ADMIN_TOKEN (or TPX_ADMIN_TOKEN_FILE) to one of the service's TPX_ADMIN_TOKENS")
+    return token
+
+
+def client(args: argparse.Namespace) -> httpx.Client:
+    url = args.url or os.environ.get("TPX_URL", "http://127.0.0.1:8000")
+    return httpx.Client(base_url=url, headers={"Authorization": f"Bearer {_admin_token()}"}, timeout=30,
+                        trust_env=False)
+
+
+def call(http: httpx.Client, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+    try:
+        response = http.request(method, path, **kwargs)
+    except httpx.TransportError as exc:
+        raise CliError(f"cannot reach {http.base_url} ({exc}); check --url / TPX_URL") from None
+    if response.status_code >= 400:
+        try:
+            problem = response.json()
+        except ValueError:
+            raise CliError(f"{method} {path} failed with HTTP {response.status_code}") from None
+        lines = [f"{problem.get('code', response.status_code)}: {problem.get('detail', '')}"]
+        lines += [f"  hint: {hint}" for hint in problem.get("hints", [])]
+        raise CliError("\n".join(lines))
+    return response.json() if response.content else {}
+
+
+def show(value: Any) -> None:
+    print(json.dumps(value, indent=2, sort_keys=True))
+
+
+# --- issuers -------------------------------------------------------------------------------------------------
+
+def issuers(args: argparse.Namespace) -> None:
+    with client(args) as http:
+        if args.action == "list":
+            for issuer in call(http, "GET", "/v1/admin/issuers")["issuers"]:
+                keys = len(issuer["key_ids"])
+                state = "enabled" if issuer["enabled"] else "disabled"
+                print(f"{issuer['id']}  {issuer['kind']:<6}  {state:<8}  {keys} key(s)  {issuer['url']}"
+                      + (f"  last error: {issuer['last_error']}" if issuer["last_error"] else ""))
+        elif args.action == "add":
+            body: dict[str, Any] = {"url": args.target, "kind": args.kind}
+            if args.audience:
+                body["audience"] = args.audience
+            if args.allowed_package:
+                body["allowed_packages"] = args.allowed_package
+            show(call(http, "POST", "/v1/admin/issuers", json=body)["issuer"])
+        elif args.action == "show":
+            show(call(http, "GET", f"/v1/admin/issuers/{args.target}")["issuer"])
+        elif args.action in ("enable", "disable"):
+            show(call(http, "PATCH", f"/v1/admin/issuers/{args.target}", json={"enabled": args.action == "enable"})["issuer"])
+        elif args.action == "delete":
+            call(http, "DELETE", f"/v1/admin/issuers/{args.target}")
+            print(f"deleted issuer {args.target}")
+
+
+# --- publishers ----------------------------------------------------------------------------------------------
+
+def publishers(args: argparse.Namespace) -> None:
+    with client(args) as http:
+        if args.action == "list":
+            params = {"package": args.package} if args.package else {}
+            for p in call(http, "GET", "/v1/admin/publishers", params=params)["publishers"]:
+                owner = p.get("repository_owner") or p.get("namespace")
+                name = p.get("repository_name") or p.get("project")
+                workflow = p.get("workflow_filename") or p.get("workflow_filepath")
+                envs = ",".join(p["environments"]) or "any"
+                print(f"{p['id']}  {p['package']:<24}  {p['provider']:<6}  {owner}/{name}  {workflow}  env={envs}")
+        elif args.action == "add":
+            if not (args.package and args.repository and args.workflow):
+                raise CliError("add needs --package, --repository owner/name and --workflow")
+            owner, _, name = args.repository.rpartition("/")
+            if not owner:
+                raise CliError("--repository must be owner/name (GitHub) or group/project (GitLab)")
+            fields = ({"repository_owner": owner, "repository_name": name, "workflow_filename": args.workflow}
+                      if args.provider == "github" else
+                      {"namespace": owner, "project": name, "workflow_filepath": args.workflow})
+            body: dict[str, Any] = {"package": args.package, "provider": args.provider, **fields}
+            if args.issuer:
+                body["issuer"] = args.issuer
+            if args.environment:
+                body["environments"] = args.environment
+            if args.ref_pattern:
+                body["ref_patterns"] = args.ref_pattern
+            show(call(http, "POST", "/v1/admin/publishers", json=body)["publisher"])
+        elif args.action == "show":
+            show(call(http, "GET", f"/v1/admin/publishers/{args.target}")["publisher"])
+        elif args.action == "delete":
+            result = call(http, "DELETE", f"/v1/admin/publishers/{args.target}")
+            print(f"deleted publisher {args.target}; revoked {result.get('revoked_tokens', 0)} live token(s)")
+
+
+# --- revoke --------------------------------------------------------------------------------------------------
+
+def revoke(args: argparse.Namespace) -> None:
+    selectors = [s for s in ("repository", "package", "publisher_id", "token_id") if getattr(args, s)]
+    if len(selectors) != 1:
+        raise CliError("give exactly one of --repository, --package, --publisher-id, --token-id")
+    body: dict[str, Any] = {selectors[0]: getattr(args, selectors[0])}
+    if args.repository:
+        if args.workflow:
+            body["workflow"] = args.workflow
+        if args.since:
+            body["issued_after"] = args.since
+        if args.until:
+            body["issued_before"] = args.until
+    elif args.workflow or args.since or args.until:
+        raise CliError("--workflow, --since and --until narrow a --repository revocation only")
+    if args.reason:
+        body["reason"] = args.reason
+    started = time.monotonic()
+    with client(args) as http:
+        result = call(http, "POST", "/v1/admin/revocations", json=body)
+        revocation_id = result["revocation_id"]
+        print(f"revocation {revocation_id}: matching tokens are inactive everywhere from now on", flush=True)
+        status, revoked = result["status"], result["revoked"]
+        while status != "done":
+            _progress(revoked, time.monotonic() - started)
+            time.sleep(0.2)
+            current = call(http, "GET", f"/v1/admin/revocations/{revocation_id}")["revocation"]
+            status, revoked = current["status"], current["revoked"]
+        _progress(revoked, time.monotonic() - started, final=True)
+    print(f"done: {revoked} live token(s) revoked in {time.monotonic() - started:.2f} s; "
+          "a revocation.completed event records it")
+
+
+def _progress(revoked: int, elapsed: float, final: bool = False) -> None:
+    if sys.stderr.isatty():
+        end = "\n" if final else "\r"
+        print(f"  revoking… {revoked} token(s), {elapsed:.1f} s", end=end, file=sys.stderr, flush=True)
+    elif final:
+        print(f"  {revoked} token(s) revoked", file=sys.stderr)
+
+
+def register(sub) -> None:
+    def with_url(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        parser.add_argument("--url", help="the exchange's base URL (default: $TPX_URL or http://127.0.0.1:8000)")
+        return parser
+
+    issuer_parser = with_url(sub.add_parser("issuers", help="list, add, enable, disable or delete OIDC issuers"))
+    issuer_parser.add_argument("action", choices=("list", "add", "show", "enable", "disable", "delete"))
+    issuer_parser.add_argument("target", nargs="?", help="issuer URL (add) or id")
+    issuer_parser.add_argument("--kind", choices=("github", "gitlab"), default="github")
+    issuer_parser.add_argument("--audience")
+    issuer_parser.add_argument("--allowed-package", action="append", help="limit the issuer to packages (glob)")
+    issuer_parser.set_defaults(func=_guard(issuers))
+
+    publisher_parser = with_url(sub.add_parser("publishers", help="list, add, show or delete trusted publishers"))
+    publisher_parser.add_argument("action", choices=("list", "add", "show", "delete"))
+    publisher_parser.add_argument("target", nargs="?", help="publisher id (show, delete)")
+    publisher_parser.add_argument("--package")
+    publisher_parser.add_argument("--provider", choices=("github", "gitlab"), default="github")
+    publisher_parser.add_argument("--issuer", help="issuer URL (default: the provider's public issuer)")
+    publisher_parser.add_argument("--repository", help="owner/name or group/subgroup/project")
+    publisher_parser.add_argument("--workflow", help="workflow file name (GitHub) or CI file path (GitLab)")
+    publisher_parser.add_argument("--environment", action="append")
+    publisher_parser.add_argument("--ref-pattern", action="append")
+    publisher_parser.set_defaults(func=_guard(publishers))
+
+    revoke_parser = with_url(sub.add_parser("revoke", help="incident response: revoke live tokens in bulk"))
+    revoke_parser.add_argument("--repository")
+    revoke_parser.add_argument("--workflow", help="only tokens from this workflow file")
+    revoke_parser.add_argument("--since", help="only tokens issued at or after this RFC 3339 time")
+    revoke_parser.add_argument("--until", help="only tokens issued before this RFC 3339 time")
+    revoke_parser.add_argument("--package")
+    revoke_parser.add_argument("--publisher-id")
+    revoke_parser.add_argument("--token-id")
+    revoke_parser.add_argument("--reason")
+    revoke_parser.set_defaults(func=_guard(revoke))
+
+
+def _guard(function):
+    def run(args: argparse.Namespace) -> int:
+        try:
+            function(args)
+        except CliError as exc:
+            print(f"tpx: {exc}", file=sys.stderr)
+            return 1
+        return 0
+
+    return run
