@@ -8,9 +8,11 @@ from __future__ import annotations
 
 from tpx.providers.base import Provider
 from tpx.providers.github import GitHubProvider
+from tpx.providers.gitlab import GitLabProvider
 
 PROVIDERS: dict[str, Provider] = {
     "github": GitHubProvider(),
+    "gitlab": GitLabProvider(),
 }
 
 
