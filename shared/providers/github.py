@@ -9,11 +9,12 @@ a JSON number, a boolean where a string belongs) are refused as
 
 from __future__ import annotations
 
-import fnmatch
 import re
 from typing import Any
 
 from tpx.errors import Problem
+from tpx.providers.checks import pinned_id, ref_patterns
+from tpx.providers.claims import required_claim, string_claim
 from tpx.providers.base import CheckResult, Identity
 from tpx.providers.matching import FORBIDDEN_TRIGGER, ascii_iequal
 from tpx.providers.workflow_ref import expected_workflow_ref, workflow_filename
@@ -56,39 +57,10 @@ _OPTIONAL: dict[str, tuple[re.Pattern[str], str]] = {
 _EXTRA_CLAIMS = ("job_workflow_ref", "ref_type", "ref_protected", "repository_visibility", "run_attempt")
 
 
-def _json_type(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, (int, float)):
-        return "number"
-    if isinstance(value, list):
-        return "array"
-    if isinstance(value, dict):
-        return "object"
-    return type(value).__name__
 
 
-def _string_claim(claims: dict[str, Any], name: str, pattern: re.Pattern[str], expected: str, *,
-                  required: bool = True) -> str | None:
-    """A claim that is a string of the given shape; the value is never echoed back."""
-    if name not in claims:
-        if required:
-            raise Problem("malformed_token", f"the token has no {name!r} claim; expected {expected}")
-        return None
-    value = claims[name]
-    if not isinstance(value, str):
-        raise Problem("malformed_token", f"claim {name!r} is a JSON {_json_type(value)}; expected a string: {expected}")
-    if pattern.fullmatch(value) is None:
-        raise Problem("malformed_token", f"claim {name!r} is not {expected}")
-    return value
 
 
-def _required(claims: dict[str, Any], name: str, pattern: re.Pattern[str], expected: str) -> str:
-    value = _string_claim(claims, name, pattern, expected)
-    assert value is not None
-    return value
 
 
 class GitHubProvider:
@@ -97,22 +69,22 @@ class GitHubProvider:
     def identity(self, claims: dict[str, Any], issuer_url: str) -> Identity:
         if not isinstance(claims, dict):
             raise Problem("malformed_token", "the token payload is not a JSON object")
-        repository = _required(claims, "repository", _REPOSITORY,
+        repository = required_claim(claims, "repository", _REPOSITORY,
                                "owner/name (owner: ASCII letters, digits and '-', at most 39; "
                                "name: ASCII letters, digits, '.', '_' and '-', at most 100)")
         owner, _, name = repository.partition("/")
-        repository_owner = _required(claims, "repository_owner", _TEXT_255, _PRINTABLE_255)
+        repository_owner = required_claim(claims, "repository_owner", _TEXT_255, _PRINTABLE_255)
         if repository_owner != owner:
             raise Problem("malformed_token",
                           "claim 'repository_owner' does not equal the owner part of claim 'repository'")
-        owner_id = _required(claims, "repository_owner_id", _ID, "a string of 1 to 20 decimal digits")
-        repository_id = _required(claims, "repository_id", _ID, "a string of 1 to 20 decimal digits")
-        workflow_ref = _required(claims, "workflow_ref", _TEXT_1K, _PRINTABLE_1K)
-        ref = _required(claims, "ref", _TEXT_1K, _PRINTABLE_1K)
-        sha = _required(claims, "sha", _TEXT_255, _PRINTABLE_255)
-        event_name = _required(claims, "event_name", _EVENT, "1 to 64 lower-case ASCII letters or '_'")
+        owner_id = required_claim(claims, "repository_owner_id", _ID, "a string of 1 to 20 decimal digits")
+        repository_id = required_claim(claims, "repository_id", _ID, "a string of 1 to 20 decimal digits")
+        workflow_ref = required_claim(claims, "workflow_ref", _TEXT_1K, _PRINTABLE_1K)
+        ref = required_claim(claims, "ref", _TEXT_1K, _PRINTABLE_1K)
+        sha = required_claim(claims, "sha", _TEXT_255, _PRINTABLE_255)
+        event_name = required_claim(claims, "event_name", _EVENT, "1 to 64 lower-case ASCII letters or '_'")
         optional = {
-            claim: _string_claim(claims, claim, pattern, expected, required=False) or None
+            claim: string_claim(claims, claim, pattern, expected, required=False) or None
             for claim, (pattern, expected) in _OPTIONAL.items()
         }
         filename = workflow_filename(workflow_ref, repository, ref)
@@ -143,14 +115,14 @@ class GitHubProvider:
         denial hints can report all differences at once."""
         return [
             _repository(identity, publisher),
-            _pinned_id("repository_owner_id", identity.owner_id, publisher.owner_id,
+            pinned_id("repository_owner_id", identity.owner_id, publisher.owner_id,
                        "the account may have been deleted and its name re-registered by someone else"),
-            _pinned_id("repository_id", identity.repository_id, publisher.name_id,
+            pinned_id("repository_id", identity.repository_id, publisher.name_id,
                        "the repository may have been deleted and re-created under the same name"),
             _workflow(identity, publisher),
             _trigger(identity),
             _environment(identity, publisher),
-            _ref(identity, publisher),
+            ref_patterns(identity, publisher, "ref"),
             _runner(identity, publisher),
         ]
 
@@ -168,16 +140,6 @@ def _repository(identity: Identity, publisher: Publisher) -> CheckResult:
     return CheckResult("repository", "repository", publisher.repository, identity.repository, passed)
 
 
-def _pinned_id(claim: str, actual: str, pinned: str | None, resurrection: str) -> CheckResult:
-    """Names can be re-registered; the numeric ids GitHub assigns cannot, so
-    pinning them is what stops a resurrected account or repository."""
-    if pinned is None:
-        return CheckResult(claim, claim, None, actual, True,
-                           note=f"not pinned yet; bound to {actual} on the first successful exchange")
-    if actual == pinned:
-        return CheckResult(claim, claim, pinned, actual, True)
-    return CheckResult(claim, claim, pinned, actual, False,
-                       note=f"the publisher is pinned to id {pinned} but the token carries {actual}; {resurrection}")
 
 
 def _workflow(identity: Identity, publisher: Publisher) -> CheckResult:
@@ -224,11 +186,6 @@ def _environment(identity: Identity, publisher: Publisher) -> CheckResult:
     return CheckResult("environment", "environment", list(publisher.environments), env, passed, note=note)
 
 
-def _ref(identity: Identity, publisher: Publisher) -> CheckResult:
-    if not publisher.ref_patterns:
-        return CheckResult("ref", "ref", "any", identity.ref, True)
-    passed = any(fnmatch.fnmatchcase(identity.ref, pattern) for pattern in publisher.ref_patterns)
-    return CheckResult("ref", "ref", list(publisher.ref_patterns), identity.ref, passed)
 
 
 def _runner(identity: Identity, publisher: Publisher) -> CheckResult:

@@ -13,11 +13,12 @@ the same reason.
 
 from __future__ import annotations
 
-import fnmatch
 import re
 from typing import Any
 
 from tpx.errors import Problem
+from tpx.providers.checks import pinned_id, ref_patterns
+from tpx.providers.claims import json_type, required_claim, string_claim
 from tpx.providers.base import CheckResult, Identity
 from tpx.providers.gitlab_ref import CiConfigRef, issuer_host, parse_ci_config_ref_uri
 from tpx.providers.matching import ascii_iequal
@@ -64,39 +65,10 @@ _OPTIONAL: dict[str, tuple[re.Pattern[str], str]] = {
 _MAX_RUNNER_ID = 2**63 - 1
 
 
-def _json_type(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, (int, float)):
-        return "number"
-    if isinstance(value, list):
-        return "array"
-    if isinstance(value, dict):
-        return "object"
-    return type(value).__name__
 
 
-def _string_claim(claims: dict[str, Any], name: str, pattern: re.Pattern[str], expected: str, *,
-                  required: bool = True) -> str | None:
-    """A claim that is a string of the given shape; the value is never echoed back."""
-    if name not in claims:
-        if required:
-            raise Problem("malformed_token", f"the token has no {name!r} claim; expected {expected}")
-        return None
-    value = claims[name]
-    if not isinstance(value, str):
-        raise Problem("malformed_token", f"claim {name!r} is a JSON {_json_type(value)}; expected a string: {expected}")
-    if pattern.fullmatch(value) is None:
-        raise Problem("malformed_token", f"claim {name!r} is not {expected}")
-    return value
 
 
-def _required(claims: dict[str, Any], name: str, pattern: re.Pattern[str], expected: str) -> str:
-    value = _string_claim(claims, name, pattern, expected)
-    assert value is not None
-    return value
 
 
 def _project_path(claims: dict[str, Any]) -> str:
@@ -106,7 +78,7 @@ def _project_path(claims: dict[str, Any]) -> str:
     # The length cap comes first so the pattern only ever sees bounded input.
     if isinstance(value, str) and len(value) > _PROJECT_PATH_MAX:
         raise Problem("malformed_token", f"claim 'project_path' is not {expected}")
-    return _required(claims, "project_path", _PROJECT_PATH, expected)
+    return required_claim(claims, "project_path", _PROJECT_PATH, expected)
 
 
 def _runner_id(claims: dict[str, Any]) -> None:
@@ -116,7 +88,7 @@ def _runner_id(claims: dict[str, Any]) -> None:
     value = claims["runner_id"]
     if type(value) is not int:
         raise Problem("malformed_token",
-                      f"claim 'runner_id' is a JSON {_json_type(value)}; expected a non-negative JSON integer")
+                      f"claim 'runner_id' is a JSON {json_type(value)}; expected a non-negative JSON integer")
     if not 0 <= value <= _MAX_RUNNER_ID:
         raise Problem("malformed_token", "claim 'runner_id' is not a non-negative 64-bit integer")
 
@@ -129,21 +101,21 @@ class GitLabProvider:
             raise Problem("malformed_token", "the token payload is not a JSON object")
         project_path = _project_path(claims)
         namespace, _, project = project_path.rpartition("/")
-        namespace_path = _required(claims, "namespace_path", _TEXT_1K, _PRINTABLE_1K)
+        namespace_path = required_claim(claims, "namespace_path", _TEXT_1K, _PRINTABLE_1K)
         if namespace_path != namespace:
             raise Problem("malformed_token",
                           "claim 'namespace_path' does not equal the namespace part of claim 'project_path'")
-        namespace_id = _required(claims, "namespace_id", _ID, _ID_TEXT)
-        project_id = _required(claims, "project_id", _ID, _ID_TEXT)
-        ci_config_ref_uri = _required(claims, "ci_config_ref_uri", _TEXT_1K, _PRINTABLE_1K)
-        ref_path = _required(claims, "ref_path", _TEXT_1K, _PRINTABLE_1K)
-        _required(claims, "ref", _TEXT_1K, _PRINTABLE_1K)
-        ref_type = _required(claims, "ref_type", _WORD, _WORD_TEXT)
-        sha = _required(claims, "sha", _SHA, _SHA_TEXT)
-        ref_protected = _required(claims, "ref_protected", _BOOLEAN_STRING, _BOOLEAN_TEXT)
-        pipeline_source = _required(claims, "pipeline_source", _WORD, _WORD_TEXT)
+        namespace_id = required_claim(claims, "namespace_id", _ID, _ID_TEXT)
+        project_id = required_claim(claims, "project_id", _ID, _ID_TEXT)
+        ci_config_ref_uri = required_claim(claims, "ci_config_ref_uri", _TEXT_1K, _PRINTABLE_1K)
+        ref_path = required_claim(claims, "ref_path", _TEXT_1K, _PRINTABLE_1K)
+        required_claim(claims, "ref", _TEXT_1K, _PRINTABLE_1K)
+        ref_type = required_claim(claims, "ref_type", _WORD, _WORD_TEXT)
+        sha = required_claim(claims, "sha", _SHA, _SHA_TEXT)
+        ref_protected = required_claim(claims, "ref_protected", _BOOLEAN_STRING, _BOOLEAN_TEXT)
+        pipeline_source = required_claim(claims, "pipeline_source", _WORD, _WORD_TEXT)
         optional = {
-            claim: _string_claim(claims, claim, pattern, expected, required=False) or None
+            claim: string_claim(claims, claim, pattern, expected, required=False) or None
             for claim, (pattern, expected) in _OPTIONAL.items()
         }
         _runner_id(claims)
@@ -182,13 +154,13 @@ class GitLabProvider:
         denial hints can report all differences at once."""
         return [
             _project(identity, publisher),
-            _pinned_id("namespace_id", identity.owner_id, publisher.owner_id,
+            pinned_id("namespace_id", identity.owner_id, publisher.owner_id,
                        "the group may have been deleted and its path re-registered by someone else"),
-            _pinned_id("project_id", identity.repository_id, publisher.name_id,
+            pinned_id("project_id", identity.repository_id, publisher.name_id,
                        "the project may have been deleted and re-created under the same path"),
             *_ci_config(identity, publisher),
             _environment(identity, publisher),
-            _ref(identity, publisher),
+            ref_patterns(identity, publisher, "ref_path"),
             _protected_ref(identity, publisher),
             _runner(identity, publisher),
         ]
@@ -208,16 +180,6 @@ def _project(identity: Identity, publisher: Publisher) -> CheckResult:
     return CheckResult("project", "project_path", publisher.repository, identity.repository, passed)
 
 
-def _pinned_id(claim: str, actual: str, pinned: str | None, resurrection: str) -> CheckResult:
-    """Paths can be re-registered; the numeric ids GitLab assigns cannot, so
-    pinning them is what stops a resurrected group or project."""
-    if pinned is None:
-        return CheckResult(claim, claim, None, actual, True,
-                           note=f"not pinned yet; bound to {actual} on the first successful exchange")
-    if actual == pinned:
-        return CheckResult(claim, claim, pinned, actual, True)
-    return CheckResult(claim, claim, pinned, actual, False,
-                       note=f"the publisher is pinned to id {pinned} but the token carries {actual}; {resurrection}")
 
 
 def _ci_config(identity: Identity, publisher: Publisher) -> list[CheckResult]:
@@ -299,11 +261,6 @@ def _environment(identity: Identity, publisher: Publisher) -> CheckResult:
     return CheckResult("environment", "environment", list(publisher.environments), env, passed, note=note)
 
 
-def _ref(identity: Identity, publisher: Publisher) -> CheckResult:
-    if not publisher.ref_patterns:
-        return CheckResult("ref", "ref_path", "any", identity.ref, True)
-    passed = any(fnmatch.fnmatchcase(identity.ref, pattern) for pattern in publisher.ref_patterns)
-    return CheckResult("ref", "ref_path", list(publisher.ref_patterns), identity.ref, passed)
 
 
 def _protected_ref(identity: Identity, publisher: Publisher) -> CheckResult:

@@ -7,6 +7,7 @@ Its signing keys are throwaway keys generated per test session.
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -16,7 +17,7 @@ import jwt
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 
@@ -45,13 +46,28 @@ def new_ec_key(kid: str | None = None) -> SigningKey:
 
 @dataclass
 class LoopbackIssuer:
-    """Serve with tests.support.servers.serve(issuer.app); then set `issuer.url`."""
+    """Serve with tests.support.servers.serve(issuer.app); then set `issuer.url`.
+
+    The optional knobs below make it misbehave the ways a real IdP can, for the
+    jwks-refresher tests; left at their defaults it is a well-behaved issuer.
+    """
 
     keys: list[SigningKey] = field(default_factory=lambda: [new_rsa_key()])
     url: str = ""
     jwks_requests: int = 0
     available: bool = True
     extra_jwks_keys: list[dict[str, Any]] = field(default_factory=list)
+    discovery_requests: int = 0
+    # The discovery document's `issuer` and `jwks_uri` (None: this issuer's own).
+    discovery_issuer: str | None = None
+    jwks_uri: str | None = None
+    # The JWKS response: its headers, a raw body instead of the keys, whether to
+    # stream that body without a Content-Length, and an Event to wait for first
+    # (a slow IdP; set it before the server stops so the handler can finish).
+    jwks_headers: dict[str, str] = field(default_factory=lambda: {"Cache-Control": "max-age=300"})
+    jwks_body: bytes | None = None
+    jwks_chunked: bool = False
+    jwks_gate: asyncio.Event | None = None
 
     @property
     def app(self) -> Starlette:
@@ -61,11 +77,12 @@ class LoopbackIssuer:
         ])
 
     async def _discovery(self, request: Request) -> Response:
+        self.discovery_requests += 1
         if not self.available:
             return Response(status_code=503)
         return JSONResponse({
-            "issuer": self.url,
-            "jwks_uri": f"{self.url}/.well-known/jwks",
+            "issuer": self.url if self.discovery_issuer is None else self.discovery_issuer,
+            "jwks_uri": f"{self.url}/.well-known/jwks" if self.jwks_uri is None else self.jwks_uri,
             "subject_types_supported": ["public", "pairwise"],
             "response_types_supported": ["id_token"],
             "id_token_signing_alg_values_supported": ["RS256"],
@@ -75,9 +92,21 @@ class LoopbackIssuer:
 
     async def _jwks(self, request: Request) -> Response:
         self.jwks_requests += 1
+        if self.jwks_gate is not None:
+            await self.jwks_gate.wait()
         if not self.available:
             return Response(status_code=503)
-        return JSONResponse(self.jwks(), headers={"Cache-Control": "max-age=300"})
+        if self.jwks_body is None:
+            return JSONResponse(self.jwks(), headers=self.jwks_headers)
+        if self.jwks_chunked:
+            body = self.jwks_body
+
+            async def chunks():
+                for start in range(0, len(body), 16384):
+                    yield body[start:start + 16384]
+
+            return StreamingResponse(chunks(), media_type="application/json", headers=self.jwks_headers)
+        return Response(self.jwks_body, media_type="application/json", headers=self.jwks_headers)
 
     def jwks(self) -> dict[str, Any]:
         return {"keys": [k.public_jwk() for k in self.keys] + list(self.extra_jwks_keys)}
