@@ -43,6 +43,7 @@ from tpx.jose.strict_json import quote
 from tpx.jwks_refresher.fetch import FetchError, FetchResult, Resolver, fetch_jwks
 from tpx.keystore import replace_issuer_keys
 from tpx.logging import get_logger
+from tpx.metrics import JWKS_FETCHES, KEYS_ROTATED
 
 log = get_logger("tpx.jwks_refresher")
 
@@ -210,6 +211,7 @@ class JwksRefresher:
         except FetchError as exc:
             await self._record_failure(conn, issuer_id, url, exc.message, claim["consecutive_failures"])
             return
+        JWKS_FETCHES.labels(url, "ok").inc()
         if skipped:
             log.warning("jwks.keys_skipped", issuer=url, skipped=skipped)
         interval = refresh_interval(result.max_age, self._settings.jwks_refresh_seconds)
@@ -222,6 +224,7 @@ class JwksRefresher:
                 await add_events(conn, [rotation_event(issuer_id, url, result.jwks_uri, before, keys, skipped)],
                                  source=SOURCE)
         if changed:
+            KEYS_ROTATED.labels(url).inc()
             self.rotations_total += 1
             self._signal.notify()
         log.info("jwks.refreshed", issuer=url, reason=reason, keys=sorted(keys), changed=changed,
@@ -230,6 +233,7 @@ class JwksRefresher:
     async def _record_failure(self, conn: asyncpg.Connection, issuer_id: uuid.UUID, url: str, message: str,
                               failures_before: int) -> None:
         self.failures_total += 1
+        JWKS_FETCHES.labels(url, "failed").inc()
         delay = retry_delay(failures_before, float(self._settings.jwks_refresh_seconds))
         await conn.execute(_FAILED, issuer_id, message[:MAX_LAST_ERROR_CHARS], delay)
         log.warning("jwks.refresh_failed", issuer=url, error=message, consecutive_failures=failures_before + 1,

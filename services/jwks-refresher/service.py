@@ -14,7 +14,9 @@ import asyncio
 
 from tpx.config import Settings
 from tpx.db.migrate import check_schema
-from tpx.db.pool import create_pool
+from tpx import metrics
+from tpx.db.pool import UNAVAILABLE_ERRORS, create_pool
+from tpx.ops import serve_ops
 from tpx.events.outbox import OutboxSignal
 from tpx.events.relay import OutboxRelay
 from tpx.jwks_refresher.refresher import JwksRefresher
@@ -35,9 +37,26 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
         log.info("jwks_refresher.started", schema_version=version,
                  refresh_seconds=settings.jwks_refresh_seconds,
                  cooldown_seconds=settings.jwks_refresh_cooldown_seconds)
+        metrics.POOLS.add("jwks-refresher", pool)
+        metrics.BUILD.labels("jwks-refresher").set(1)
+
+        async def readiness() -> tuple[bool, dict]:
+            reasons = []
+            try:
+                await asyncio.wait_for(pool.fetchval("SELECT 1"), 2)
+            except UNAVAILABLE_ERRORS:
+                reasons.append("the database is unreachable")
+            if not refresher.listening.is_set():
+                reasons.append("not listening for refresh requests yet")
+            return not reasons, {"reasons": reasons, "fetches": refresher.fetches_total,
+                                 "failures": refresher.failures_total}
+
+        ops = asyncio.create_task(serve_ops(settings, stop, readiness, stop.is_set), name="jwks-refresher-ops")
         try:
             await refresher.run(stop)
         finally:
+            await asyncio.gather(ops, return_exceptions=True)
+            metrics.POOLS.remove("jwks-refresher", pool)
             await relay.stop()
             await asyncio.gather(relay_task, return_exceptions=True)
             log.info("jwks_refresher.drained", fetches=refresher.fetches_total, failures=refresher.failures_total,
