@@ -107,14 +107,23 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="run the whole stack with a loopback development issuer and show an exchange")
     demo.add_argument("--keep-running", action="store_true", help="keep the stack running after the tour")
     demo.set_defaults(func=cmd_demo)
-    from tpx import admin_cli, audit
+    from tpx import admin_cli, audit, ci
+    from tpx.ci import cargo_credential
 
     audit.register(sub)
     admin_cli.register(sub)
+    ci.register(sub)
+    cargo_credential.register(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--cargo-plugin"]:
+        # cargo runs `<program> --cargo-plugin` for `credential-provider = ["tpx", "cargo-credential"]`.
+        from tpx.ci.cargo_credential import main as cargo_main
+
+        return cargo_main()
     args = build_parser().parse_args(argv)
     return args.func(args)
 

@@ -31,8 +31,10 @@ from tpx.logging import get_logger
 
 from tpx.exchange.auth import Credentials
 from tpx.exchange.context import ServiceContext
+from tpx.exchange.ratelimit import RateLimits, parse_networks
 from tpx.exchange.http import MetricsMiddleware, RequestIdMiddleware, problem_response
 from tpx.exchange.routes import admin, exchange, ops, revocations, tokens
+from tpx.exchange.routes.compat import compat_routes
 
 log = get_logger("tpx.exchange.app")
 
@@ -54,6 +56,7 @@ def routes() -> list[Route]:
         Route("/v1/admin/publishers/{id}", admin.delete_publisher, methods=["DELETE"]),
         Route("/v1/admin/tokens", admin.list_tokens, methods=["GET"]),
         *revocations.routes(),
+        *compat_routes(),
         Route("/healthz", ops.healthz, methods=["GET"]),
         Route("/readyz", ops.readyz, methods=["GET"]),
         Route("/metrics", ops.metrics, methods=["GET"]),
@@ -98,6 +101,8 @@ def create_app(settings: Settings, *, run_relay: bool = True) -> Starlette:
                 admin=Credentials(settings.admin_tokens, "admin token", "TPX_ADMIN_TOKENS"),
                 introspection=Credentials(settings.introspection_tokens, "introspection credential",
                                           "TPX_INTROSPECTION_TOKENS"),
+                limits=RateLimits(settings.rate_failed_per_minute, settings.rate_publisher_per_minute,
+                                  parse_networks(settings.trusted_proxies)),
             )
             app.state.tpx = ctx
             metrics.POOLS.add("exchange", pool)

@@ -86,6 +86,33 @@ OPENAPI: dict[str, Any] = {
         "/v1/admin/tokens": {"get": {
             "summary": "Token metadata (?package=&publisher_id=&active=&limit=); never secrets", "security": _ADMIN,
             "responses": {"200": _json({"type": "object"})}}},
+        "/v1/admin/revocations": {"post": {
+            "summary": "Revoke in bulk by exactly one selector: token_id | publisher_id | package | "
+                       "repository (+workflow, issued_after, issued_before); effective at once everywhere",
+            "security": _ADMIN,
+            "requestBody": {"required": True, "content": {"application/json": {"schema": {"type": "object", "properties": {
+                "token_id": {"type": "string"}, "publisher_id": {"type": "string"}, "package": {"type": "string"},
+                "repository": {"type": "string"}, "workflow": {"type": "string"},
+                "issued_after": {"type": "string", "format": "date-time"},
+                "issued_before": {"type": "string", "format": "date-time"}, "reason": {"type": "string"}}}}}},
+            "responses": {"202": _json({"type": "object", "properties": {
+                "revocation_id": {"type": "string"}, "status": {"enum": ["pending", "done"]},
+                "revoked": {"type": "integer"}}}, "Accepted"), **_problems("unauthorized", "invalid_request")}}},
+        "/v1/admin/revocations/{id}": {
+            "parameters": [{"name": "id", "in": "path", "required": True, "schema": {"type": "string", "format": "uuid"}}],
+            "get": {"summary": "Progress of a revocation", "security": _ADMIN, "responses": {"200": _json({"type": "object"})}}},
+        "/api/v1/trusted_publishing/tokens": {
+            "post": {"summary": "crates.io-compatible exchange: {\"jwt\"} -> {\"token\"}; errors {\"errors\": [{\"detail\"}]}",
+                     "requestBody": _JWT_BODY, "responses": {"200": _json({"type": "object"}),
+                                                            "400": _json({"type": "object"}, "crates.io error shape")}},
+            "delete": {"summary": "crates.io-compatible revocation (Authorization: Bearer <token>)",
+                       "responses": {"204": {"description": "Revoked"}}}},
+        "/_/oidc/audience": {"get": {"summary": "PyPI-compatible: the audience to request",
+                                     "responses": {"200": _json({"type": "object"})}}},
+        "/_/oidc/mint-token": {"post": {
+            "summary": "PyPI-compatible exchange: {\"token\"} -> {\"success\", \"token\", \"expires\"}",
+            "responses": {"200": _json({"type": "object"}), "422": _json({"type": "object"}, "PyPI error shape")}}},
+        "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {"200": {"description": "text format"}}}},
         "/healthz": {"get": {"summary": "Process alive", "responses": {"200": _json({"type": "object"})}}},
         "/readyz": {"get": {"summary": "Ready to serve (database and issuer keys)",
                             "responses": {"200": _json({"type": "object"}), "503": _json({"type": "object"}, "Not ready")}}},

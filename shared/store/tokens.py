@@ -1,4 +1,10 @@
-"""Token rows. Only the SHA-256 of a token is stored; rows carry no personal data."""
+"""Token rows. Only the SHA-256 of a token is stored; rows carry no personal data.
+
+Two notions of "live": `LIVE` is the row's own state (not revoked, not expired)
+and is what revoking updates; `ACTIVE` adds "no pending revocation rule matches
+it" and is what introspection and listings answer, so a bulk revocation takes
+effect on every replica the moment its rule commits, before its rows are updated.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +13,11 @@ from typing import Any
 
 import asyncpg
 
-ACTIVE = "revoked_at IS NULL AND expires_at > now()"
+from tpx.store.revocations import matched_by_pending_rule
+
+LIVE = "revoked_at IS NULL AND expires_at > now()"
+# For queries that read `FROM tokens` without an alias: the rule check names the table.
+ACTIVE = f"{LIVE} AND NOT {matched_by_pending_rule('tokens')}"
 
 
 async def insert(
@@ -33,18 +43,20 @@ async def active_by_hash(conn: asyncpg.Connection | asyncpg.Pool, token_hash: by
 
 
 async def revoke_by_hash(conn: asyncpg.Connection, token_hash: bytes, reason: str) -> asyncpg.Record | None:
+    """Revoke one token row; also one a pending rule already covers, so its holder's request is recorded."""
     return await conn.fetchrow(
         f"""UPDATE tokens SET revoked_at = now(), revocation_reason = $2
-            WHERE token_hash = $1 AND {ACTIVE}
+            WHERE token_hash = $1 AND {LIVE}
             RETURNING id, packages, publisher_ids, ci""",
         token_hash, reason,
     )
 
 
 async def revoke_by_publisher(conn: asyncpg.Connection, publisher_id: Any, reason: str) -> list[asyncpg.Record]:
+    """Unbounded; prefer a 'publisher' revocation rule (tpx.store.revocations), which works in batches."""
     return await conn.fetch(
         f"""UPDATE tokens SET revoked_at = now(), revocation_reason = $2
-            WHERE publisher_ids @> ARRAY[$1::uuid] AND {ACTIVE}
+            WHERE publisher_ids @> ARRAY[$1::uuid] AND {LIVE}
             RETURNING id, packages, publisher_ids, ci""",
         publisher_id, reason,
     )

@@ -20,11 +20,12 @@ from tpx.events import types as event_types
 from tpx.events.outbox import Event, add_events
 from tpx.store import publishers as publisher_store
 from tpx.store import tokens as token_store
+from tpx.store.revocations import Selector
 
 from tpx.exchange import validation
 from tpx.exchange.context import ServiceContext, context
 from tpx.exchange.http import read_object
-from tpx.exchange.routes.tokens import revoked_event
+from tpx.exchange.routes import revocations
 
 SOURCE = "urn:tpx:exchange"
 MAX_LIST = 1000
@@ -215,7 +216,12 @@ async def get_publisher(request: Request) -> JSONResponse:
 
 
 async def delete_publisher(request: Request) -> JSONResponse:
-    """Delete a publisher and, in the same transaction, revoke every live token minted through it."""
+    """Delete a publisher and, in the same transaction, revoke every live token minted through it.
+
+    The revocation is a 'publisher' rule: its tokens are inactive once this
+    commits, the first batch of rows is revoked here, and the revoker finishes
+    the rest (`revoked_tokens` counts the rows revoked by this call).
+    """
     ctx = context(request)
     actor = ctx.admin.authenticate(request)
     publisher_id = _uuid(request.path_params["id"], "publisher")
@@ -225,11 +231,12 @@ async def delete_publisher(request: Request) -> JSONResponse:
         if before is None:
             raise Problem("not_found", f"no publisher has the id {str(publisher_id)!r}")
         await publisher_store.delete(conn, publisher_id)
-        revoked = await token_store.revoke_by_publisher(conn, publisher_id, "publisher deleted")
-        events = [_admin_event(event_types.PUBLISHER_DELETED, actor, before.id, before.to_api(), None)]
-        events += [revoked_event(row, "publisher deleted") for row in revoked]
-        await add_events(conn, events, source=SOURCE)
-        return {"publisher": before.to_api(), "revoked_tokens": len(revoked)}
+        await add_events(conn, [_admin_event(event_types.PUBLISHER_DELETED, actor, before.id, before.to_api(), None)],
+                         source=SOURCE)
+        progress = await revocations.start(conn, Selector("publisher", publisher_id=publisher_id),
+                                           reason="publisher deleted", actor=actor)
+        return {"publisher": before.to_api(), "revoked_tokens": progress.revoked,
+                "revocation": revocations.summary(progress)}
 
     return JSONResponse(await _mutate(ctx, work))
 
