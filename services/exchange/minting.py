@@ -26,6 +26,7 @@ from tpx.providers.base import CheckResult
 from tpx.providers.matching import PublisherEvaluation, denial, evaluate
 from tpx.store import publishers as publisher_store
 from tpx.store import tokens as token_store
+from tpx.store.revocations import MINT_GATE_LOCK
 
 from tpx.exchange.ratelimit import RateLimits
 from tpx.exchange.verification import VerifiedToken
@@ -119,14 +120,18 @@ async def _bind(conn: asyncpg.Connection, verified: VerifiedToken, matched: list
 async def mint(conn: asyncpg.Connection, settings: Settings, verified: VerifiedToken,
                limits: RateLimits | None = None) -> MintedToken:
     identity = verified.identity
-    now = datetime.now(timezone.utc)
     async with conn.transaction():
-        claimed = await conn.fetchval(
-            """INSERT INTO used_jtis (issuer_id, jti, expires_at) VALUES ($1, $2, to_timestamp($3))
-               ON CONFLICT DO NOTHING RETURNING true""",
-            verified.issuer.id, verified.jti, verified.exp + settings.leeway_seconds,
+        # One round trip: enter the mint gate (shared with every other mint, exclusive with a
+        # revocation fixing its cutoff), claim the JTI, and read the clock only after the gate.
+        claim = await conn.fetchrow(
+            """WITH gate AS (SELECT pg_advisory_xact_lock_shared($4)),
+                    claim AS (INSERT INTO used_jtis (issuer_id, jti, expires_at)
+                              VALUES ($1, $2, to_timestamp($3)) ON CONFLICT DO NOTHING RETURNING 1)
+               SELECT (SELECT count(*) FROM claim) AS claimed, clock_timestamp() AS now FROM gate""",
+            verified.issuer.id, verified.jti, verified.exp + settings.leeway_seconds, MINT_GATE_LOCK,
         )
-        if not claimed:
+        now = claim["now"]
+        if not claim["claimed"]:
             raise Problem(
                 "token_reused",
                 "this ID token was already exchanged; request a fresh ID token from your CI provider for each exchange",

@@ -196,12 +196,20 @@ def _bound(rule: Rule, t: str) -> tuple[str, list[Any]]:
 
 # --- rules ---------------------------------------------------------------------------------------------------
 
+# Mints hold this advisory lock shared for their whole transaction; a revocation takes it
+# exclusively before it fixes its cutoff. So every mint that began before the cutoff has
+# committed (and its token is visible to the first batch), and every later mint stamps
+# `issued_at` after the cutoff: no token can slip between a rule and its completion.
+MINT_GATE_LOCK = 0x7470_7847
+
+
 async def insert(conn: asyncpg.Connection, selector: Selector, *, reason: str, actor: str | None) -> Rule:
-    """Insert a pending rule; its cutoff is the transaction's start (`now()`)."""
+    """Insert a pending rule once in-flight mints have committed; its cutoff is that moment."""
+    await conn.execute("SELECT pg_advisory_xact_lock($1)", MINT_GATE_LOCK)
     row = await conn.fetchrow(
         f"""INSERT INTO revocations (kind, token_id, publisher_id, package, repository_key, workflow,
-                                     issued_after, issued_before, reason, actor)
-            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING {_COLUMNS}""",
+                                     issued_after, issued_before, reason, actor, cutoff)
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, clock_timestamp()) RETURNING {_COLUMNS}""",
         selector.kind, selector.token_id, selector.publisher_id, selector.package, selector.repository_key,
         selector.workflow, selector.issued_after, selector.issued_before, reason, actor,
     )
