@@ -7,6 +7,7 @@ is shared. One stop event drains all three.
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 
 from tpx.config import Settings
 from tpx.logging import get_logger
@@ -19,10 +20,13 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
     from tpx.jwks_refresher.service import serve as serve_refresher
     from tpx.revoker.service import serve as serve_revoker
 
+    # One process, one metrics registry: the exchange's /metrics shows all three. The workers'
+    # own ops endpoints listen on free ports so they do not collide with each other.
+    workers = replace(settings, ops_port=0)
     tasks = [
         asyncio.create_task(serve_exchange(settings, stop), name="exchange"),
-        asyncio.create_task(serve_refresher(settings, stop), name="jwks-refresher"),
-        asyncio.create_task(serve_revoker(settings, stop), name="revoker"),
+        asyncio.create_task(serve_refresher(workers, stop), name="jwks-refresher"),
+        asyncio.create_task(serve_revoker(workers, stop), name="revoker"),
     ]
     done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
     failed = [t for t in done if not t.cancelled() and t.exception() is not None]

@@ -91,6 +91,7 @@ def settings(database_url, amqp_prefix) -> Settings:
         log_level="warning",
         relay_poll_seconds=0.05,
         # The whole suite talks from 127.0.0.1 and fails on purpose a lot; the limits get their own tests.
+        ops_port=0,  # workers' ops endpoints on a free port, so several can run at once
         rate_failed_per_minute=0,
         rate_publisher_per_minute=0,
     )

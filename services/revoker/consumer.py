@@ -33,6 +33,7 @@ from tpx.events import types as event_types
 from tpx.events.outbox import OutboxSignal
 from tpx.events.relay import BROKER_ERRORS
 from tpx.logging import get_logger
+from tpx.metrics import REVOCATION_LATENCY, TOKENS_REVOKED
 from tpx.store import revocations as revocation_store
 from tpx.store.revocations import Progress, Selector
 
@@ -197,8 +198,12 @@ class RuleApplier:
             return progress
         self.batches += 1
         self.tokens_revoked += progress.revoked
+        TOKENS_REVOKED.labels("revocation").inc(progress.revoked)
         if progress.done:
             self.rules_completed += 1
+            if progress.rule.completed_at is not None:
+                REVOCATION_LATENCY.observe(
+                    max(0.0, (progress.rule.completed_at - progress.rule.created_at).total_seconds()))
             log.info("revocation.completed", revocation_id=str(rule_id), kind=progress.rule.kind,
                      revoked=progress.rule.revoked)
         self._signal.notify()

@@ -14,7 +14,10 @@ from typing import Any
 
 from tpx.config import Settings
 from tpx.db.migrate import check_schema
-from tpx.db.pool import create_pool
+from tpx import metrics
+from tpx.db.pool import UNAVAILABLE_ERRORS, create_pool
+from tpx.events.backlog import sample_forever
+from tpx.ops import serve_ops
 from tpx.events.outbox import OutboxSignal
 from tpx.events.relay import OutboxRelay
 from tpx.logging import get_logger
@@ -65,14 +68,62 @@ class Revoker:
                 asyncio.create_task(self.consumer.run(), name="revoker-consumer"),
                 asyncio.create_task(self.sweeper.run(), name="revoker-sweeper"),
             }
+            metrics.POOLS.add("revoker", pool)
+            metrics.BUILD.labels("revoker").set(1)
+            ops = asyncio.create_task(serve_ops(settings, stop, self._readiness(pool), self.stopping.is_set),
+                                      name="revoker-ops")
+            depth = asyncio.create_task(self._sample_queue_depth(), name="revoker-queue-depth")
+            backlog = asyncio.create_task(sample_forever(pool), name="revoker-outbox-sampler")
             log.info("revoker.started", prefix=settings.amqp_prefix, sweep_seconds=settings.revoker_sweep_seconds)
             self.started.set()
             died = await self._until_stopped(stop, tasks)
             await self._shutdown(tasks)
+            for helper in (depth, backlog):
+                helper.cancel()
+            await asyncio.gather(ops, depth, backlog, return_exceptions=True)
+            metrics.POOLS.remove("revoker", pool)
             if died is not None:
                 raise RuntimeError(f"the revoker's {died.get_name()} stopped unexpectedly") from _exception(died)
         finally:
             await pool.close()
+
+    def _readiness(self, pool):
+        async def readiness() -> tuple[bool, dict]:
+            reasons = []
+            try:
+                await asyncio.wait_for(pool.fetchval("SELECT 1"), 2)
+            except UNAVAILABLE_ERRORS:
+                reasons.append("the database is unreachable")
+            if self.consumer is None or not self.consumer.declared.is_set():
+                reasons.append("the work queue is not declared yet (is RabbitMQ reachable?)")
+            return not reasons, {"reasons": reasons}
+        return readiness
+
+    async def _sample_queue_depth(self, interval: float = 5.0) -> None:
+        """Queue depths for the metrics, read with passive declares on a connection of its own."""
+        import aio_pika
+
+        queues = (f"{self.settings.amqp_prefix}.revoker", f"{self.settings.amqp_prefix}.revoker.dead")
+        while True:
+            try:
+                connection = await aio_pika.connect(self.settings.amqp_url, timeout=5)
+                async with connection:
+                    while True:
+                        for name in queues:
+                            channel = await connection.channel()
+                            try:
+                                declared = await channel.declare_queue(name, passive=True)
+                                metrics.QUEUE_DEPTH.labels(name).set(declared.declaration_result.message_count)
+                            except aio_pika.exceptions.ChannelNotFoundEntity:
+                                pass
+                            finally:
+                                if not channel.is_closed:
+                                    await channel.close()
+                        await asyncio.sleep(interval)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - metrics must never take the worker down
+                await asyncio.sleep(interval)
 
     async def _relay_when_declared(self) -> None:
         """Relay only once the work queue is bound, so no revocation event is published to nowhere."""

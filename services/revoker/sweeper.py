@@ -28,6 +28,7 @@ from tpx.db.pool import UNAVAILABLE_ERRORS
 from tpx.events import types as event_types
 from tpx.events.outbox import Event, OutboxSignal, add_events
 from tpx.logging import get_logger
+from tpx.metrics import PURGED, TOKENS_EXPIRED
 from tpx.store import revocations as revocation_store
 from tpx.store.revocations import rfc3339
 
@@ -150,6 +151,10 @@ class Sweeper:
         self.sweeps += 1
         for name, count in counts.items():
             self.totals[name] = self.totals.get(name, 0) + count
+        TOKENS_EXPIRED.inc(counts.get("tokens_expired", 0))
+        for name, count in counts.items():
+            if name.endswith("_purged"):
+                PURGED.labels(name.removesuffix("_purged")).inc(count)
         if any(counts.values()):
             log.info("sweeper.swept", **counts)
         return counts
