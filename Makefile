@@ -15,9 +15,11 @@ venv: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
 	@echo "==> creating $(VENV) and installing tpx with its test dependencies"
-	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check --upgrade pip
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	@$(PYTHON) -m venv $(VENV)
+	@$(PY) -m pip install --quiet --disable-pip-version-check --upgrade pip > $(VENV)/install.log 2>&1 \
+	  && $(PY) -m pip install --disable-pip-version-check -e '.[test]' >> $(VENV)/install.log 2>&1 \
+	  || { tail -n 30 $(VENV)/install.log; echo "make: installing tpx failed; the whole log is $(VENV)/install.log"; exit 1; }
+	@echo "==> installed (log: $(VENV)/install.log)"
 	@touch $@
 
 test: venv

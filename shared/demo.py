@@ -28,6 +28,7 @@ from tpx.config import ConfigError, Settings
 DEMO_DATABASE = "tpx_demo"
 DEMO_PREFIX = "tpx-demo"
 PACKAGE = "hello-tpx"
+PUBLIC_ISSUERS = ("https://token.actions.githubusercontent.com", "https://gitlab.com")
 REPOSITORY = "octo-org/hello-tpx"
 
 
@@ -114,6 +115,14 @@ async def _prepare_database(settings: Settings, out: Printer) -> None:
     finally:
         await conn.close()
     out.ok(f"schema up to date ({len(applied)} migration(s) applied now)")
+    conn = await asyncpg.connect(url)
+    try:
+        # The public issuers cannot be reached from here, and loopback issuers of earlier demo runs are gone.
+        await conn.execute("UPDATE issuers SET enabled = false WHERE url = ANY($1::text[]) OR url LIKE 'http://127.0.0.1:%'",
+                           list(PUBLIC_ISSUERS))
+    finally:
+        await conn.close()
+    out.info("github.com and gitlab.com issuers disabled in this demo database (this machine has no internet)")
 
 
 async def _watch_events(settings: Settings, out: Printer, ready: asyncio.Event, seen: list[dict]) -> None:
@@ -201,12 +210,16 @@ async def tour(settings: Settings, keep_running: bool) -> None:
                 response = await http.post("/v1/admin/issuers", json={"url": issuer.url, "kind": "github"}, headers=admin)
                 response.raise_for_status()
             started = time.monotonic()
-            await _wait_until(lambda: _ready(http), 30, "the jwks-refresher did not fetch the issuer's keys", stack)
+            await _wait_until(lambda: _has_keys(http, admin, issuer.url), 30,
+                              "the jwks-refresher did not fetch the issuer's keys", stack)
+            await _wait_until(lambda: _ready(http), 10, "the exchange did not become ready", stack)
             out.ok(f"keys fetched in {time.monotonic() - started:.1f} s; GET /readyz says ready")
+            await _expect(seen, "dev.tpx.issuer.keys_rotated")
 
             out.step(f"a registry backend adds a trusted publisher for package {PACKAGE!r}")
             publisher = await _publisher(http, admin, issuer.url)
             out.ok(f"publisher {publisher['id'][:8]}: {REPOSITORY}, workflow release.yml, environment 'release'")
+            await _expect(seen, "dev.tpx.publisher.created")
 
             out.step("a CI job (GitHub Actions shape) exchanges its ID token")
             jwt = issuer.github_token(repository=REPOSITORY)
@@ -217,6 +230,7 @@ async def tour(settings: Settings, keep_running: bool) -> None:
             minted = response.json()
             out.ok(f"POST /v1/exchange → {response.status_code}: token {_hidden(minted['token'])}")
             out.info(f"packages={minted['packages']} permissions={minted['permissions']} expires_in={minted['expires_in']} s")
+            await _expect(seen, "dev.tpx.token.issued")
             replay = await http.post("/v1/exchange", json={"jwt": jwt})
             out.refused(f"the same ID token again → {replay.status_code} {replay.json()['code']}")
 
@@ -232,6 +246,7 @@ async def tour(settings: Settings, keep_running: bool) -> None:
             out.refused(f"{wrong.status_code} {problem['code']}")
             for hint in problem.get("hints", [])[:2]:
                 out.info(f"hint: {hint}")
+            await _expect(seen, "dev.tpx.exchange.denied")
 
             out.step("the job revokes its token when done")
             response = await http.post("/v1/revoke", headers={"Authorization": f"Bearer {minted['token']}"})
@@ -270,8 +285,20 @@ async def _answers(http: httpx.AsyncClient, path: str) -> bool:
         return False
 
 
+async def _has_keys(http: httpx.AsyncClient, admin: dict, url: str) -> bool:
+    issuers = (await http.get("/v1/admin/issuers", headers=admin)).json()["issuers"]
+    return any(i["url"] == url and i["key_ids"] for i in issuers)
+
+
 async def _ready(http: httpx.AsyncClient) -> bool:
     return await _answers(http, "/readyz")
+
+
+async def _expect(seen: list[dict], event_type: str, timeout: float = 3.0) -> None:
+    """Let the step's event arrive before the next step, so the output reads in order (bounded)."""
+    deadline = time.monotonic() + timeout
+    while not any(e["type"] == event_type for e in seen) and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
 
 
 async def _seen(seen: list[dict], event_type: str) -> bool:
