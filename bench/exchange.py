@@ -100,7 +100,9 @@ async def main(args: argparse.Namespace) -> None:
     env = {**os.environ, "TPX_DATABASE_URL": database_url, "TPX_AMQP_PREFIX": f"tpx-bench-{os.getpid()}",
            "TPX_PORT": str(port), "TPX_ADMIN_TOKENS": admin_token, "TPX_INTROSPECTION_TOKENS": registry_token,
            "TPX_INSECURE_LOOPBACK_ISSUERS": "1", "TPX_LOG_LEVEL": "warning", "TPX_DB_POOL_MAX": str(args.pool),
-           "TPX_DB_POOL_MIN": str(min(args.pool, 10)), "BASELINE_PORT": str(baseline_port)}
+           "TPX_DB_POOL_MIN": str(min(args.pool, 10)), "BASELINE_PORT": str(baseline_port),
+           # One publisher takes the whole load here; per-publisher limits would measure the limiter.
+           "TPX_RATE_PUBLISHER_PER_MINUTE": "0", "TPX_RATE_FAILED_PER_MINUTE": "0"}
     tpx = str(Path(sys.executable).with_name("tpx"))
 
     issuer = DevIssuer()
@@ -140,7 +142,10 @@ async def main(args: argparse.Namespace) -> None:
                     progress(f"  {i + 1}/{total}")
             live_tokens = []
             for jwt in jwts[:args.introspect_tokens]:
-                live_tokens.append((await http.post("/v1/exchange", json={"jwt": jwt})).json()["token"])
+                response = await http.post("/v1/exchange", json={"jwt": jwt})
+                if response.status_code != 200:
+                    raise SystemExit(f"bench: a setup exchange failed: {response.status_code} {response.text}")
+                live_tokens.append(response.json()["token"])
             jwts = jwts[args.introspect_tokens:]
 
         host = f"127.0.0.1:{port}"

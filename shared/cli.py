@@ -51,12 +51,12 @@ def cmd_migrate(_args: argparse.Namespace) -> int:
 
 def _run_service(name: str, serve_factory) -> int:
     from tpx.db.migrate import SchemaMismatch
-    from tpx.runtime import run_until_signalled
+    from tpx.runtime import run, run_until_signalled
 
     settings = load_settings()
     _configure_logging(settings)
     try:
-        asyncio.run(run_until_signalled(name, lambda stop: serve_factory(settings, stop)))
+        run(run_until_signalled(name, lambda stop: serve_factory(settings, stop)))
     except SchemaMismatch as exc:
         print(f"tpx {name}: {exc}", file=sys.stderr)
         return 1

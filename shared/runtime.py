@@ -17,6 +17,16 @@ from tpx.logging import get_logger
 log = get_logger("tpx.runtime")
 
 
+def run(main) -> None:
+    """Run a coroutine on uvloop when it is installed (it comes with uvicorn[standard]), else asyncio."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency; this keeps exotic platforms working
+        asyncio.run(main)
+    else:
+        uvloop.run(main)
+
+
 async def run_until_signalled(name: str, serve: Callable[[asyncio.Event], Awaitable[None]]) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

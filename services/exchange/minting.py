@@ -159,11 +159,6 @@ async def mint(conn: asyncpg.Connection, settings: Settings, verified: VerifiedT
         granted = {package: sorted(permissions[package]) for package in packages}
         publisher_ids = [e.publisher.id for e in matched]
         ci = identity.ci()
-        await token_store.insert(
-            conn, token_id=uuid.UUID(token_id), token_hash=tokens.hash_token(token), issuer_id=verified.issuer.id,
-            packages=packages, permissions=granted, publisher_ids=publisher_ids, ci=ci,
-            repository_key=identity.repository_key, workflow=identity.workflow, issued_at=now, expires_at=expires_at,
-        )
         unpinned = [e.publisher for e in matched if identity.environment and not e.publisher.environments]
         notices = [Event(event_types.EXCHANGE_ENVIRONMENT_UNPINNED, subject=p.id, data={
             "publisher_id": p.id,
@@ -183,7 +178,12 @@ async def mint(conn: asyncpg.Connection, settings: Settings, verified: VerifiedT
             "expires_at": _rfc3339(expires_at),
             "ci": ci,
         })]
-        await add_events(conn, events, source=SOURCE)
+        await token_store.insert_with_events(
+            conn, token_id=uuid.UUID(token_id), token_hash=tokens.hash_token(token), issuer_id=verified.issuer.id,
+            packages=packages, permissions=granted, publisher_ids=publisher_ids, ci=ci,
+            repository_key=identity.repository_key, workflow=identity.workflow, issued_at=now, expires_at=expires_at,
+            events=events, source=SOURCE,
+        )
     return MintedToken(token, token_id, packages, granted, publisher_ids, now, expires_at, events)
 
 

@@ -27,12 +27,24 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
     await conn.set_type_codec("json", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
 
 
+async def _keep_session(_conn: asyncpg.Connection) -> None:
+    """Return connections to the pool as they are.
+
+    asyncpg's default reset costs a round trip on every release (unlock all
+    advisory locks, close cursors, UNLISTEN, RESET ALL). tpx never leaves
+    session state on a pooled connection: LISTEN runs on dedicated
+    connections, session advisory locks are released where they are taken,
+    and nothing SETs session parameters.
+    """
+
+
 async def create_pool(settings: Settings, *, min_size: int | None = None, max_size: int | None = None) -> asyncpg.Pool:
     return await asyncpg.create_pool(
         settings.database_url,
         min_size=settings.db_pool_min if min_size is None else min_size,
         max_size=settings.db_pool_max if max_size is None else max_size,
         init=_init_connection,
+        reset=_keep_session,
         command_timeout=10,
         timeout=5,
     )

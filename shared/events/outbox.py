@@ -35,6 +35,16 @@ async def add_events(conn: asyncpg.Connection, events: list[Event], *, source: s
     )
 
 
+def event_columns(events: list[Event], source: str) -> tuple[list, list, list, list, list, list]:
+    """The events as parallel arrays, for an INSERT ... SELECT FROM unnest(...) inside a larger statement."""
+    return ([uuid.UUID(e.id) for e in events], [e.type for e in events], [source] * len(events),
+            [e.subject for e in events], [e.time for e in events], [e.data for e in events])
+
+
+OUTBOX_UNNEST = ("SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::timestamptz[], "
+                 "$6::jsonb[])")
+
+
 class OutboxSignal:
     """Wakes a waiting relay; cheap to call on every write."""
 

@@ -13,6 +13,8 @@ from typing import Any
 
 import asyncpg
 
+from tpx.events.outbox import OUTBOX_UNNEST, Event, event_columns
+
 from tpx.store.revocations import matched_by_pending_rule
 
 LIVE = "revoked_at IS NULL AND expires_at > now()"
@@ -20,15 +22,19 @@ LIVE = "revoked_at IS NULL AND expires_at > now()"
 ACTIVE = f"{LIVE} AND NOT {matched_by_pending_rule('tokens')}"
 
 
-async def insert(
+async def insert_with_events(
     conn: asyncpg.Connection, *, token_id: Any, token_hash: bytes, issuer_id: Any, packages: list[str],
     permissions: dict[str, list[str]], publisher_ids: list[str], ci: dict[str, Any], repository_key: str,
-    workflow: str, issued_at: datetime, expires_at: datetime,
+    workflow: str, issued_at: datetime, expires_at: datetime, events: list[Event], source: str,
 ) -> None:
+    """Insert the token row and its outbox events in one statement (one round trip on the hot path)."""
     await conn.execute(
-        """INSERT INTO tokens (id, token_hash, issuer_id, packages, permissions, publisher_ids, ci,
-                               repository_key, workflow, issued_at, expires_at)
-           VALUES ($1, $2, $3, $4, $5, $6::uuid[], $7, $8, $9, $10, $11)""",
+        f"""WITH token AS (
+                INSERT INTO tokens (id, token_hash, issuer_id, packages, permissions, publisher_ids, ci,
+                                    repository_key, workflow, issued_at, expires_at)
+                VALUES ($7, $8, $9, $10, $11, $12::uuid[], $13, $14, $15, $16, $17))
+            INSERT INTO outbox (event_id, type, source, subject, time, data) {OUTBOX_UNNEST}""",
+        *event_columns(events, source),
         token_id, token_hash, issuer_id, packages, permissions, publisher_ids, ci, repository_key, workflow,
         issued_at, expires_at,
     )
