@@ -34,7 +34,9 @@ def checksum(body: str) -> str:
 
 
 def generate() -> str:
-    body = "".join(secrets.choice(ALPHABET) for _ in range(BODY_LENGTH))
+    # 32 bytes from the OS CSPRNG read as one integer, then 40 base62 digits of it: one system call
+    # instead of 40. 2**256 is so much larger than 62**40 that the digits are uniform to within 2**-17.
+    body = _base62(int.from_bytes(secrets.token_bytes(32), "big"), BODY_LENGTH)
     return PREFIX + body + checksum(body)
 
 

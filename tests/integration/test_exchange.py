@@ -308,3 +308,30 @@ async def test_environment_unpinned_notice_is_an_event(repo, db):
     assert [row["subject"] for row in rows] == [loose["id"]]
     assert rows[0]["data"]["environment"] == "prod"
     assert pinned["id"] not in [row["subject"] for row in rows]
+
+
+@pytest.mark.parametrize("pinned", [True, False], ids=["pinned-one-statement-path", "binding-transaction-path"])
+async def test_concurrent_submissions_mint_once_on_both_paths(repo, db, pinned):
+    ids = {"repository_owner_id": repo.owner_id, "repository_id": repo.repository_id} if pinned else {}
+    await repo.add_publisher(**ids)
+    jwt = repo.token()
+    responses = await asyncio.gather(*(repo.exchange(jwt) for _ in range(20)))
+    assert sorted(r.status_code for r in responses) == [200] + [409] * 19
+
+
+async def test_publisher_deleted_between_match_and_mint_mints_nothing(repo, client, db, exchange_app, settings):
+    from tpx.exchange.minting import _mint_pinned, evaluate_candidates
+    from tpx.exchange.verification import verify_id_token
+    from tpx.store import publishers as publisher_store
+
+    publisher = await repo.add_publisher(repository_owner_id=repo.owner_id, repository_id=repo.repository_id)
+    claims = repo.claims()
+    verified = await verify_id_token(repo.issuer.mint(claims), exchange_app.state.tpx.keycache, settings)
+    async with db.acquire() as conn:
+        candidates = await publisher_store.candidates(conn, verified.issuer.id, verified.identity.repository_key)
+        matched = [e for e in evaluate_candidates(verified, candidates) if e.matched]
+        assert [e.publisher.id for e in matched] == [publisher["id"]]
+        assert (await client.delete(f"/v1/admin/publishers/{publisher['id']}", headers=ADMIN)).status_code == 200
+        assert await _mint_pinned(conn, settings, verified, matched) is None
+    assert await db.fetchval("SELECT count(*) FROM used_jtis WHERE jti = $1", claims["jti"]) == 0
+    assert await db.fetchval("SELECT count(*) FROM tokens WHERE ci->>'repository' = $1", repo.repository) == 0

@@ -20,6 +20,7 @@ from tpx.events import types as event_types
 from tpx.events.outbox import Event, add_events
 from tpx.store import publishers as publisher_store
 from tpx.store import tokens as token_store
+from tpx.store.revocations import MINT_GATE_LOCK
 from tpx.store.revocations import Selector
 
 from tpx.exchange import validation
@@ -227,6 +228,8 @@ async def delete_publisher(request: Request) -> JSONResponse:
     publisher_id = _uuid(request.path_params["id"], "publisher")
 
     async def work(conn):
+        # The mint gate first, then the row: the same lock order as a mint, so the two cannot deadlock.
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", MINT_GATE_LOCK)
         before = await publisher_store.get(conn, publisher_id)
         if before is None:
             raise Problem("not_found", f"no publisher has the id {str(publisher_id)!r}")
