@@ -115,8 +115,8 @@ async def main(args: argparse.Namespace) -> None:
 
     processes = [
         start([tpx, "exchange"], env, "exchange"),
-        start([tpx, "jwks-refresher"], env, "jwks-refresher"),
-        start([tpx, "revoker"], env, "revoker"),
+        start([tpx, "jwks-refresher"], {**env, "TPX_OPS_PORT": str(free_port())}, "jwks-refresher"),
+        start([tpx, "revoker"], {**env, "TPX_OPS_PORT": str(free_port())}, "revoker"),
         start([sys.executable, str(ROOT / "bench" / "baseline_app.py")], env, "baseline"),
     ]
     try:

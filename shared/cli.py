@@ -63,6 +63,9 @@ def _run_service(name: str, serve_factory) -> int:
     except OSError as exc:
         print(f"tpx {name}: cannot start: {exc}; check TPX_DATABASE_URL / TPX_HOST / TPX_PORT", file=sys.stderr)
         return 1
+    except RuntimeError as exc:
+        print(f"tpx {name}: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

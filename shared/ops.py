@@ -41,10 +41,28 @@ def ops_app(readiness: Readiness, draining: Callable[[], bool]) -> Starlette:
     return Starlette(routes=[Route("/healthz", healthz), Route("/readyz", readyz), Route("/metrics", metrics)])
 
 
-async def serve_ops(settings: Settings, stop: asyncio.Event, readiness: Readiness, draining: Callable[[], bool]) -> None:
-    """Serve the ops endpoints until `stop`; a port of 0 picks a free one (tests), a negative one disables."""
+def bind_ops_socket(settings: Settings):
+    """Bind the ops port before the worker starts, so a taken port stops the worker with a clear message."""
+    import socket
+
+    sock = socket.socket(socket.AF_INET6 if ":" in settings.host else socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.bind((settings.host, settings.ops_port))
+    except OSError as exc:
+        sock.close()
+        raise RuntimeError(f"cannot listen for the ops endpoints on {settings.host}:{settings.ops_port} "
+                           f"({exc.strerror}); give each worker on this host its own TPX_OPS_PORT") from None
+    return sock
+
+
+async def serve_ops(settings: Settings, stop: asyncio.Event, readiness: Readiness, draining: Callable[[], bool],
+                    sock) -> None:
+    """Serve the ops endpoints on the bound `sock` until `stop`."""
     from tpx.exchange.server import ExchangeServer, uvicorn_config
 
     server = ExchangeServer(uvicorn_config(ops_app(readiness, draining), settings, port=settings.ops_port,
                                            lifespan="off", limit_concurrency=64))
-    await server.serve_until(stop)
+    try:
+        await server.serve_until(stop, sockets=[sock])
+    finally:
+        sock.close()

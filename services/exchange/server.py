@@ -52,13 +52,14 @@ class ExchangeServer(uvicorn.Server):
     def install_signal_handlers(self) -> None:  # older uvicorn releases
         return None
 
-    async def serve_until(self, stop: asyncio.Event, *, on_drain=None, drain_seconds: float = 0.0) -> None:
+    async def serve_until(self, stop: asyncio.Event, *, on_drain=None, drain_seconds: float = 0.0,
+                          sockets=None) -> None:
         """Serve until `stop`; then report not-ready for `drain_seconds` before closing the listener.
 
         The pause lets load balancers see /readyz fail and stop sending new
         requests; uvicorn then finishes the requests in flight.
         """
-        task = asyncio.create_task(self.serve())
+        task = asyncio.create_task(self.serve(sockets=sockets))
         stopper = asyncio.create_task(stop.wait())
         done, _ = await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
         if stopper in done and not task.done():

@@ -16,7 +16,7 @@ from tpx.config import Settings
 from tpx.db.migrate import check_schema
 from tpx import metrics
 from tpx.db.pool import UNAVAILABLE_ERRORS, create_pool
-from tpx.ops import serve_ops
+from tpx.ops import bind_ops_socket, serve_ops
 from tpx.events.outbox import OutboxSignal
 from tpx.events.relay import OutboxRelay
 from tpx.jwks_refresher.refresher import JwksRefresher
@@ -26,6 +26,7 @@ log = get_logger("tpx.jwks_refresher.service")
 
 
 async def serve(settings: Settings, stop: asyncio.Event) -> None:
+    ops_socket = bind_ops_socket(settings)
     pool = await create_pool(settings)
     try:
         async with pool.acquire() as conn:
@@ -51,7 +52,7 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
             return not reasons, {"reasons": reasons, "fetches": refresher.fetches_total,
                                  "failures": refresher.failures_total}
 
-        ops = asyncio.create_task(serve_ops(settings, stop, readiness, stop.is_set), name="jwks-refresher-ops")
+        ops = asyncio.create_task(serve_ops(settings, stop, readiness, stop.is_set, ops_socket), name="jwks-refresher-ops")
         try:
             await refresher.run(stop)
         finally:

@@ -17,7 +17,7 @@ from tpx.db.migrate import check_schema
 from tpx import metrics
 from tpx.db.pool import UNAVAILABLE_ERRORS, create_pool
 from tpx.events.backlog import sample_forever
-from tpx.ops import serve_ops
+from tpx.ops import bind_ops_socket, serve_ops
 from tpx.events.outbox import OutboxSignal
 from tpx.events.relay import OutboxRelay
 from tpx.logging import get_logger
@@ -51,6 +51,7 @@ class Revoker:
 
     async def run(self, stop: asyncio.Event) -> None:
         settings = self.settings
+        ops_socket = bind_ops_socket(settings)
         pool = await create_pool(settings)
         try:
             async with pool.acquire() as conn:
@@ -70,7 +71,7 @@ class Revoker:
             }
             metrics.POOLS.add("revoker", pool)
             metrics.BUILD.labels("revoker").set(1)
-            ops = asyncio.create_task(serve_ops(settings, stop, self._readiness(pool), self.stopping.is_set),
+            ops = asyncio.create_task(serve_ops(settings, stop, self._readiness(pool), self.stopping.is_set, ops_socket),
                                       name="revoker-ops")
             depth = asyncio.create_task(self._sample_queue_depth(), name="revoker-queue-depth")
             backlog = asyncio.create_task(sample_forever(pool), name="revoker-outbox-sampler")
