@@ -102,7 +102,8 @@ async def main(args: argparse.Namespace) -> None:
            "TPX_INSECURE_LOOPBACK_ISSUERS": "1", "TPX_LOG_LEVEL": "warning", "TPX_DB_POOL_MAX": str(args.pool),
            "TPX_DB_POOL_MIN": str(min(args.pool, 10)), "BASELINE_PORT": str(baseline_port),
            # One publisher takes the whole load here; per-publisher limits would measure the limiter.
-           "TPX_RATE_PUBLISHER_PER_MINUTE": "0", "TPX_RATE_FAILED_PER_MINUTE": "0"}
+           "TPX_RATE_PUBLISHER_PER_MINUTE": "0", "TPX_RATE_FAILED_PER_MINUTE": "0",
+           "TPX_WORKERS": str(args.workers)}
     tpx = str(Path(sys.executable).with_name("tpx"))
 
     issuer = DevIssuer()
@@ -181,7 +182,8 @@ async def main(args: argparse.Namespace) -> None:
         stop.set()
         await issuer_task
 
-    print("\nresults (durable: synchronous commit, one PostgreSQL transaction per exchange)\n")
+    print(f"\nresults ({args.clients} clients, {args.workers} exchange process(es); durable: synchronous commit, "
+          "one PostgreSQL transaction per exchange)\n")
     for result in (baseline, exchange, introspection):
         print("  " + result.summary())
     print("\nratios against the baseline measured in this run")
@@ -209,5 +211,6 @@ if __name__ == "__main__":
     parser.add_argument("--warmup", type=int, default=500)
     parser.add_argument("--introspect-tokens", type=int, default=200)
     parser.add_argument("--duration", type=float, default=8.0)
-    parser.add_argument("--pool", type=int, default=20)
+    parser.add_argument("--pool", type=int, default=20, help="database pool size per exchange process")
+    parser.add_argument("--workers", type=int, default=2, help="exchange processes (TPX_WORKERS; one per core)")
     asyncio.run(main(parser.parse_args()))

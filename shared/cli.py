@@ -70,6 +70,21 @@ def _run_service(name: str, serve_factory) -> int:
 
 
 def cmd_exchange(_args: argparse.Namespace) -> int:
+    settings = load_settings()
+    if settings.workers > 1:
+        # Several processes on one socket, supervised by uvicorn (restarts, signals, graceful drain).
+        import uvicorn
+
+        from tpx.exchange.server import uvicorn_config
+
+        _configure_logging(settings)
+        options = uvicorn_config(None, settings).__dict__
+        keep = ("host", "port", "lifespan", "log_level", "access_log", "server_header", "proxy_headers",
+                "timeout_keep_alive", "timeout_graceful_shutdown", "limit_concurrency",
+                "h11_max_incomplete_event_size")
+        uvicorn.run("tpx.exchange.asgi:app_from_env", factory=True, workers=settings.workers,
+                    **{k: options[k] for k in keep if k in options})
+        return 0
     from tpx.exchange.service import serve
 
     return _run_service("exchange", serve)

@@ -55,6 +55,7 @@ class Settings:
     trusted_proxies: tuple[str, ...] = ()
     drain_seconds: float = 0.0
     ops_port: int = 9000
+    workers: int = 1
     audit_max_age: str = "365D"
     audit_max_bytes: int = 20 * 1024**3
     extra: dict[str, str] = field(default_factory=dict)
@@ -108,6 +109,7 @@ class Settings:
             trusted_proxies=env.networks("TPX_TRUSTED_PROXIES"),
             drain_seconds=env.number("TPX_DRAIN_SECONDS", cls.drain_seconds, 0, 120),
             ops_port=env.integer("TPX_OPS_PORT", cls.ops_port, 0, 65535),
+            workers=env.integer("TPX_WORKERS", cls.workers, 1, 64),
             audit_max_age=env.text("TPX_AUDIT_MAX_AGE", cls.audit_max_age, pattern=r"[1-9][0-9]{0,5}[YMDhms]",
                                    accepts="a RabbitMQ stream age such as 365D, 12M or 48h"),
             audit_max_bytes=env.integer("TPX_AUDIT_MAX_BYTES", cls.audit_max_bytes, 1024**2, 2**50),
