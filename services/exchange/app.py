@@ -32,7 +32,7 @@ from tpx.logging import get_logger
 from tpx.exchange.auth import Credentials
 from tpx.exchange.context import ServiceContext
 from tpx.exchange.ratelimit import RateLimits, parse_networks
-from tpx.exchange.http import MetricsMiddleware, RequestIdMiddleware, problem_response
+from tpx.exchange.http import RequestContextMiddleware, problem_response
 from tpx.exchange.routes import admin, exchange, ops, revocations, tokens
 from tpx.exchange.routes.compat import compat_routes
 
@@ -136,7 +136,7 @@ def create_app(settings: Settings, *, run_relay: bool = True) -> Starlette:
     route_names = {route.endpoint: route.path for route in route_list}
     return Starlette(
         routes=route_list,
-        middleware=[Middleware(RequestIdMiddleware), Middleware(MetricsMiddleware, route_names=route_names)],
+        middleware=[Middleware(RequestContextMiddleware, route_names=route_names)],
         exception_handlers={Problem: _problem, HTTPException: _http_error, Exception: _unexpected},
         lifespan=lifespan,
     )

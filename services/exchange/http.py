@@ -26,36 +26,10 @@ JSON_TYPES = ("application/json",)
 FORM_TYPE = "application/x-www-form-urlencoded"
 
 
-class RequestIdMiddleware:
-    """Accept a sane incoming X-Request-ID or make one; log with it; echo it back."""
-
-    def __init__(self, app) -> None:
-        self.app = app
-
-    async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        incoming = next((v for k, v in scope["headers"] if k == b"x-request-id"), None)
-        request_id = incoming.decode() if incoming and _REQUEST_ID_RE.fullmatch(incoming) else uuid.uuid4().hex
-        token = request_id_var.set(request_id)
-        structlog.contextvars.bind_contextvars(request_id=request_id)
-        header = (b"x-request-id", request_id.encode())
-
-        async def send_with_id(message) -> None:
-            if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", []), header]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_with_id)
-        finally:
-            structlog.contextvars.unbind_contextvars("request_id")
-            request_id_var.reset(token)
-
-
-class MetricsMiddleware:
-    """Latency by route template (never the raw path, which a client controls), method and status."""
+class RequestContextMiddleware:
+    """Per request: a request id (a sane incoming X-Request-ID or a new one) bound to the logs and
+    echoed back, and the latency recorded by route template (never the raw path, which a client
+    controls), method and status. One middleware for both, since every layer costs on the hot path."""
 
     def __init__(self, app, route_names: dict) -> None:
         self.app = app
@@ -68,17 +42,25 @@ class MetricsMiddleware:
         from tpx.metrics import HTTP_LATENCY
 
         started = time.perf_counter()
+        incoming = next((v for k, v in scope["headers"] if k == b"x-request-id"), None)
+        request_id = incoming.decode() if incoming and _REQUEST_ID_RE.fullmatch(incoming) else uuid.uuid4().hex
+        token = request_id_var.set(request_id)
+        structlog.contextvars.bind_contextvars(request_id=request_id)
+        header = (b"x-request-id", request_id.encode())
         status = 500
 
-        async def send_and_record(message) -> None:
+        async def send_with_context(message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
+                message["headers"] = [*message.get("headers", []), header]
             await send(message)
 
         try:
-            await self.app(scope, receive, send_and_record)
+            await self.app(scope, receive, send_with_context)
         finally:
+            structlog.contextvars.unbind_contextvars("request_id")
+            request_id_var.reset(token)
             route = self.route_names.get(scope.get("endpoint"), "unmatched")
             HTTP_LATENCY.labels(route, scope["method"] if route != "unmatched" else "other", str(status)).observe(
                 time.perf_counter() - started)
