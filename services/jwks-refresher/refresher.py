@@ -148,6 +148,7 @@ class JwksRefresher:
         self._signal = signal or OutboxSignal()
         self._resolver = resolver
         self._slots = asyncio.Semaphore(max(1, concurrency))
+        self._deferred: set[uuid.UUID] = set()
         self._pending: set[uuid.UUID] = set()
         self._tasks: dict[uuid.UUID, asyncio.Task[None]] = {}
         self._fetching: set[uuid.UUID] = set()
@@ -186,6 +187,8 @@ class JwksRefresher:
                                             reason == PERIODIC)
                 if claim is None:
                     self.skipped_total += 1
+                    if reason != PERIODIC:
+                        await self._defer_request(conn, issuer_id)
                     return False
                 self.fetches_total += 1
                 await self._fetch_and_store(conn, issuer_id, claim, reason)
@@ -287,6 +290,24 @@ class JwksRefresher:
             return
         self._pending.add(issuer_id)
         self._wake.set()
+
+    async def _defer_request(self, conn: asyncpg.Connection, issuer_id: uuid.UUID) -> None:
+        """A request that arrived inside the cooldown is answered when the cooldown ends, not dropped:
+        the IdP may have rotated right after the last fetch. Still at most one fetch per cooldown."""
+        if issuer_id in self._deferred:
+            return
+        remaining = await conn.fetchval(
+            "SELECT extract(epoch FROM refresh_attempted_at + make_interval(secs => $2) - now())::float8 "
+            "FROM issuers WHERE id = $1 AND enabled", issuer_id, float(self._settings.jwks_refresh_cooldown_seconds))
+        if remaining is None:
+            return
+        self._deferred.add(issuer_id)
+
+        def fire() -> None:
+            self._deferred.discard(issuer_id)
+            self.request(issuer_id)
+
+        asyncio.get_running_loop().call_later(max(0.0, remaining) + 0.01, fire)
 
     def _take_requests(self) -> list[uuid.UUID]:
         taken, self._pending = list(self._pending), set()

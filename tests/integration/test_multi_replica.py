@@ -1,0 +1,518 @@
+"""Several replicas against one database and one broker, each a separate OS process.
+
+Two `tpx exchange` processes (A and B), two `tpx jwks-refresher` processes and
+one `tpx revoker`, started the way an operator runs them, share a database of
+this module's own and one AMQP prefix. A LoopbackIssuer served in this test's
+event loop stands in for GitHub Actions; its keys reach the exchanges only
+through the refreshers. The tests check what replication must not break:
+
+1. the same ID token sent to both exchanges at once mints exactly once;
+2. a revocation made on one replica is visible on the other when the call returns;
+3. a key rotation (a new key, then the old one removed) reaches both exchanges;
+4. two refreshers answer a burst of unknown-kid requests with one fetch per cooldown;
+5. the revoker is up, and the events of all this reached RabbitMQ as CloudEvents.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import secrets
+import tempfile
+import time
+import uuid
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aio_pika
+import asyncpg
+import httpx
+import pytest
+
+from tests.conftest import AMQP_URL, PG_HOST
+from tests.support.claims import github_claims
+from tests.support.oidc_issuer import LoopbackIssuer, SigningKey, new_rsa_key
+from tests.support.processes import ServiceProcess, free_ports, poll, run_cli, service_env, stop_all, wait_healthy
+from tests.support.servers import serve
+
+pytestmark = pytest.mark.integration
+
+COOLDOWN = 0.5  # TPX_JWKS_REFRESH_COOLDOWN_SECONDS for the refreshers and the exchanges
+KEYS_WAIT = 2.0  # TPX_KEYS_WAIT_SECONDS (the default): how long an exchange waits for an unknown kid
+START_TIMEOUT = 30.0
+SOON = 15.0  # upper bound for anything that should happen "soon"
+PUBLIC_ISSUERS = ("https://token.actions.githubusercontent.com", "https://gitlab.com")
+
+
+# -- the stack ----------------------------------------------------------------------------------
+
+
+@dataclass
+class Events:
+    """Every message of `<prefix>.events`, through an exclusive queue bound with `#` before any test."""
+
+    messages: list[aio_pika.abc.AbstractIncomingMessage] = field(default_factory=list)
+
+    async def on_message(self, message: aio_pika.abc.AbstractIncomingMessage) -> None:
+        self.messages.append(message)
+
+    def bodies(self, event_type: str | None = None) -> list[dict[str, Any]]:
+        found = [json.loads(message.body) for message in self.messages]
+        return [event for event in found if event_type is None or event["type"] == event_type]
+
+
+@dataclass
+class Stack:
+    issuer: LoopbackIssuer
+    issuer_id: str
+    a: httpx.AsyncClient
+    b: httpx.AsyncClient
+    ops: httpx.AsyncClient
+    db: asyncpg.Pool
+    processes: dict[str, ServiceProcess]
+    ops_ports: dict[str, int]
+    prefix: str
+    admin_headers: dict[str, str]
+    introspection_headers: dict[str, str]
+    events: Events
+    issued_token_ids: list[str] = field(default_factory=list)
+    revoked_token_ids: list[str] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def exchanges(self) -> list[httpx.AsyncClient]:
+        return [self.a, self.b]
+
+    def logs(self) -> str:
+        return "\n\n".join(child.describe() for child in self.processes.values())
+
+    async def repo(self) -> "Repo":
+        repo = Repo(self)
+        await repo.add_publisher()
+        return repo
+
+    async def exchange(self, client: httpx.AsyncClient, jwt: str) -> httpx.Response:
+        response = await client.post("/v1/exchange", json={"jwt": jwt})
+        if response.status_code == 200:
+            self.issued_token_ids.append(response.json()["token_id"])
+        return response
+
+    async def introspect(self, client: httpx.AsyncClient, token: str) -> dict[str, Any]:
+        response = await client.post("/v1/introspect", json={"token": token}, headers=self.introspection_headers)
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    async def ready_issuer(self, client: httpx.AsyncClient) -> dict[str, Any] | None:
+        """This exchange's own view (its in-memory key cache, through /readyz) of the loopback issuer."""
+        response = await client.get("/readyz")
+        for entry in response.json().get("issuers", []):
+            if entry["url"] == self.issuer.url:
+                return entry
+        return None
+
+    async def worker_ready(self, name: str) -> dict[str, Any]:
+        response = await self.ops.get(f"http://127.0.0.1:{self.ops_ports[name]}/readyz")
+        body = response.json()
+        body["http_status"] = response.status_code
+        return body
+
+
+@dataclass
+class Repo:
+    """A fresh GitHub repository identity with one trusted publisher of its own."""
+
+    stack: Stack
+    owner: str = field(default_factory=lambda: f"org-{uuid.uuid4().hex[:8]}")
+    name: str = field(default_factory=lambda: f"repo-{uuid.uuid4().hex[:8]}")
+    owner_id: str = field(default_factory=lambda: str(uuid.uuid4().int % 10**9))
+    repository_id: str = field(default_factory=lambda: str(uuid.uuid4().int % 10**9))
+    package: str = field(default_factory=lambda: f"pkg-{uuid.uuid4().hex[:8]}")
+
+    @property
+    def repository_key(self) -> str:
+        return f"{self.owner}/{self.name}".lower()
+
+    async def add_publisher(self) -> None:
+        body = {"package": self.package, "provider": "github", "issuer": self.stack.issuer.url,
+                "repository_owner": self.owner, "repository_name": self.name, "workflow_filename": "release.yml",
+                "environments": ["prod"]}
+        response = await self.stack.a.post("/v1/admin/publishers", json=body, headers=self.stack.admin_headers)
+        assert response.status_code == 201, response.text
+
+    def claims(self, **overrides: Any) -> dict[str, Any]:
+        return github_claims(owner=self.owner, repo=self.name, owner_id=self.owner_id,
+                             repository_id=self.repository_id, **overrides)
+
+    def jwt(self, key: SigningKey | None = None, **overrides: Any) -> str:
+        return self.stack.issuer.mint(self.claims(**overrides), key=key)
+
+    async def mint(self, client: httpx.AsyncClient) -> dict[str, Any]:
+        response = await self.stack.exchange(client, self.jwt())
+        assert response.status_code == 200, response.text
+        return response.json()
+
+
+async def _create_database(name: str) -> None:
+    admin = await asyncpg.connect(f"{PG_HOST}/postgres")
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+
+
+async def _drop_database(name: str) -> None:
+    admin = await asyncpg.connect(f"{PG_HOST}/postgres")
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+async def _delete_amqp_objects(prefix: str) -> None:
+    connection = await aio_pika.connect(AMQP_URL)
+    async with connection:
+        for queue in (f"{prefix}.audit", f"{prefix}.revoker", f"{prefix}.revoker.dead"):
+            await (await connection.channel()).queue_delete(queue)
+        for exchange in (f"{prefix}.events", f"{prefix}.dlx"):
+            await (await connection.channel()).exchange_delete(exchange)
+
+
+@pytest.fixture(scope="module")
+async def stack():
+    run = uuid.uuid4().hex[:10]
+    database = f"tpx_multi_{run}"
+    prefix = f"tpx-multi-{run}"
+    database_url = f"{PG_HOST}/{database}"
+    admin_token = "multi-admin-" + secrets.token_urlsafe(24)
+    introspection_token = "multi-introspect-" + secrets.token_urlsafe(24)
+    log_dir = Path(tempfile.mkdtemp(prefix="tpx-multi-"))
+    processes: dict[str, ServiceProcess] = {}
+    problems: list[str] = []
+    started = time.monotonic()
+    timings: dict[str, float] = {}
+
+    async with AsyncExitStack() as cleanup:
+        # Registered first, so it runs last: the database and the broker objects go whatever happened.
+        cleanup.push_async_callback(_delete_amqp_objects, prefix)
+        cleanup.push_async_callback(_drop_database, database)
+        await _create_database(database)
+
+        base_env = service_env({
+            "TPX_DATABASE_URL": database_url,
+            "TPX_AMQP_URL": AMQP_URL,
+            "TPX_AMQP_PREFIX": prefix,
+            "TPX_INSECURE_LOOPBACK_ISSUERS": "1",
+            "TPX_ADMIN_TOKENS": admin_token,
+            "TPX_INTROSPECTION_TOKENS": introspection_token,
+            "TPX_RATE_FAILED_PER_MINUTE": "0",
+            "TPX_RATE_PUBLISHER_PER_MINUTE": "0",
+            "TPX_LOG_LEVEL": os.environ.get("TPX_MULTI_LOG_LEVEL", "warning"),
+            "TPX_LOG_FORMAT": "console",
+            "TPX_JWKS_REFRESH_COOLDOWN_SECONDS": str(COOLDOWN),
+            "TPX_KEYS_WAIT_SECONDS": str(KEYS_WAIT),
+            "TPX_RELAY_POLL_SECONDS": "0.1",
+            # Five processes share a PostgreSQL that other work may be using too: small pools.
+            "TPX_DB_POOL_MIN": "1",
+            "TPX_DB_POOL_MAX": "4",
+        })
+        code, output = await run_cli(["migrate"], base_env)
+        assert code == 0, f"tpx migrate failed ({code}):\n{output}"
+        setup = await asyncpg.connect(database_url)
+        try:
+            # There is no internet here: the seeded public issuers would only make the refreshers fail and retry.
+            await setup.execute("UPDATE issuers SET enabled = false WHERE url = ANY($1::text[])", list(PUBLIC_ISSUERS))
+        finally:
+            await setup.close()
+        timings["database"] = time.monotonic() - started
+
+        # The events consumer exists before any service can publish.
+        events = Events()
+        connection = await aio_pika.connect(AMQP_URL)
+        cleanup.push_async_callback(connection.close)
+        channel = await connection.channel()
+        events_exchange = await channel.declare_exchange(f"{prefix}.events", aio_pika.ExchangeType.TOPIC, durable=True)
+        queue = await channel.declare_queue("", exclusive=True, auto_delete=True)
+        await queue.bind(events_exchange, routing_key="#")
+        await queue.consume(events.on_message, no_ack=True)
+
+        issuer = LoopbackIssuer()
+        issuer.url = await cleanup.enter_async_context(serve(issuer.app))
+
+        db = await asyncpg.create_pool(database_url, min_size=1, max_size=2)
+        cleanup.push_async_callback(db.close)
+
+        ports = free_ports(7)
+        exchange_ports = {"exchange-a": ports[0], "exchange-b": ports[1]}
+        ops_ports = dict(zip(("exchange-a", "exchange-b", "refresher-1", "refresher-2", "revoker"), ports[2:]))
+        commands = {"exchange-a": "exchange", "exchange-b": "exchange", "refresher-1": "jwks-refresher",
+                    "refresher-2": "jwks-refresher", "revoker": "revoker"}
+
+        async def stop_children() -> None:
+            codes = await stop_all(processes.values())
+            timings["stop"] = time.monotonic() - stopping_at[0]
+            for name, code in codes.items():
+                child = processes[name]
+                if code != 0 or child.killed:
+                    problems.append(f"{name} did not drain gracefully on SIGTERM (exit code {code}"
+                                    f"{', killed after the timeout' if child.killed else ''})")
+
+        stopping_at = [0.0]
+        for name, command in commands.items():
+            env = {**base_env, "TPX_OPS_PORT": str(ops_ports[name]), "TPX_HOST": "127.0.0.1"}
+            if name in exchange_ports:
+                env["TPX_PORT"] = str(exchange_ports[name])
+            processes[name] = await ServiceProcess.start(name, command, env, log_dir)
+            if len(processes) == 1:
+                cleanup.push_async_callback(stop_children)
+
+        ops = await cleanup.enter_async_context(httpx.AsyncClient(timeout=10))
+        a = await cleanup.enter_async_context(
+            httpx.AsyncClient(base_url=f"http://127.0.0.1:{exchange_ports['exchange-a']}", timeout=30))
+        b = await cleanup.enter_async_context(
+            httpx.AsyncClient(base_url=f"http://127.0.0.1:{exchange_ports['exchange-b']}", timeout=30))
+        # The clients close before the children stop (exit-stack order), so no keep-alive holds a drain up.
+        stack = Stack(issuer=issuer, issuer_id="", a=a, b=b, ops=ops, db=db, processes=processes,
+                      ops_ports=ops_ports, prefix=prefix,
+                      admin_headers={"Authorization": f"Bearer {admin_token}"},
+                      introspection_headers={"Authorization": f"Bearer {introspection_token}"},
+                      events=events, timings=timings)
+        try:
+            health = {name: (f"http://127.0.0.1:{exchange_ports[name]}/healthz" if name in exchange_ports
+                             else f"http://127.0.0.1:{ops_ports[name]}/healthz") for name in processes}
+            await asyncio.gather(*(wait_healthy(ops, processes[name], url, START_TIMEOUT)
+                                   for name, url in health.items()))
+            timings["processes_up"] = time.monotonic() - started
+
+            response = await a.post("/v1/admin/issuers", json={"url": issuer.url, "kind": "github"},
+                                    headers=stack.admin_headers)
+            assert response.status_code == 201, response.text
+            stack.issuer_id = response.json()["issuer"]["id"]
+
+            async def both_ready() -> bool:
+                views = [await stack.ready_issuer(client) for client in stack.exchanges]
+                return all(view is not None and view["state"] == "ready" for view in views)
+
+            await poll(both_ready, "both exchanges to report the loopback issuer ready (keys fetched by a refresher)",
+                       SOON, alive=processes.values())
+            timings["issuer_ready"] = time.monotonic() - started
+        except BaseException as exc:
+            raise AssertionError(f"the multi-replica stack did not come up: {exc}\n\n{stack.logs()}") from exc
+
+        yield stack
+
+        stopping_at[0] = time.monotonic()
+    # The exit stack has stopped the children, dropped the database and deleted the broker objects.
+    print(f"\nmulti-replica timings (s): " + ", ".join(f"{k}={v:.2f}" for k, v in timings.items()))
+    if problems:
+        raise AssertionError("; ".join(problems) + "\n\n" + "\n\n".join(
+            child.describe() for child in processes.values()))
+
+
+@pytest.fixture(autouse=True)
+def show_logs_on_failure(request, stack):
+    """After a failed test, print what every child process wrote (straight to the terminal)."""
+    failed_before = request.session.testsfailed
+    yield
+    if request.session.testsfailed > failed_before:
+        reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+        text = f"service logs after {request.node.name} failed:\n\n{stack.logs()}"
+        if reporter is not None:
+            reporter.write_line("")
+            reporter.write_sep("-", "multi-replica service logs")
+            reporter.write_line(text)
+        else:  # pragma: no cover - pytest always has a terminal reporter unless run with -p no:terminal
+            print(text)
+
+
+# -- the tests ----------------------------------------------------------------------------------
+
+
+async def test_same_id_token_to_both_exchanges_mints_once(stack: Stack):
+    repo = await stack.repo()
+    claims = repo.claims()
+    jwt = stack.issuer.mint(claims)
+    clients = [stack.a if i % 2 == 0 else stack.b for i in range(10)]
+
+    responses = await asyncio.gather(*(stack.exchange(client, jwt) for client in clients))
+
+    statuses = sorted(response.status_code for response in responses)
+    assert statuses == [200] + [409] * 9, [(r.status_code, r.text[:200]) for r in responses]
+    for response in responses:
+        if response.status_code == 409:
+            assert response.json()["code"] == "token_reused", response.text
+    assert await stack.db.fetchval("SELECT count(*) FROM used_jtis WHERE jti = $1", claims["jti"]) == 1
+    assert await stack.db.fetchval("SELECT count(*) FROM tokens WHERE repository_key = $1", repo.repository_key) == 1
+    # The winner's token is live on both replicas.
+    token = next(r.json()["token"] for r in responses if r.status_code == 200)
+    for client in stack.exchanges:
+        assert (await stack.introspect(client, token))["active"] is True
+
+
+async def test_revocation_is_visible_on_both_when_the_call_returns(stack: Stack):
+    by_id, by_package, by_holder = await stack.repo(), await stack.repo(), await stack.repo()
+    first, second, third = await by_id.mint(stack.a), await by_package.mint(stack.a), await by_holder.mint(stack.a)
+    for minted in (first, second, third):
+        for client in stack.exchanges:
+            assert (await stack.introspect(client, minted["token"]))["active"] is True
+
+    # An operator revokes one token by id on B; A must agree as soon as B has answered.
+    response = await stack.b.post("/v1/admin/revocations", json={"token_id": first["token_id"]},
+                                  headers=stack.admin_headers)
+    assert response.status_code == 202, response.text
+    assert response.json()["status"] == "done" and response.json()["revoked"] == 1, response.text
+    stack.revoked_token_ids.append(first["token_id"])
+    assert (await stack.introspect(stack.a, first["token"])) == {"active": False}
+    assert (await stack.introspect(stack.b, first["token"])) == {"active": False}
+
+    # A package-wide revocation on B, same guarantee.
+    response = await stack.b.post("/v1/admin/revocations", json={"package": by_package.package},
+                                  headers=stack.admin_headers)
+    assert response.status_code == 202, response.text
+    assert response.json()["revoked"] == 1, response.text
+    stack.revoked_token_ids.append(second["token_id"])
+    assert (await stack.introspect(stack.a, second["token"])) == {"active": False}
+    assert (await stack.introspect(stack.b, second["token"])) == {"active": False}
+
+    # The holder revokes its own token on A; B must agree at once.
+    response = await stack.a.post("/v1/revoke", headers={"Authorization": f"Bearer {third['token']}"})
+    assert response.status_code == 204, response.text
+    stack.revoked_token_ids.append(third["token_id"])
+    assert (await stack.introspect(stack.b, third["token"])) == {"active": False}
+    assert (await stack.introspect(stack.a, third["token"])) == {"active": False}
+
+
+async def test_key_rotation_reaches_both_exchanges(stack: Stack):
+    repo = await stack.repo()
+    old = stack.issuer.keys[0]
+    new = new_rsa_key()
+    stack.issuer.keys.insert(0, new)  # the IdP starts signing with a key tpx has never seen
+
+    heard = []
+    lconn = await stack.db.acquire()
+    await lconn.add_listener("tpx_jwks_refresh", lambda *a: heard.append(a[1:]))
+    started = time.monotonic()
+    response = await stack.exchange(stack.a, repo.jwt(key=new))
+    print("DEBUG heard", heard)
+    stack.timings["rotation_first_exchange_a"] = time.monotonic() - started
+    print("DEBUG jwks_requests", stack.issuer.jwks_requests, stack.issuer.discovery_requests)
+    print("DEBUG row", dict(await stack.db.fetchrow("SELECT refresh_requested_at, refresh_attempted_at, next_refresh_at, keys_fetched_at, now() FROM issuers WHERE id = $1::uuid", stack.issuer_id)))
+    for n in ("refresher-1", "refresher-2"):
+        print("DEBUG", n, await stack.worker_ready(n))
+        m = (await stack.ops.get(f"http://127.0.0.1:{stack.ops_ports[n]}/metrics")).text
+        print("\n".join(l for l in m.splitlines() if "jwks" in l and not l.startswith("#")))
+    assert response.status_code == 200, f"the first exchange with the new key failed on A: {response.text}"
+    started = time.monotonic()
+    response = await stack.exchange(stack.b, repo.jwt(key=new))
+    stack.timings["rotation_first_exchange_b"] = time.monotonic() - started
+    assert response.status_code == 200, f"the first exchange with the new key failed on B: {response.text}"
+
+    # The IdP retires the old key. Something must make the refreshers look again: tokens naming a kid
+    # nobody knows, sent to both replicas until both replicas' key caches hold exactly the new key.
+    stack.issuer.keys.remove(old)
+    ghost = new_rsa_key()
+    started = time.monotonic()
+
+    async def old_key_gone_everywhere() -> bool:
+        triggers = await asyncio.gather(*(stack.exchange(client, repo.jwt(key=ghost)) for client in stack.exchanges))
+        for trigger in triggers:
+            assert trigger.status_code == 401 and trigger.json()["code"] == "invalid_token", trigger.text
+        views = [await stack.ready_issuer(client) for client in stack.exchanges]
+        return all(view is not None and view["key_ids"] == [new.kid] for view in views)
+
+    await poll(old_key_gone_everywhere, "both exchanges to drop the retired key", SOON,
+               alive=stack.processes.values())
+    stack.timings["rotation_old_key_gone"] = time.monotonic() - started
+    response = await stack.a.get(f"/v1/admin/issuers/{stack.issuer_id}", headers=stack.admin_headers)
+    assert response.json()["issuer"]["key_ids"] == [new.kid], response.text
+
+    refused = await asyncio.gather(*(stack.exchange(client, repo.jwt(key=old)) for client in stack.exchanges))
+    for client_name, response in zip("AB", refused):
+        assert response.status_code == 401, f"{client_name} accepted a token signed with the retired key: {response.text}"
+        assert response.json()["code"] == "invalid_token", response.text
+    # And the new key keeps working on both.
+    for client in stack.exchanges:
+        response = await stack.exchange(client, repo.jwt(key=new))
+        assert response.status_code == 200, response.text
+
+
+async def test_two_refreshers_fetch_once_per_cooldown_for_a_burst(stack: Stack):
+    repo = await stack.repo()
+    ghost = new_rsa_key()  # never published: every exchange below meets an unknown kid
+    refreshers = ("refresher-1", "refresher-2")
+
+    async def total_fetches() -> int:
+        return sum([(await stack.worker_ready(name))["fetches"] for name in refreshers])
+
+    jwks_before = stack.issuer.jwks_requests
+    fetches_before = await total_fetches()
+    tokens = [repo.jwt(key=ghost) for _ in range(20)]
+    started = time.monotonic()
+    responses = await asyncio.gather(*(stack.exchange(stack.a if i % 2 == 0 else stack.b, token)
+                                       for i, token in enumerate(tokens)))
+    elapsed = time.monotonic() - started
+    for response in responses:
+        assert response.status_code == 401 and response.json()["code"] == "invalid_token", response.text
+
+    jwks_fetches = stack.issuer.jwks_requests - jwks_before
+    claimed = await total_fetches() - fetches_before
+    windows = elapsed / COOLDOWN
+    stack.timings["burst_seconds"] = elapsed
+    stack.timings["burst_jwks_fetches"] = jwks_fetches
+    assert jwks_fetches >= 1, "no refresher fetched the JWKS for a burst of unknown kids"
+    assert jwks_fetches <= windows + 1, (
+        f"{jwks_fetches} JWKS fetches for one burst of {len(tokens)} unknown-kid exchanges over {elapsed:.2f} s; "
+        f"at most one per {COOLDOWN} s cooldown across both refreshers was expected (<= {windows + 1:.1f})")
+    assert claimed == jwks_fetches, (
+        f"the refreshers report {claimed} fetches, the issuer saw {jwks_fetches} JWKS requests")
+
+
+async def test_revoker_is_ready_and_events_reached_the_broker(stack: Stack):
+    for name in ("revoker", "refresher-1", "refresher-2"):
+        body = await stack.worker_ready(name)
+        assert body["http_status"] == 200 and body["status"] == "ready", (name, body)
+
+    # This test's own issue and revocation, so it stands alone, plus whatever the earlier tests did.
+    repo = await stack.repo()
+    minted = await repo.mint(stack.b)
+    response = await stack.a.post("/v1/revoke", json={"token": minted["token"]})
+    assert response.status_code == 204, response.text
+    stack.revoked_token_ids.append(minted["token_id"])
+
+    issued, revoked = set(stack.issued_token_ids), set(stack.revoked_token_ids)
+
+    async def all_arrived() -> bool:
+        seen_issued = {event["data"]["token_id"] for event in stack.events.bodies("dev.tpx.token.issued")}
+        seen_revoked = {event["data"]["token_id"] for event in stack.events.bodies("dev.tpx.token.revoked")}
+        return issued <= seen_issued and revoked <= seen_revoked
+
+    await poll(all_arrived, f"token.issued for {len(issued)} tokens and token.revoked for {len(revoked)} tokens "
+                            f"on {stack.prefix}.events", SOON, alive=stack.processes.values())
+
+    for message in stack.events.messages:
+        event = json.loads(message.body)
+        assert message.content_type == "application/cloudevents+json"
+        assert message.message_id == event["id"]
+        assert message.routing_key == event["type"].removeprefix("dev.tpx.")
+        assert event["specversion"] == "1.0"
+        assert event["source"].startswith("urn:tpx:")
+        assert event["type"].startswith("dev.tpx.")
+        assert event["datacontenttype"] == "application/json"
+        assert len(event["sequence"]) == 20 and event["sequence"].isdigit()
+        uuid.UUID(event["id"])
+        assert event["time"].endswith("Z")
+        assert "tpx_" not in message.body.decode(), "an event carries a token"
+    for event in stack.events.bodies("dev.tpx.token.issued") + stack.events.bodies("dev.tpx.token.revoked"):
+        assert event["subject"] == event["data"]["token_id"]
+    for event in stack.events.bodies("dev.tpx.token.revoked"):
+        if event["data"]["token_id"] in revoked:
+            assert event["data"]["reason"], event
+
+    # One relay leader among five processes: the sequence numbers we saw have no gap and do not go back.
+    sequences = [int(json.loads(message.body)["sequence"]) for message in stack.events.messages]
+    distinct = sorted(set(sequences))
+    assert distinct == list(range(distinct[0], distinct[-1] + 1)), f"gaps in the event sequence: {distinct}"
+    first_seen = list(dict.fromkeys(sequences))
+    assert first_seen == distinct, "events arrived out of sequence order"
