@@ -170,7 +170,7 @@ class KeyCache:
         last = self._refresh_requested.get(issuer.id)
         wait = self.settings.keys_wait_seconds
         if last is None or now - last >= self.settings.jwks_refresh_cooldown_seconds:
-            self._refresh_requested[issuer.id] = now
+            self._refresh_requested[issuer.id] = last = now
             try:
                 await self.pool.execute("SELECT pg_notify($1, $2)", REFRESH_CHANNEL, str(issuer.id))
             except UNAVAILABLE_ERRORS as exc:
@@ -185,7 +185,7 @@ class KeyCache:
 
         async with self._changed:
             try:
-                await asyncio.wait_for(self._changed.wait_for(arrived), max(0.0, wait - (now - (last or now))))
+                await asyncio.wait_for(self._changed.wait_for(arrived), max(0.0, wait - (now - last)))
             except asyncio.TimeoutError:
                 pass
         return self.snapshot.issuers.get(issuer.url, issuer)

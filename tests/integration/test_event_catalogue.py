@@ -111,8 +111,8 @@ async def test_every_event_type_is_emitted_and_matches_its_schema(repo, client, 
     assert revoked.status_code == 204, revoked.text  # token.revoked (no revocation_id)
 
     # A token reaches its expiry: the revoker's sweep announces it.
-    await db.execute("UPDATE tokens SET issued_at = now() - interval '1 hour', expires_at = now() - interval '1 second' "
-                     "WHERE id = $1", uuid.UUID(to_expire["token_id"]))
+    await db.execute("UPDATE tokens SET issued_at = now() - interval '1 hour', "
+                     "expires_at = now() - interval '1 second' WHERE id = $1", uuid.UUID(to_expire["token_id"]))
     signal = OutboxSignal()
     applier = RuleApplier(db, signal, stopping=asyncio.Event())
     sweeper = Sweeper(settings, db, signal, applier, stale_rule_seconds=10 * 365 * 86400)  # no other rule resumed

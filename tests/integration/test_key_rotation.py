@@ -187,8 +187,9 @@ def _stale(stack: Stack, url: str) -> bool:
 
 
 async def test_a_key_rotated_right_after_a_fetch_works_on_first_use(stack, idp):
-    """Regression: a refresh request inside the cooldown was dropped, so a key the IdP started
-    using just after a fetch failed its first uses. It is now answered when the cooldown ends."""
+    """Regressions: a refresh request inside the cooldown was dropped (now answered when the cooldown
+    ends), and an exchange that re-requested a refresh did not wait for it (it measured its wait
+    from the previous request). Either made a key the IdP started using just after a fetch fail."""
     issuer, issuer_id = idp
     repo = Repo(issuer, stack.http)
     await repo.add_publisher()
