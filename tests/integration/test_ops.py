@@ -49,3 +49,38 @@ async def test_openapi_describes_the_native_api(client):
         assert path in document["paths"], path
     codes = document["components"]["schemas"]["Problem"]["properties"]["code"]["enum"]
     assert "no_matching_publisher" in codes and "token_reused" in codes
+
+
+async def test_readiness_turns_false_while_draining(settings, issuer):
+    import asyncio
+    import socket
+    from dataclasses import replace
+
+    import httpx
+
+    from tpx.exchange.service import serve as serve_exchange
+    from tests.support.events import eventually
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    stop = asyncio.Event()
+    task = asyncio.create_task(serve_exchange(replace(settings, port=port, drain_seconds=3.0), stop))
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=5) as http:
+        async def answers() -> bool:
+            try:
+                return (await http.get("/readyz")).status_code == 200
+            except httpx.TransportError:
+                return False
+
+        await eventually(answers, "the exchange to be ready")
+        stop.set()
+        await eventually(lambda: _not_ready(http), "readiness to turn false while draining", timeout=2.5)
+        response = await http.get("/readyz")
+        assert "the service is shutting down" in response.json()["reasons"]
+        assert (await http.get("/healthz")).status_code == 200  # still alive while draining
+    await asyncio.wait_for(task, 30)
+
+
+async def _not_ready(http) -> bool:
+    return (await http.get("/readyz")).status_code == 503
