@@ -5,7 +5,7 @@
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
-RUN_ID := $(shell date +%s)_$$$$
+RUN_ID := $(shell date +%s)$(shell od -An -N3 -tx1 /dev/urandom | tr -d ' \n')
 export TPX_TEST_DATABASE ?= tpx_test_$(RUN_ID)
 export TPX_TEST_AMQP_PREFIX ?= tpx-test-$(RUN_ID)
 

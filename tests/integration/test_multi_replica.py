@@ -78,6 +78,7 @@ class Stack:
     admin_headers: dict[str, str]
     introspection_headers: dict[str, str]
     events: Events
+    unknown_kid_sent_at: float = float("-inf")  # time.monotonic() after the last unknown-kid exchange
     issued_token_ids: list[str] = field(default_factory=list)
     revoked_token_ids: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
@@ -112,6 +113,25 @@ class Stack:
             if entry["url"] == self.issuer.url:
                 return entry
         return None
+
+    async def keys_fetched_at(self, different_from: Any = ...) -> Any:
+        """The issuer's keys_fetched_at; with `different_from`, whether it has moved on from that value."""
+        value = await self.db.fetchval("SELECT keys_fetched_at FROM issuers WHERE id = $1::uuid", self.issuer_id)
+        return value if different_from is ... else value != different_from
+
+    async def refresh_cooldown_over(self) -> None:
+        """Wait (bounded) until the next refresh request starts a fetch at once: the cluster-wide cooldown
+        since the last fetch attempt has passed, and so has each exchange's own (counted from our last
+        unknown-kid request, which is later than the exchange's), so counts start from a quiet state.
+        """
+
+        async def over() -> bool:
+            db_ok = await self.db.fetchval(
+                "SELECT coalesce(refresh_attempted_at <= now() - make_interval(secs => $2), true) "
+                "FROM issuers WHERE id = $1::uuid", self.issuer_id, COOLDOWN)
+            return db_ok and time.monotonic() - self.unknown_kid_sent_at >= COOLDOWN
+
+        await poll(over, "the JWKS refresh cooldown to pass", SOON, alive=self.processes.values())
 
     async def worker_ready(self, name: str) -> dict[str, Any]:
         response = await self.ops.get(f"http://127.0.0.1:{self.ops_ports[name]}/readyz")
@@ -268,11 +288,14 @@ async def stack():
             if len(processes) == 1:
                 cleanup.push_async_callback(stop_children)
 
-        ops = await cleanup.enter_async_context(httpx.AsyncClient(timeout=10))
-        a = await cleanup.enter_async_context(
-            httpx.AsyncClient(base_url=f"http://127.0.0.1:{exchange_ports['exchange-a']}", timeout=30))
-        b = await cleanup.enter_async_context(
-            httpx.AsyncClient(base_url=f"http://127.0.0.1:{exchange_ports['exchange-b']}", timeout=30))
+        # The services close idle keep-alive connections after 5 s (uvicorn's timeout_keep_alive); a client
+        # that reuses one at that very moment gets a ReadError. Expire idle connections sooner on this side.
+        limits = httpx.Limits(keepalive_expiry=2.0)
+        ops = await cleanup.enter_async_context(httpx.AsyncClient(timeout=10, limits=limits))
+        a = await cleanup.enter_async_context(httpx.AsyncClient(
+            base_url=f"http://127.0.0.1:{exchange_ports['exchange-a']}", timeout=30, limits=limits))
+        b = await cleanup.enter_async_context(httpx.AsyncClient(
+            base_url=f"http://127.0.0.1:{exchange_ports['exchange-b']}", timeout=30, limits=limits))
         # The clients close before the children stop (exit-stack order), so no keep-alive holds a drain up.
         stack = Stack(issuer=issuer, issuer_id="", a=a, b=b, ops=ops, db=db, processes=processes,
                       ops_ports=ops_ports, prefix=prefix,
@@ -388,47 +411,53 @@ async def test_key_rotation_reaches_both_exchanges(stack: Stack):
     repo = await stack.repo()
     old = stack.issuer.keys[0]
     new = new_rsa_key()
-    stack.issuer.keys.insert(0, new)  # the IdP starts signing with a key tpx has never seen
 
-    heard = []
-    lconn = await stack.db.acquire()
-    await lconn.add_listener("tpx_jwks_refresh", lambda *a: heard.append(a[1:]))
+    # Make the rotation land right after a fetch, inside the cooldown (the hard case): B asks for a kid
+    # nobody knows, a refresher fetches; as soon as that fetch is stored, the IdP starts signing with a
+    # new key. A's request for it cannot be served at once and must be answered when the cooldown ends.
+    await stack.refresh_cooldown_over()
+    fetched_before = await stack.keys_fetched_at()
+    primer = asyncio.create_task(stack.exchange(stack.b, repo.jwt(key=new_rsa_key())))
+    await poll(lambda: stack.keys_fetched_at(different_from=fetched_before), "the refresh B asked for",
+               SOON, alive=stack.processes.values())
+    stack.timings["rotation_inside_cooldown_by"] = await stack.db.fetchval(
+        "SELECT extract(epoch FROM now() - refresh_attempted_at)::float8 FROM issuers WHERE id = $1::uuid",
+        stack.issuer_id)
+    stack.issuer.keys.insert(0, new)
+
     started = time.monotonic()
     response = await stack.exchange(stack.a, repo.jwt(key=new))
-    print("DEBUG heard", heard)
     stack.timings["rotation_first_exchange_a"] = time.monotonic() - started
-    print("DEBUG jwks_requests", stack.issuer.jwks_requests, stack.issuer.discovery_requests)
-    print("DEBUG row", dict(await stack.db.fetchrow("SELECT refresh_requested_at, refresh_attempted_at, next_refresh_at, keys_fetched_at, now() FROM issuers WHERE id = $1::uuid", stack.issuer_id)))
-    for n in ("refresher-1", "refresher-2"):
-        print("DEBUG", n, await stack.worker_ready(n))
-        m = (await stack.ops.get(f"http://127.0.0.1:{stack.ops_ports[n]}/metrics")).text
-        print("\n".join(l for l in m.splitlines() if "jwks" in l and not l.startswith("#")))
     assert response.status_code == 200, f"the first exchange with the new key failed on A: {response.text}"
     started = time.monotonic()
     response = await stack.exchange(stack.b, repo.jwt(key=new))
     stack.timings["rotation_first_exchange_b"] = time.monotonic() - started
     assert response.status_code == 200, f"the first exchange with the new key failed on B: {response.text}"
+    primed = await primer
+    stack.unknown_kid_sent_at = time.monotonic()
+    assert primed.status_code == 401 and primed.json()["code"] == "invalid_token", primed.text
 
-    # The IdP retires the old key. Something must make the refreshers look again: tokens naming a kid
-    # nobody knows, sent to both replicas until both replicas' key caches hold exactly the new key.
+    # The IdP retires the old key. One token naming yet another unknown kid, sent to A, makes a refresher
+    # look again; both replicas' key caches (their /readyz) must then hold exactly the new key.
     stack.issuer.keys.remove(old)
-    ghost = new_rsa_key()
     started = time.monotonic()
+    trigger = asyncio.create_task(stack.exchange(stack.a, repo.jwt(key=new_rsa_key())))
 
     async def old_key_gone_everywhere() -> bool:
-        triggers = await asyncio.gather(*(stack.exchange(client, repo.jwt(key=ghost)) for client in stack.exchanges))
-        for trigger in triggers:
-            assert trigger.status_code == 401 and trigger.json()["code"] == "invalid_token", trigger.text
         views = [await stack.ready_issuer(client) for client in stack.exchanges]
         return all(view is not None and view["key_ids"] == [new.kid] for view in views)
 
     await poll(old_key_gone_everywhere, "both exchanges to drop the retired key", SOON,
                alive=stack.processes.values())
     stack.timings["rotation_old_key_gone"] = time.monotonic() - started
+    triggered = await trigger
+    stack.unknown_kid_sent_at = time.monotonic()
+    assert triggered.status_code == 401 and triggered.json()["code"] == "invalid_token", triggered.text
     response = await stack.a.get(f"/v1/admin/issuers/{stack.issuer_id}", headers=stack.admin_headers)
     assert response.json()["issuer"]["key_ids"] == [new.kid], response.text
 
     refused = await asyncio.gather(*(stack.exchange(client, repo.jwt(key=old)) for client in stack.exchanges))
+    stack.unknown_kid_sent_at = time.monotonic()
     for client_name, response in zip("AB", refused):
         assert response.status_code == 401, f"{client_name} accepted a token signed with the retired key: {response.text}"
         assert response.json()["code"] == "invalid_token", response.text
@@ -446,13 +475,15 @@ async def test_two_refreshers_fetch_once_per_cooldown_for_a_burst(stack: Stack):
     async def total_fetches() -> int:
         return sum([(await stack.worker_ready(name))["fetches"] for name in refreshers])
 
+    tokens = [repo.jwt(key=ghost) for _ in range(20)]
+    await stack.refresh_cooldown_over()  # so the burst's requests are served, not refused by an earlier cooldown
     jwks_before = stack.issuer.jwks_requests
     fetches_before = await total_fetches()
-    tokens = [repo.jwt(key=ghost) for _ in range(20)]
     started = time.monotonic()
     responses = await asyncio.gather(*(stack.exchange(stack.a if i % 2 == 0 else stack.b, token)
                                        for i, token in enumerate(tokens)))
     elapsed = time.monotonic() - started
+    stack.unknown_kid_sent_at = time.monotonic()
     for response in responses:
         assert response.status_code == 401 and response.json()["code"] == "invalid_token", response.text
 
