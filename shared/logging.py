@@ -23,10 +23,19 @@ def redact(text: str) -> str:
     return _SECRET_PATTERNS.sub("[redacted]", text)
 
 
+def _redact(value: Any, depth: int = 0) -> Any:
+    if isinstance(value, str):
+        return redact(value)
+    if depth < 5 and isinstance(value, dict):
+        return {k: _redact(v, depth + 1) for k, v in value.items()}
+    if depth < 5 and isinstance(value, (list, tuple)):
+        return [_redact(v, depth + 1) for v in value]
+    return value
+
+
 def _redact_values(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any]:
     for key, value in event.items():
-        if isinstance(value, str):
-            event[key] = redact(value)
+        event[key] = _redact(value)
     return event
 
 

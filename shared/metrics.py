@@ -79,6 +79,10 @@ class _KeyCollector(Collector):
     def add(self, source: Callable[[], object]) -> None:
         self._sources.append(source)
 
+    def remove(self, source: Callable[[], object]) -> None:
+        if source in self._sources:
+            self._sources.remove(source)
+
     def collect(self) -> Iterable[GaugeMetricFamily]:
         age = GaugeMetricFamily("tpx_issuer_key_age_seconds", "Seconds since the issuer's keys were last fetched.",
                                 labels=["issuer"])
@@ -87,7 +91,7 @@ class _KeyCollector(Collector):
         count = GaugeMetricFamily("tpx_issuer_keys", "Usable keys per issuer.", labels=["issuer"])
         now = time.time()
         seen: set[str] = set()
-        for source in self._sources[-1:]:  # the newest cache of this process
+        for source in list(self._sources):  # every key cache of this process (one, outside tests)
             snapshot = source()
             for entry in getattr(snapshot, "issuers", {}).values():
                 if entry.url in seen or not entry.enabled:

@@ -106,7 +106,8 @@ def create_app(settings: Settings, *, run_relay: bool = True) -> Starlette:
             )
             app.state.tpx = ctx
             metrics.POOLS.add("exchange", pool)
-            metrics.KEYS.add(lambda: keycache.snapshot)
+            key_source = lambda: keycache.snapshot  # noqa: E731 - a handle to unregister on shutdown
+            metrics.KEYS.add(key_source)
             metrics.BUILD.labels("exchange").set(1)
             metrics.DRAINING.set(0)
             tasks = [asyncio.create_task(keycache.run(), name="keycache"),
@@ -122,6 +123,7 @@ def create_app(settings: Settings, *, run_relay: bool = True) -> Starlette:
             finally:
                 ctx.draining = True
                 metrics.DRAINING.set(1)
+                metrics.KEYS.remove(key_source)
                 keycache.stop()
                 if relay is not None:
                     await relay.stop()

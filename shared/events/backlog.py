@@ -11,9 +11,13 @@ from tpx.metrics import OUTBOX_BACKLOG, RELAY_LAG
 
 
 async def sample_once(pool: asyncpg.Pool) -> tuple[int, float]:
+    # Two partial-index scans (unsequenced, sequenced but unpublished) instead of a scan of the whole
+    # outbox, which keeps published rows for the retention period.
     row = await pool.fetchrow(
-        "SELECT count(*) AS backlog, coalesce(extract(epoch FROM now() - min(time)), 0) AS lag "
-        "FROM outbox WHERE published_at IS NULL")
+        """SELECT count(*) AS backlog, coalesce(extract(epoch FROM now() - min(time)), 0) AS lag FROM (
+               SELECT time FROM outbox WHERE sequence IS NULL
+               UNION ALL
+               SELECT time FROM outbox WHERE published_at IS NULL AND sequence IS NOT NULL) AS pending""")
     OUTBOX_BACKLOG.set(row["backlog"])
     RELAY_LAG.set(float(row["lag"]))
     return row["backlog"], float(row["lag"])

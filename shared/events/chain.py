@@ -53,8 +53,17 @@ def verify(events: Iterable[Mapping[str, Any]], anchor: bytes | None = None) -> 
     previous_sequence: int | None = None
     first: int | None = None
     checked = 0
+    seen: dict[str, bytes] = {}
     for event in events:
         sequence = int(event["sequence"])
+        event_id = str(event.get("id"))
+        if event_id in seen:
+            # Delivery is at least once: a redelivered event is the same bytes again, not tampering.
+            if seen[event_id] == encode(event) and previous_sequence is not None and sequence <= previous_sequence:
+                continue
+            return ChainReport(False, checked, first, previous_sequence,
+                               "modified: an event id appears twice with different content", sequence, event_id)
+        seen[event_id] = encode(event)
         claimed = event.get(CHAIN_ATTRIBUTE)
         if first is None:
             first = sequence

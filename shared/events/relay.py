@@ -30,6 +30,7 @@ from tpx.events.cloudevents import CONTENT_TYPE, encode, to_cloudevent
 from tpx.events.outbox import OutboxSignal
 from tpx.events.types import routing_key
 from tpx.logging import get_logger
+from tpx.metrics import EVENTS_PUBLISHED, RELAY_FAILURES
 
 log = get_logger("tpx.events.relay")
 
@@ -408,6 +409,7 @@ class OutboxRelay:
                 full = await self._relay_once()
             except BrokerUnavailable as exc:
                 self.broker_failures += 1
+                RELAY_FAILURES.labels("broker").inc()
                 await self._broker.close()
                 delay = backoff.next()
                 cause = f"{exc}; {self._describe(exc.__cause__)}" if exc.__cause__ else str(exc)
@@ -416,6 +418,7 @@ class OutboxRelay:
                 await self._pause(delay)
                 continue
             except UNAVAILABLE_ERRORS as exc:
+                RELAY_FAILURES.labels("database").inc()
                 delay = backoff.next()
                 log.warning("relay.database_unavailable", error=self._describe(exc), retry_in=round(delay, 2))
                 await self._pause(delay)
@@ -449,6 +452,7 @@ class OutboxRelay:
             done = rows[:confirmed]
             await self._pool.execute(_MARK_PUBLISHED, [row["sequence"] for row in done])
             self.published_total += confirmed
+            EVENTS_PUBLISHED.inc(confirmed)
             self.last_published_sequence = done[-1]["sequence"]
         if failure is not None:
             raise BrokerUnavailable(f"{confirmed} of {len(rows)} events confirmed") from failure

@@ -104,7 +104,7 @@ class ServiceProcess:
         """Wait for the exit after `terminate()`; SIGKILL (by pid) only when it does not come in time."""
         try:
             await asyncio.wait_for(self.process.wait(), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             self.killed = True
             try:
                 os.kill(self.pid, signal.SIGKILL)

@@ -74,3 +74,17 @@ def test_an_event_without_a_link_fails():
     stripped = copy.deepcopy(events)
     del stripped[1]["chainhash"]
     assert not chain.verify(stripped).ok
+
+
+def test_a_redelivered_event_is_not_tampering():
+    events = make_events(5)
+    replayed = events[:3] + [dict(events[1]), dict(events[2])] + events[3:]
+    assert chain.verify(replayed).ok
+
+
+def test_a_repeated_id_with_other_content_is_named():
+    events = make_events(5)
+    forged = dict(events[1])
+    forged["data"] = {"token_id": "evil", "packages": ["x"]}
+    report = chain.verify(events[:3] + [forged] + events[3:])
+    assert not report.ok and "twice" in report.problem

@@ -47,3 +47,12 @@ def test_malformed_values_are_rejected(value):
 def test_hash_is_sha256_of_the_token():
     token = tokens.generate()
     assert tokens.hash_token(token) == hashlib.sha256(token.encode()).digest()
+
+
+def test_logs_redact_tokens_at_any_depth():
+    from tpx.logging import _redact_values
+
+    token = tokens.generate()
+    jwt = "eyJhbGciOiJSUzI1NiJ9.eyJpc3MiOiJ4In0.c2ln"
+    event = _redact_values(None, "info", {"event": "x", "nested": {"list": [token, {"jwt": jwt}]}, "top": token})
+    assert token not in repr(event) and jwt not in repr(event)

@@ -9,6 +9,7 @@ from typing import Iterator
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
+from tpx.db.pool import UNAVAILABLE_ERRORS
 from tpx.errors import Problem
 from tpx.logging import get_logger
 from tpx.metrics import EXCHANGE_LATENCY, EXCHANGES
@@ -71,6 +72,12 @@ async def exchange(request: Request) -> JSONResponse:
             minted = await exchange_token(ctx, verified)
     except Problem as problem:
         EXCHANGES.labels(problem.code).inc()
+        raise
+    except UNAVAILABLE_ERRORS:
+        EXCHANGES.labels("unavailable").inc()
+        raise
+    except Exception:
+        EXCHANGES.labels("internal").inc()
         raise
     finally:
         EXCHANGE_LATENCY.observe(time.perf_counter() - started)
