@@ -149,6 +149,7 @@ class JwksRefresher:
         self._resolver = resolver
         self._slots = asyncio.Semaphore(max(1, concurrency))
         self._deferred: set[uuid.UUID] = set()
+        self._again: set[uuid.UUID] = set()
         self._pending: set[uuid.UUID] = set()
         self._tasks: dict[uuid.UUID, asyncio.Task[None]] = {}
         self._fetching: set[uuid.UUID] = set()
@@ -181,6 +182,8 @@ class JwksRefresher:
         async with self._pool.acquire() as conn:
             if not await conn.fetchval("SELECT pg_try_advisory_lock($1::int, $2::int)", LOCK_CLASS, key):
                 self.skipped_total += 1
+                if reason != PERIODIC:
+                    await self._defer_request(conn, issuer_id)  # that fetch may predate the rotation
                 return False  # another replica (or task) is fetching this issuer right now
             try:
                 claim = await conn.fetchrow(_CLAIM, issuer_id, float(self._settings.jwks_refresh_cooldown_seconds),
@@ -284,8 +287,16 @@ class JwksRefresher:
     def request(self, issuer_id: uuid.UUID) -> None:
         """Queue a refresh request for `issuer_id` (what a NOTIFY on tpx_jwks_refresh does)."""
         self.requests_total += 1
+        self._queue(issuer_id)
+
+    def _queue(self, issuer_id: uuid.UUID) -> None:
+        if issuer_id in self._fetching:
+            # The fetch in flight may have read the key set before the IdP rotated: ask again after it
+            # (the cooldown then defers that second fetch, so floods still make one fetch per cooldown).
+            self._again.add(issuer_id)
+            return
         if issuer_id in self._pending or issuer_id in self._tasks:
-            return  # coalesced: a refresh for it is already queued or running
+            return  # coalesced: a refresh for it is already queued
         if len(self._pending) >= MAX_PENDING_REQUESTS:
             return
         self._pending.add(issuer_id)
@@ -305,7 +316,7 @@ class JwksRefresher:
 
         def fire() -> None:
             self._deferred.discard(issuer_id)
-            self.request(issuer_id)
+            self._queue(issuer_id)
 
         asyncio.get_running_loop().call_later(max(0.0, remaining) + 0.01, fire)
 
@@ -345,6 +356,9 @@ class JwksRefresher:
         finally:
             self._tasks.pop(issuer_id, None)
             self._wake.set()
+            if issuer_id in self._again:
+                self._again.discard(issuer_id)
+                self._queue(issuer_id)
 
     async def _drain(self) -> None:
         """On stop: drop refreshes still waiting for a slot, let running ones finish."""

@@ -200,3 +200,34 @@ async def test_a_key_rotated_right_after_a_fetch_works_on_first_use(stack, idp):
     issuer.keys.insert(0, new_rsa_key())  # rotated right after that fetch, inside the cooldown
     response = await repo.exchange(repo.token())
     assert response.status_code == 200, response.text
+
+
+async def test_a_request_during_an_older_fetch_is_answered_after_it(stack, idp):
+    """Regression: a refresh request that arrived while a fetch was in flight was folded into it,
+    though that fetch may have read the key set before the IdP rotated."""
+    issuer, issuer_id = idp
+    repo = Repo(issuer, stack.http)
+    await repo.add_publisher()
+    await stack.cooldown_passed(issuer_id)
+    issuer.jwks_gate = asyncio.Event()  # the next fetch reads the old set, then waits on the wire
+    before = issuer.jwks_requests
+    try:
+        unknown = asyncio.create_task(repo.exchange(issuer.mint(repo.claims(), key=new_rsa_key())))
+        await eventually(lambda: issuer.jwks_requests > before, "a fetch to be in flight")
+        issuer.keys.insert(0, new_rsa_key())  # the IdP rotates while that fetch is on the wire
+        cache = stack.app.state.tpx.keycache
+        asked = cache._refresh_requested.get(uuid.UUID(issuer_id))
+        loop = asyncio.get_running_loop()
+        cooldown = stack.app.state.tpx.settings.jwks_refresh_cooldown_seconds
+        # Past the exchange's own cooldown, so it sends a second request instead of joining the first.
+        await eventually(lambda: loop.time() - asked >= cooldown, "the exchange's cooldown to pass")
+        rotated = asyncio.create_task(repo.exchange(repo.token()))
+        await eventually(lambda: cache._refresh_requested.get(uuid.UUID(issuer_id)) != asked,
+                         "the exchange to ask for a refresh while the first fetch is in flight")
+    finally:
+        issuer.jwks_gate.set()
+        issuer.jwks_gate = None
+    assert (await unknown).status_code == 401
+    response = await rotated
+    assert response.status_code == 200, response.text
+

@@ -36,6 +36,7 @@ import asyncpg
 import httpx
 import pytest
 
+from tpx.events import schemas
 from tests.conftest import AMQP_URL, PG_HOST
 from tests.support.claims import github_claims
 from tests.support.oidc_issuer import LoopbackIssuer, SigningKey, new_rsa_key
@@ -480,7 +481,7 @@ async def test_two_refreshers_fetch_once_per_cooldown_for_a_burst(stack: Stack):
         return sum([(await stack.worker_ready(name))["fetches"] for name in refreshers])
 
     tokens = [repo.jwt(key=ghost) for _ in range(20)]
-    await stack.refresh_cooldown_over()  # so the burst's requests are served, not refused by an earlier cooldown
+    await stack.refresh_cooldown_over()  # nothing from earlier tests in flight or deferred: the count is the burst's
     jwks_before = stack.issuer.jwks_requests
     fetches_before = await total_fetches()
     started = time.monotonic()
@@ -539,6 +540,7 @@ async def test_revoker_is_ready_and_events_reached_the_broker(stack: Stack):
         uuid.UUID(event["id"])
         assert event["time"].endswith("Z")
         assert "tpx_" not in message.body.decode(), "an event carries a token"
+        schemas.validate(event)  # the event catalogue (docs/events), envelope and data
     for event in stack.events.bodies("dev.tpx.token.issued") + stack.events.bodies("dev.tpx.token.revoked"):
         assert event["subject"] == event["data"]["token_id"]
     for event in stack.events.bodies("dev.tpx.token.revoked"):

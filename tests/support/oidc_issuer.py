@@ -92,12 +92,15 @@ class LoopbackIssuer:
 
     async def _jwks(self, request: Request) -> Response:
         self.jwks_requests += 1
+        # The key set is read when the request arrives; a gate then holds the answer on the wire,
+        # like a slow network, so a rotation meanwhile is not in this answer.
+        document = self.jwks()
         if self.jwks_gate is not None:
             await self.jwks_gate.wait()
         if not self.available:
             return Response(status_code=503)
         if self.jwks_body is None:
-            return JSONResponse(self.jwks(), headers=self.jwks_headers)
+            return JSONResponse(document, headers=self.jwks_headers)
         if self.jwks_chunked:
             body = self.jwks_body
 
