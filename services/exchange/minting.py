@@ -26,6 +26,7 @@ from tpx.errors import Problem
 from tpx.events import types as event_types
 from tpx.events.outbox import Event, add_events, event_columns
 from tpx.providers.base import CheckResult
+from tpx.publishers import API_FIELDS
 from tpx.providers.matching import PublisherEvaluation, denial, evaluate
 from tpx.store import publishers as publisher_store
 from tpx.store import tokens as token_store
@@ -114,7 +115,7 @@ async def _bind(conn: asyncpg.Connection, verified: VerifiedToken, matched: list
         events.append(Event(event_types.PUBLISHER_BOUND, subject=publisher.id, data={
             "publisher_id": publisher.id,
             "package": publisher.package,
-            "bound": wanted,
+            "bound": {API_FIELDS[publisher.provider][field]: value for field, value in wanted.items()},
             "ci": identity.ci(),
         }))
     return kept, events

@@ -182,7 +182,7 @@ async def test_every_event_type_is_emitted_and_matches_its_schema(repo, client, 
     [rotated] = [e for e in seen[event_types.ISSUER_KEYS_ROTATED] if e["subject"] == created["id"]]
     assert rotated["data"]["skipped"] and rotated["data"]["added"] == [idp.keys[0].kid]
     [bound] = [e for e in seen[event_types.PUBLISHER_BOUND] if e["subject"] == publisher["id"]]
-    assert bound["data"]["bound"] == {"owner_id": repo.owner_id, "name_id": repo.repository_id}
+    assert bound["data"]["bound"] == {"repository_owner_id": repo.owner_id, "repository_id": repo.repository_id}
     [unpinned] = [e for e in seen[event_types.EXCHANGE_ENVIRONMENT_UNPINNED]
                   if e["data"]["token_id"] == first["token_id"]]
     assert unpinned["data"]["environment"] == "prod"

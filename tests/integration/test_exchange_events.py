@@ -64,7 +64,7 @@ async def test_events_arrive_with_documented_fields_and_no_secret(repo, settings
     assert data["ci"]["repository"] == repo.repository
 
     [bound] = [e for e in events["dev.tpx.publisher.bound"] if e["data"]["publisher_id"] == publisher["id"]]
-    assert bound["data"]["bound"] == {"owner_id": repo.owner_id, "name_id": repo.repository_id}
+    assert bound["data"]["bound"] == {"repository_owner_id": repo.owner_id, "repository_id": repo.repository_id}
 
     [denial] = [e for e in events["dev.tpx.exchange.denied"] if e["subject"] == repo.repository]
     assert denial["data"]["code"] == "no_matching_publisher"

@@ -32,6 +32,7 @@ from tpx.exchange.routes.tokens import revoked_event
 from tpx.jwks_refresher.refresher import rotation_event
 from tpx.providers.base import CheckResult, Identity
 from tpx.providers.github import GitHubProvider
+from tpx.publishers import API_FIELDS
 from tpx.providers.matching import PublisherEvaluation, denial
 from tpx.publishers import Publisher
 from tpx.revoker.sweeper import expired_event
@@ -153,7 +154,8 @@ def samples() -> list[tuple[str, dict[str, Any]]]:
     publisher = github_publisher()
     add("bound", Event(event_types.PUBLISHER_BOUND, subject=publisher.id, data={  # as minting._bind writes it
         "publisher_id": publisher.id, "package": publisher.package,
-        "bound": GitHubProvider().bindings(gh, publisher), "ci": gh.ci()}))
+        "bound": {API_FIELDS["github"][k]: v for k, v in GitHubProvider().bindings(gh, publisher).items()},
+        "ci": gh.ci()}))
     for label, p in (("github", publisher), ("gitlab", gitlab_publisher())):
         add(f"publisher-created-{label}",
             admin._admin_event(event_types.PUBLISHER_CREATED, ACTOR, p.id, None, p.to_api()))
