@@ -17,6 +17,7 @@ ERROR_CODES: dict[str, tuple[int, str]] = {
     "malformed_request": (400, "Malformed request"),
     "malformed_token": (400, "Malformed token"),
     "request_too_large": (413, "Request too large"),
+    "headers_too_large": (431, "Request header fields too large"),
     "unsupported_media_type": (415, "Unsupported media type"),
     "unknown_issuer": (401, "Unknown issuer"),
     "invalid_token": (401, "Invalid token"),

@@ -23,6 +23,8 @@ from tpx.errors import Problem
 request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
 _REQUEST_ID_RE = re.compile(rb"[A-Za-z0-9._:-]{8,128}")
 JSON_TYPES = ("application/json",)
+MAX_HEADER_COUNT = 100
+MAX_HEADER_BYTES = 16 * 1024
 FORM_TYPE = "application/x-www-form-urlencoded"
 
 
@@ -42,7 +44,15 @@ class RequestContextMiddleware:
         from tpx.metrics import HTTP_LATENCY
 
         started = time.perf_counter()
-        incoming = next((v for k, v in scope["headers"] if k == b"x-request-id"), None)
+        headers = scope["headers"]
+        if len(headers) > MAX_HEADER_COUNT or sum(len(k) + len(v) for k, v in headers) > MAX_HEADER_BYTES:
+            # uvicorn's httptools parser has no header limit of its own: refuse before any route runs.
+            response = problem_response(Problem(
+                "headers_too_large", f"the request headers exceed {MAX_HEADER_COUNT} fields or {MAX_HEADER_BYTES} "
+                                     "bytes; send fewer or smaller headers"))
+            await response(scope, receive, send)
+            return
+        incoming = next((v for k, v in headers if k == b"x-request-id"), None)
         request_id = incoming.decode() if incoming and _REQUEST_ID_RE.fullmatch(incoming) else uuid.uuid4().hex
         token = request_id_var.set(request_id)
         structlog.contextvars.bind_contextvars(request_id=request_id)

@@ -239,3 +239,11 @@ async def test_random_bodies_never_produce_a_5xx_or_a_token(client, repo):
             response = await client.post(path, json={"jwt": candidate})
             assert 400 <= response.status_code < 500, (candidate, response.text)
             assert "tpx_" not in response.text
+
+
+async def test_oversized_headers_are_refused(client):
+    response = await client.get("/healthz", headers={"X-Padding": "a" * (20 * 1024)})
+    assert response.status_code == 431
+    assert response.json()["code"] == "headers_too_large" and response.json()["status"] == 431
+    many = {f"X-H{i}": "v" for i in range(150)}
+    assert (await client.get("/healthz", headers=many)).status_code == 431
