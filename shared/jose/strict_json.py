@@ -179,5 +179,9 @@ def loads_object(data: bytes, what: str) -> dict[str, Any]:
             "malformed_token",
             f"The {what} must be a JSON object, not a JSON {json_type(value)}.",
         )
-    _check_tree(value, what)
+    # Fast path: without a backslash the text has no escapes, so no string can hold a surrogate
+    # escape (or NUL/CR/LF: raw control characters are already invalid JSON), and fewer opening
+    # brackets than MAX_DEPTH cannot nest deeper than it. Real ID tokens take this path.
+    if b"\\" in data or data.count(b"{") + data.count(b"[") > MAX_DEPTH:
+        _check_tree(value, what)
     return value

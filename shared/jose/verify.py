@@ -128,7 +128,9 @@ def _b64url_decode(segment: str, what: str) -> bytes:
     return raw
 
 
-def _check_strings(obj: dict[str, Any], what: str) -> None:
+def _check_strings(obj: dict[str, Any], what: str, raw: bytes | None = None) -> None:
+    if raw is not None and b"\\" not in raw:
+        return  # no escapes in the JSON text, so no string holds NUL, CR or LF (raw ones are invalid JSON)
     for name, value in obj.items():
         for text in iter_strings({name: value}):
             if any(ch in text for ch in _FORBIDDEN_CHARACTERS):
@@ -138,7 +140,7 @@ def _check_strings(obj: dict[str, Any], what: str) -> None:
                 )
 
 
-def _check_header(header: dict[str, Any]) -> None:
+def _check_header(header: dict[str, Any], raw: bytes | None = None) -> None:
     for name, reason in FORBIDDEN_HEADER_MEMBERS.items():
         if name in header:
             raise _malformed(
@@ -162,7 +164,7 @@ def _check_header(header: dict[str, Any]) -> None:
         raise _malformed(
             f"The JWT header 'kid' must be 1 to {MAX_KID_LENGTH} printable ASCII characters."
         )
-    _check_strings(header, "JWT header member")
+    _check_strings(header, "JWT header member", raw)
 
 
 def _string_claim(claims: dict[str, Any], name: str, max_bytes: int, *, required: bool) -> None:
@@ -197,7 +199,7 @@ def _int_claim(claims: dict[str, Any], name: str, *, required: bool) -> None:
         raise _malformed(f"The {name!r} claim is not a plausible timestamp.")
 
 
-def _check_claims(claims: dict[str, Any]) -> None:
+def _check_claims(claims: dict[str, Any], raw: bytes | None = None) -> None:
     _string_claim(claims, "iss", MAX_URI_CLAIM_BYTES, required=True)
     if isinstance(claims.get("aud"), list):
         raise _malformed(
@@ -218,7 +220,7 @@ def _check_claims(claims: dict[str, Any]) -> None:
         raise _malformed(
             f"The 'sub' claim must be a string, not a JSON {json_type(claims['sub'])}."
         )
-    _check_strings(claims, "claim")
+    _check_strings(claims, "claim", raw)
 
 
 def parse_compact(token: object) -> UnverifiedToken:
@@ -254,9 +256,9 @@ def parse_compact(token: object) -> UnverifiedToken:
         _b64url_decode(segment, f"JWT {name} segment") for name, segment in zip(names, segments)
     )
     header = loads_object(header_raw, "JWT header")
-    _check_header(header)
+    _check_header(header, header_raw)
     claims = loads_object(payload_raw, "JWT payload")
-    _check_claims(claims)
+    _check_claims(claims, payload_raw)
     signing_input = f"{segments[0]}.{segments[1]}".encode("ascii")
     return UnverifiedToken(
         header=header, claims=claims, signing_input=signing_input, signature=signature
