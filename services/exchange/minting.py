@@ -1,8 +1,8 @@
 """The exchange's write: match the identity, then claim the JTI and mint, atomically.
 
 Two paths with one outcome. When every matched publisher already pins its ids
-(the steady state), one statement enters the mint gate, locks those publishers
-against deletion, claims (issuer, jti), inserts the hashed token and its
+(the steady state), one statement enters the mint gate, checks that those
+publishers still exist, claims (issuer, jti), inserts the hashed token and its
 events: two round trips in all, with no explicit transaction. A first exchange
 that binds ids runs every step in one explicit transaction instead. Either way
 a refusal writes nothing: the JTI stays usable, no id is bound, no row is
@@ -124,15 +124,14 @@ async def _bind(conn: asyncpg.Connection, verified: VerifiedToken, matched: list
 _TOKEN_REUSED = ("this ID token was already exchanged; request a fresh ID token from your CI provider for each "
                  "exchange")
 
-# The whole hot path in one statement (its own implicit transaction): enter the mint gate, lock the
-# matched publishers against deletion (and see whether one went away), claim the JTI, insert the
+# The whole hot path in one statement (its own implicit transaction): enter the mint gate, check
+# with a fresh snapshot that the matched publishers still exist (a deletion takes the gate
+# exclusively, so none can commit between this check and our commit), claim the JTI, insert the
 # token stamped after the gate, and its events. Each step runs only if the previous one succeeded,
 # so a refusal writes nothing.
 _MINT = """
 WITH gate AS MATERIALIZED (SELECT pg_advisory_xact_lock_shared($1)),
-alive AS MATERIALIZED (
-    SELECT count(*) AS n FROM (SELECT p.id FROM publishers p, gate WHERE p.id = ANY($2::uuid[])
-                               FOR KEY SHARE OF p) AS locked),
+alive AS MATERIALIZED (SELECT tpx_publishers_alive($2::uuid[]) AS n FROM gate),
 claim AS (
     INSERT INTO used_jtis (issuer_id, jti, expires_at)
     SELECT $3, $4, to_timestamp($5) FROM alive WHERE alive.n = $6

@@ -335,3 +335,29 @@ async def test_publisher_deleted_between_match_and_mint_mints_nothing(repo, clie
         assert await _mint_pinned(conn, settings, verified, matched) is None
     assert await db.fetchval("SELECT count(*) FROM used_jtis WHERE jti = $1", claims["jti"]) == 0
     assert await db.fetchval("SELECT count(*) FROM tokens WHERE ci->>'repository' = $1", repo.repository) == 0
+
+
+async def test_a_deletion_committed_while_the_mint_waits_on_the_gate_mints_nothing(repo, db, exchange_app, settings):
+    """The one-statement mint takes its snapshot before it waits for the gate; it must still see a
+    publisher deletion that committed meanwhile (it checks with a fresh snapshot after the gate)."""
+    from tpx.exchange.minting import _mint_pinned, evaluate_candidates
+    from tpx.exchange.verification import verify_id_token
+    from tpx.store import publishers as publisher_store
+    from tpx.store.revocations import MINT_GATE_LOCK
+
+    publisher = await repo.add_publisher(repository_owner_id=repo.owner_id, repository_id=repo.repository_id)
+    claims = repo.claims()
+    verified = await verify_id_token(repo.issuer.mint(claims), exchange_app.state.tpx.keycache, settings)
+    async with db.acquire() as deleter, db.acquire() as minter:
+        candidates = await publisher_store.candidates(minter, verified.issuer.id, verified.identity.repository_key)
+        matched = [e for e in evaluate_candidates(verified, candidates) if e.matched]
+        transaction = deleter.transaction()
+        await transaction.start()
+        await deleter.execute("SELECT pg_advisory_xact_lock($1)", MINT_GATE_LOCK)  # as a deletion does
+        await deleter.execute("DELETE FROM publishers WHERE id = $1", uuid.UUID(publisher["id"]))
+        mint = asyncio.create_task(_mint_pinned(minter, settings, verified, matched))
+        done, _ = await asyncio.wait({mint}, timeout=0.3)
+        assert not done, "the mint must wait for the gate"
+        await transaction.commit()
+        assert await asyncio.wait_for(mint, 10) is None
+    assert await db.fetchval("SELECT count(*) FROM used_jtis WHERE jti = $1", claims["jti"]) == 0
