@@ -133,7 +133,7 @@ async def delete_topology(settings: Settings) -> None:
     connection = await aio_pika.connect(settings.amqp_url)
     try:
         channel = await connection.channel()
-        for queue in (names.queue, names.dead):
+        for queue in (names.queue, names.dead, settings.audit_stream):
             await channel.queue_delete(queue)
         for exchange in (names.events, names.dlx):
             await channel.exchange_delete(exchange)
