@@ -95,8 +95,8 @@ class Revoker:
                 await asyncio.wait_for(pool.fetchval("SELECT 1"), 2)
             except UNAVAILABLE_ERRORS:
                 reasons.append("the database is unreachable")
-            if self.consumer is None or not self.consumer.declared.is_set():
-                reasons.append("the work queue is not declared yet (is RabbitMQ reachable?)")
+            if self.consumer is None or not self.consumer.consuming:
+                reasons.append("not consuming revocation work (is RabbitMQ reachable?)")
             return not reasons, {"reasons": reasons}
         return readiness
 
