@@ -255,7 +255,7 @@ async def tour(settings: Settings, keep_running: bool) -> None:
 
             await _wait_until(lambda: _seen(seen, "dev.tpx.token.revoked"), 10, "the events did not arrive", stack)
             out.step(f"{len(seen)} events arrived on RabbitMQ (CloudEvents, in sequence, no secrets)")
-            _next_steps(out, settings, base, issuer)
+            _next_steps(out, settings, base, issuer, keep_running)
             if keep_running:
                 out.info("the stack keeps running; press Ctrl-C to stop")
                 await asyncio.Event().wait()
@@ -317,17 +317,24 @@ async def _wait_until(predicate, timeout: float, failure: str, stack: asyncio.Ta
         await asyncio.sleep(0.1)
 
 
-def _next_steps(out: Printer, settings: Settings, base: str, issuer) -> None:
+def _next_steps(out: Printer, settings: Settings, base: str, issuer, keep_running: bool) -> None:
     out.title("What to try next")
     admin = settings.admin_tokens[0]
-    print(f"""  Keep the stack running:   .venv/bin/tpx demo --keep-running
-  Then, in another shell:
+    intro = ("  The stack keeps running. In another shell:" if keep_running else
+             "  Keep the stack running with `.venv/bin/tpx demo --keep-running` (it prints its own address\n"
+             "  and admin token), then, in another shell:")
+    print(f"""{intro}
     export TPX={base} ADMIN={admin}
     curl -s $TPX/readyz | python3 -m json.tool
     curl -s $TPX/v1/admin/publishers -H "Authorization: Bearer $ADMIN" | python3 -m json.tool
     curl -s $TPX/openapi.json | python3 -m json.tool | less
-  Run the services separately, as in production:
-    tpx migrate && tpx exchange & tpx jwks-refresher & tpx revoker
+  Run the services separately, as in production (one shell each, this environment in all):
+    export TPX_DATABASE_URL={settings.database_url} TPX_AMQP_PREFIX={settings.amqp_prefix} \\
+           TPX_ADMIN_TOKENS=$ADMIN TPX_INSECURE_LOOPBACK_ISSUERS=1 TPX_LOG_FORMAT=console
+    .venv/bin/tpx exchange
+    TPX_OPS_PORT=9001 .venv/bin/tpx jwks-refresher
+    TPX_OPS_PORT=9002 .venv/bin/tpx revoker
+  Operator commands against it: TPX_URL=http://127.0.0.1:8000 TPX_ADMIN_TOKEN=$ADMIN .venv/bin/tpx publishers list
   Read the API overview in README.md and the design decisions in docs/decisions.md.
 """, flush=True)
 
