@@ -257,14 +257,29 @@ async def tour(settings: Settings, keep_running: bool) -> None:
             out.step(f"{len(seen)} events arrived on RabbitMQ (CloudEvents, in sequence, no secrets)")
             _next_steps(out, settings, base, issuer, keep_running)
             if keep_running:
-                out.info("the stack keeps running; press Ctrl-C to stop")
-                await asyncio.Event().wait()
+                out.info("the stack keeps running; press Ctrl-C (or send SIGTERM) to stop it gracefully")
+                await _until_signalled()
     finally:
         stop.set()
         watcher.cancel()
         await asyncio.gather(stack, issuer_task, watcher, return_exceptions=True)
     if stack.done() and not stack.cancelled() and stack.exception():
         raise stack.exception()  # type: ignore[misc]
+
+
+async def _until_signalled() -> None:
+    import signal
+
+    loop = asyncio.get_running_loop()
+    requested = asyncio.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, requested.set)
+    try:
+        await requested.wait()
+    finally:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)
+    print("\n    stopping: draining the exchange, the jwks-refresher and the revoker…", flush=True)
 
 
 async def _publisher(http: httpx.AsyncClient, admin: dict, issuer_url: str) -> dict:
