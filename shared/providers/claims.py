@@ -12,6 +12,19 @@ from typing import Any
 from tpx.errors import Problem
 
 
+# Shapes shared by the providers' claim tables. Printable ASCII (space to tilde) excludes NUL, CR,
+# LF, every other control character and everything outside ASCII.
+ID = re.compile(r"[0-9]{1,20}")
+TEXT_1K = re.compile(r"[\x20-\x7e]{1,1024}")
+TEXT_255 = re.compile(r"[\x20-\x7e]{1,255}")
+TEXT_255_OR_EMPTY = re.compile(r"[\x20-\x7e]{0,255}")
+TEXT_1K_OR_EMPTY = re.compile(r"[\x20-\x7e]{0,1024}")
+PRINTABLE_1K = "printable ASCII without control characters, 1 to 1024 characters"
+PRINTABLE_255 = "printable ASCII without control characters, 1 to 255 characters"
+PRINTABLE_255_OR_EMPTY = "printable ASCII without control characters, at most 255 characters"
+PRINTABLE_1K_OR_EMPTY = "printable ASCII without control characters, at most 1024 characters"
+
+
 def json_type(value: Any) -> str:
     if value is None:
         return "null"

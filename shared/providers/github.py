@@ -14,7 +14,9 @@ from typing import Any
 
 from tpx.errors import Problem
 from tpx.providers.checks import pinned_id, ref_patterns
-from tpx.providers.claims import required_claim, string_claim
+from tpx.providers.claims import (
+    ID, PRINTABLE_1K, PRINTABLE_1K_OR_EMPTY, PRINTABLE_255, PRINTABLE_255_OR_EMPTY, TEXT_1K, TEXT_1K_OR_EMPTY, TEXT_255, TEXT_255_OR_EMPTY, required_claim, string_claim,
+)
 from tpx.providers.base import CheckResult, Identity
 from tpx.providers.matching import FORBIDDEN_TRIGGER, ascii_iequal
 from tpx.providers.workflow_ref import expected_workflow_ref, workflow_filename
@@ -28,31 +30,20 @@ FORBIDDEN_EVENTS = frozenset({"pull_request_target", "workflow_run"})
 GITHUB_HOSTED = "github-hosted"
 
 _REPOSITORY = re.compile(r"(?P<owner>[A-Za-z0-9][A-Za-z0-9-]{0,38})/(?P<name>[A-Za-z0-9._-]{1,100})")
-_ID = re.compile(r"[0-9]{1,20}")
 _EVENT = re.compile(r"[a-z_]{1,64}")
-# Printable ASCII (space to tilde): excludes NUL, CR, LF, every other control
-# character and everything outside ASCII.
-_TEXT_1K = re.compile(r"[\x20-\x7e]{1,1024}")
-_TEXT_255 = re.compile(r"[\x20-\x7e]{1,255}")
-_TEXT_255_OR_EMPTY = re.compile(r"[\x20-\x7e]{0,255}")
-_TEXT_1K_OR_EMPTY = re.compile(r"[\x20-\x7e]{0,1024}")
 
-_PRINTABLE_1K = "printable ASCII without control characters, 1 to 1024 characters"
-_PRINTABLE_255 = "printable ASCII without control characters, 1 to 255 characters"
-_PRINTABLE_255_OR_EMPTY = "printable ASCII without control characters, at most 255 characters"
-_PRINTABLE_1K_OR_EMPTY = "printable ASCII without control characters, at most 1024 characters"
 
 # Optional claims: name -> (pattern, description). Empty means absent.
 _OPTIONAL: dict[str, tuple[re.Pattern[str], str]] = {
-    "environment": (_TEXT_255_OR_EMPTY, _PRINTABLE_255_OR_EMPTY),
-    "run_id": (_TEXT_255_OR_EMPTY, _PRINTABLE_255_OR_EMPTY),
-    "actor": (_TEXT_255_OR_EMPTY, _PRINTABLE_255_OR_EMPTY),
-    "runner_environment": (_TEXT_255_OR_EMPTY, _PRINTABLE_255_OR_EMPTY),
-    "job_workflow_ref": (_TEXT_1K_OR_EMPTY, _PRINTABLE_1K_OR_EMPTY),
-    "ref_type": (_TEXT_255_OR_EMPTY, _PRINTABLE_255_OR_EMPTY),
-    "ref_protected": (_TEXT_255_OR_EMPTY, _PRINTABLE_255_OR_EMPTY),
-    "repository_visibility": (_TEXT_255_OR_EMPTY, _PRINTABLE_255_OR_EMPTY),
-    "run_attempt": (_TEXT_255_OR_EMPTY, _PRINTABLE_255_OR_EMPTY),
+    "environment": (TEXT_255_OR_EMPTY, PRINTABLE_255_OR_EMPTY),
+    "run_id": (TEXT_255_OR_EMPTY, PRINTABLE_255_OR_EMPTY),
+    "actor": (TEXT_255_OR_EMPTY, PRINTABLE_255_OR_EMPTY),
+    "runner_environment": (TEXT_255_OR_EMPTY, PRINTABLE_255_OR_EMPTY),
+    "job_workflow_ref": (TEXT_1K_OR_EMPTY, PRINTABLE_1K_OR_EMPTY),
+    "ref_type": (TEXT_255_OR_EMPTY, PRINTABLE_255_OR_EMPTY),
+    "ref_protected": (TEXT_255_OR_EMPTY, PRINTABLE_255_OR_EMPTY),
+    "repository_visibility": (TEXT_255_OR_EMPTY, PRINTABLE_255_OR_EMPTY),
+    "run_attempt": (TEXT_255_OR_EMPTY, PRINTABLE_255_OR_EMPTY),
 }
 _EXTRA_CLAIMS = ("job_workflow_ref", "ref_type", "ref_protected", "repository_visibility", "run_attempt")
 
@@ -73,15 +64,15 @@ class GitHubProvider:
                                "owner/name (owner: ASCII letters, digits and '-', at most 39; "
                                "name: ASCII letters, digits, '.', '_' and '-', at most 100)")
         owner, _, name = repository.partition("/")
-        repository_owner = required_claim(claims, "repository_owner", _TEXT_255, _PRINTABLE_255)
+        repository_owner = required_claim(claims, "repository_owner", TEXT_255, PRINTABLE_255)
         if repository_owner != owner:
             raise Problem("malformed_token",
                           "claim 'repository_owner' does not equal the owner part of claim 'repository'")
-        owner_id = required_claim(claims, "repository_owner_id", _ID, "a string of 1 to 20 decimal digits")
-        repository_id = required_claim(claims, "repository_id", _ID, "a string of 1 to 20 decimal digits")
-        workflow_ref = required_claim(claims, "workflow_ref", _TEXT_1K, _PRINTABLE_1K)
-        ref = required_claim(claims, "ref", _TEXT_1K, _PRINTABLE_1K)
-        sha = required_claim(claims, "sha", _TEXT_255, _PRINTABLE_255)
+        owner_id = required_claim(claims, "repository_owner_id", ID, "a string of 1 to 20 decimal digits")
+        repository_id = required_claim(claims, "repository_id", ID, "a string of 1 to 20 decimal digits")
+        workflow_ref = required_claim(claims, "workflow_ref", TEXT_1K, PRINTABLE_1K)
+        ref = required_claim(claims, "ref", TEXT_1K, PRINTABLE_1K)
+        sha = required_claim(claims, "sha", TEXT_255, PRINTABLE_255)
         event_name = required_claim(claims, "event_name", _EVENT, "1 to 64 lower-case ASCII letters or '_'")
         optional = {
             claim: string_claim(claims, claim, pattern, expected, required=False) or None

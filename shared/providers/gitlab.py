@@ -18,7 +18,9 @@ from typing import Any
 
 from tpx.errors import Problem
 from tpx.providers.checks import pinned_id, ref_patterns
-from tpx.providers.claims import json_type, required_claim, string_claim
+from tpx.providers.claims import (
+    ID, PRINTABLE_1K, PRINTABLE_255_OR_EMPTY, TEXT_1K, TEXT_255_OR_EMPTY, json_type, required_claim, string_claim,
+)
 from tpx.providers.base import CheckResult, Identity
 from tpx.providers.gitlab_ref import CiConfigRef, issuer_host, parse_ci_config_ref_uri
 from tpx.providers.matching import ascii_iequal
@@ -32,18 +34,11 @@ PROTECTED = "true"
 _SEGMENT = r"[A-Za-z0-9_.][A-Za-z0-9_.-]{0,254}"
 _PROJECT_PATH = re.compile(rf"{_SEGMENT}(?:/{_SEGMENT})+")
 _PROJECT_PATH_MAX = 1024
-_ID = re.compile(r"[0-9]{1,20}")
 _WORD = re.compile(r"[a-z_]{1,64}")
 _RUNNER = re.compile(r"[a-z-]{1,64}")
 _BOOLEAN_STRING = re.compile(r"true|false")
 _SHA = re.compile(r"[0-9a-f]{40}(?:[0-9a-f]{24})?")
-# Printable ASCII (space to tilde): excludes NUL, CR, LF, every other control
-# character and everything outside ASCII.
-_TEXT_1K = re.compile(r"[\x20-\x7e]{1,1024}")
-_TEXT_255_OR_EMPTY = re.compile(r"[\x20-\x7e]{0,255}")
 
-_PRINTABLE_1K = "printable ASCII without control characters, 1 to 1024 characters"
-_PRINTABLE_255_OR_EMPTY = "printable ASCII without control characters, at most 255 characters"
 _ID_TEXT = "a string of 1 to 20 decimal digits"
 _WORD_TEXT = "1 to 64 lower-case ASCII letters or '_'"
 _BOOLEAN_TEXT = "the string \"true\" or \"false\""
@@ -51,14 +46,14 @@ _SHA_TEXT = "a commit sha of 40 (or 64) lower-case hex digits"
 
 # Optional claims: name -> (pattern, description). Empty means absent.
 _OPTIONAL: dict[str, tuple[re.Pattern[str], str]] = {
-    "environment": (_TEXT_255_OR_EMPTY, _PRINTABLE_255_OR_EMPTY),
+    "environment": (TEXT_255_OR_EMPTY, PRINTABLE_255_OR_EMPTY),
     "environment_protected": (_BOOLEAN_STRING, _BOOLEAN_TEXT),
     # Documented values are gitlab-hosted and self-hosted; another value of
     # the same shape is a refusal by the runner check (with a hint), not a
     # malformed token.
     "runner_environment": (_RUNNER, "1 to 64 lower-case ASCII letters or '-'"),
-    "pipeline_id": (_ID, _ID_TEXT),
-    "job_id": (_ID, _ID_TEXT),
+    "pipeline_id": (ID, _ID_TEXT),
+    "job_id": (ID, _ID_TEXT),
     "deployment_tier": (_WORD, _WORD_TEXT),
     "ci_config_sha": (_SHA, _SHA_TEXT),
 }
@@ -101,15 +96,15 @@ class GitLabProvider:
             raise Problem("malformed_token", "the token payload is not a JSON object")
         project_path = _project_path(claims)
         namespace, _, project = project_path.rpartition("/")
-        namespace_path = required_claim(claims, "namespace_path", _TEXT_1K, _PRINTABLE_1K)
+        namespace_path = required_claim(claims, "namespace_path", TEXT_1K, PRINTABLE_1K)
         if namespace_path != namespace:
             raise Problem("malformed_token",
                           "claim 'namespace_path' does not equal the namespace part of claim 'project_path'")
-        namespace_id = required_claim(claims, "namespace_id", _ID, _ID_TEXT)
-        project_id = required_claim(claims, "project_id", _ID, _ID_TEXT)
-        ci_config_ref_uri = required_claim(claims, "ci_config_ref_uri", _TEXT_1K, _PRINTABLE_1K)
-        ref_path = required_claim(claims, "ref_path", _TEXT_1K, _PRINTABLE_1K)
-        required_claim(claims, "ref", _TEXT_1K, _PRINTABLE_1K)
+        namespace_id = required_claim(claims, "namespace_id", ID, _ID_TEXT)
+        project_id = required_claim(claims, "project_id", ID, _ID_TEXT)
+        ci_config_ref_uri = required_claim(claims, "ci_config_ref_uri", TEXT_1K, PRINTABLE_1K)
+        ref_path = required_claim(claims, "ref_path", TEXT_1K, PRINTABLE_1K)
+        required_claim(claims, "ref", TEXT_1K, PRINTABLE_1K)
         ref_type = required_claim(claims, "ref_type", _WORD, _WORD_TEXT)
         sha = required_claim(claims, "sha", _SHA, _SHA_TEXT)
         ref_protected = required_claim(claims, "ref_protected", _BOOLEAN_STRING, _BOOLEAN_TEXT)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import gzip
-import inspect
 import json
 import time
 import uuid
@@ -35,27 +34,18 @@ from tests.conftest import PG_HOST
 from tests.support.oidc_issuer import LoopbackIssuer, new_rsa_key
 from tests.support.servers import serve
 
+from tests.support.events import eventually
+
 pytestmark = pytest.mark.integration
 
 WAIT = 15.0  # upper bound for anything that should happen "soon"
 
 
+
+
 # -- helpers ----------------------------------------------------------------------
 
 
-async def eventually(predicate: Callable[[], Any | Awaitable[Any]], what: str, timeout: float = WAIT) -> None:
-    """Poll a condition until it holds, failing after `timeout` (a bounded wait, not a sleep)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        result = predicate()
-        if inspect.isawaitable(result):
-            result = await result
-        if result:
-            return
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 @dataclass

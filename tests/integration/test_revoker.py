@@ -9,13 +9,12 @@ each test created. Waiting is always a bounded poll of a condition, never a slee
 from __future__ import annotations
 
 import asyncio
-import inspect
 import json
 import uuid
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from datetime import datetime, timedelta, timezone
-from typing import Any, AsyncIterator, Awaitable, Callable
+from typing import Any, AsyncIterator
 from urllib.parse import urlsplit, urlunsplit
 
 import aio_pika
@@ -36,28 +35,19 @@ from tests.conftest import INTROSPECTION_TOKEN
 from tests.integration.conftest import ADMIN
 from tests.support.tcp_proxy import TcpProxy
 
+from tests.support.events import eventually
+
 pytestmark = pytest.mark.integration
 
 INTROSPECT = {"Authorization": f"Bearer {INTROSPECTION_TOKEN}"}
 WAIT = 20.0
 
 
+
+
 # -- helpers ----------------------------------------------------------------------
 
 
-async def eventually(predicate: Callable[[], Any | Awaitable[Any]], what: str, timeout: float = WAIT) -> None:
-    """Poll a condition until it holds, failing after `timeout` (a bounded wait, not a sleep)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        result = predicate()
-        if inspect.isawaitable(result):
-            result = await result
-        if result:
-            return
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 async def active(client, token: str) -> bool:
