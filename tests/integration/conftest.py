@@ -31,7 +31,10 @@ async def exchange_app(settings):
 
 @pytest.fixture(scope="session")
 async def client(exchange_app):
-    async with httpx.AsyncClient(base_url=exchange_app.state.url, timeout=30) as http:
+    # Idle connections are dropped before the server's 5 s keep-alive timeout closes them, so a
+    # request never races the server closing the connection it is sent on.
+    async with httpx.AsyncClient(base_url=exchange_app.state.url, timeout=30,
+                                 limits=httpx.Limits(keepalive_expiry=2)) as http:
         yield http
 
 

@@ -235,6 +235,8 @@ async def test_random_bodies_never_produce_a_5xx_or_a_token(client, repo):
             chars[rng.randrange(len(chars))] = rng.choice("AZaz09-_.=+/ \x00\u00e9")
         candidates.append("".join(chars))
     for candidate in candidates:
+        if candidate == valid:
+            continue  # a "mutation" that put back the same characters is the valid token itself
         for path in ("/v1/exchange", "/v1/explain"):
             response = await client.post(path, json={"jwt": candidate})
             assert 400 <= response.status_code < 500, (candidate, response.text)

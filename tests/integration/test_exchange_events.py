@@ -132,7 +132,7 @@ async def test_database_outage_gives_503_never_a_token(settings, oidc_issuer, is
                                db_pool_max=2)
     app = create_app(replica_settings, run_relay=False)
     try:
-        async with serve(app) as url, httpx.AsyncClient(base_url=url, timeout=30) as http:
+        async with serve(app) as url, httpx.AsyncClient(base_url=url, timeout=30, limits=httpx.Limits(keepalive_expiry=2)) as http:
             repo = Repo(oidc_issuer, http)
             await repo.add_publisher()
             assert (await http.get("/readyz")).status_code == 200

@@ -71,7 +71,7 @@ async def stack(settings):
     app = create_app(own, run_relay=False)
     db = await asyncpg.create_pool(url, min_size=1, max_size=2)
     try:
-        async with serve(app) as base, httpx.AsyncClient(base_url=base, timeout=30) as http:
+        async with serve(app) as base, httpx.AsyncClient(base_url=base, timeout=30, limits=httpx.Limits(keepalive_expiry=2)) as http:
             yield Stack(http, app, db)
     finally:
         stop.set()

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.integration
 async def limited(settings, issuer):
     app = create_app(replace(settings, rate_failed_per_minute=3, rate_publisher_per_minute=2,
                              trusted_proxies=("127.0.0.1/32",)), run_relay=False)
-    async with serve(app) as url, httpx.AsyncClient(base_url=url, timeout=30) as http:
+    async with serve(app) as url, httpx.AsyncClient(base_url=url, timeout=30, limits=httpx.Limits(keepalive_expiry=2)) as http:
         yield Repo(issuer, http)
 
 
