@@ -162,7 +162,9 @@ async def idp(rdb: asyncpg.Pool) -> AsyncIterator[Callable[..., Awaitable[Idp]]]
     for item in started:
         if item.server.jwks_gate is not None:
             item.server.jwks_gate.set()  # let a parked handler finish so its server can stop
-    await rdb.execute("UPDATE issuers SET enabled = false WHERE id = ANY($1::uuid[])", [i.id for i in started])
+    # Deleted, not just disabled: the OS may hand the same loopback port (so the same issuer URL)
+    # to a later test's server.
+    await rdb.execute("DELETE FROM issuers WHERE id = ANY($1::uuid[])", [i.id for i in started])
     await stack.aclose()
 
 
