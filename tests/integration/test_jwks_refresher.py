@@ -4,7 +4,7 @@ The refresher scans every enabled issuer of its database, so this module runs
 in a database of its own (the seeded public issuers disabled: there is no
 internet here) instead of the session's shared one: nothing here can touch
 another module's issuers or keys. Each test serves its own LoopbackIssuer on a
-fresh port and registers it with a plain INSERT; the issuer is disabled when
+fresh port and registers it with a plain INSERT; the issuer is deleted when
 the test ends so later scans leave it alone.
 """
 
