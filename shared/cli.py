@@ -61,7 +61,8 @@ def _run_service(name: str, serve_factory) -> int:
         print(f"tpx {name}: {exc}", file=sys.stderr)
         return 1
     except OSError as exc:
-        print(f"tpx {name}: cannot start: {exc}; check TPX_DATABASE_URL / TPX_HOST / TPX_PORT", file=sys.stderr)
+        print(f"tpx {name}: cannot start: {exc.strerror or exc}; check TPX_HOST / TPX_PORT (or TPX_DATABASE_URL)",
+              file=sys.stderr)
         return 1
     except RuntimeError as exc:
         print(f"tpx {name}: {exc}", file=sys.stderr)
@@ -79,7 +80,7 @@ def cmd_exchange(_args: argparse.Namespace) -> int:
 
         _configure_logging(settings)
         options = uvicorn_config(None, settings).__dict__
-        keep = ("host", "port", "lifespan", "log_level", "access_log", "server_header", "proxy_headers",
+        keep = ("host", "port", "lifespan", "log_level", "log_config", "access_log", "server_header", "proxy_headers",
                 "timeout_keep_alive", "timeout_graceful_shutdown", "limit_concurrency",
                 "h11_max_incomplete_event_size")
         uvicorn.run("tpx.exchange.asgi:app_from_env", factory=True, workers=settings.workers,

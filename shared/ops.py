@@ -43,16 +43,13 @@ def ops_app(readiness: Readiness, draining: Callable[[], bool]) -> Starlette:
 
 def bind_ops_socket(settings: Settings):
     """Bind the ops port before the worker starts, so a taken port stops the worker with a clear message."""
-    import socket
+    from tpx.exchange.server import bind
 
-    sock = socket.socket(socket.AF_INET6 if ":" in settings.host else socket.AF_INET, socket.SOCK_STREAM)
     try:
-        sock.bind((settings.host, settings.ops_port))
+        return bind(settings.host, settings.ops_port)
     except OSError as exc:
-        sock.close()
         raise RuntimeError(f"cannot listen for the ops endpoints on {settings.host}:{settings.ops_port} "
                            f"({exc.strerror}); give each worker on this host its own TPX_OPS_PORT") from None
-    return sock
 
 
 async def serve_ops(settings: Settings, stop: asyncio.Event, readiness: Readiness, draining: Callable[[], bool],

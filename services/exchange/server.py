@@ -24,6 +24,7 @@ def uvicorn_config(app: Any, settings: Settings, **overrides: Any) -> uvicorn.Co
         log_level="warning",
         access_log=False,
         server_header=False,
+        log_config=None,                # logging is tpx's (structlog, JSON in production), not uvicorn's
         proxy_headers=False,            # X-Forwarded-* is not trusted unless the operator says so
         timeout_keep_alive=5,           # idle keep-alive connections are closed after 5 s
         timeout_graceful_shutdown=20,   # in-flight requests get 20 s to finish on SIGTERM
@@ -32,6 +33,20 @@ def uvicorn_config(app: Any, settings: Settings, **overrides: Any) -> uvicorn.Co
     )
     options.update(overrides)
     return uvicorn.Config(app, **options)
+
+
+def bind(host: str, port: int):
+    """Bind the listening socket up front, so a taken port fails the start with an OSError that says so."""
+    import socket
+
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise OSError(exc.errno, f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    return sock
 
 
 class ExchangeServer(uvicorn.Server):

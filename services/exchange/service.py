@@ -9,12 +9,13 @@ from tpx.logging import get_logger
 from tpx.metrics import DRAINING
 
 from tpx.exchange.app import create_app
-from tpx.exchange.server import ExchangeServer, uvicorn_config
+from tpx.exchange.server import ExchangeServer, bind, uvicorn_config
 
 log = get_logger("tpx.exchange")
 
 
 async def serve(settings: Settings, stop: asyncio.Event) -> None:
+    sock = bind(settings.host, settings.port)
     app = create_app(settings)
     server = ExchangeServer(uvicorn_config(app, settings))
 
@@ -26,4 +27,7 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
         log.info("exchange.draining", seconds=settings.drain_seconds)
 
     log.info("exchange.listening", host=settings.host, port=settings.port)
-    await server.serve_until(stop, on_drain=draining, drain_seconds=settings.drain_seconds)
+    try:
+        await server.serve_until(stop, on_drain=draining, drain_seconds=settings.drain_seconds, sockets=[sock])
+    finally:
+        sock.close()
