@@ -62,10 +62,19 @@ def amqp_prefix(run_id) -> str:
 
 
 @pytest.fixture(scope="session", autouse=True)
-async def amqp_cleanup(amqp_prefix):
-    """Delete what this run declared under its own prefix, so the shared broker does not fill up."""
+async def run_cleanup(amqp_prefix):
+    """Delete what this run made on the shared servers: its database (even when no test used it,
+    since `make test` creates it up front) and what it declared under its AMQP prefix."""
     yield
     import aio_pika
+
+    name = os.environ.get("TPX_TEST_DATABASE")
+    if name:
+        admin = await asyncpg.connect(f"{PG_HOST}/postgres")
+        try:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await admin.close()
 
     connection = await aio_pika.connect(AMQP_URL)
     async with connection:
