@@ -25,16 +25,15 @@ def _configure_logging(settings: Settings) -> None:
 
 def cmd_migrate(_args: argparse.Namespace) -> int:
     from tpx.db.migrate import SchemaMismatch, migrate
-    from tpx.db.pool import connect
+    from tpx.db.pool import DatabaseUnreachable, connect
 
     settings = load_settings()
 
     async def run() -> int:
         try:
             conn = await connect(settings)
-        except Exception as exc:  # noqa: BLE001 - say what failed and how to fix it
-            print(f"tpx migrate: cannot connect to the database ({type(exc).__name__}: {exc}); "
-                  "check TPX_DATABASE_URL and that PostgreSQL is running", file=sys.stderr)
+        except DatabaseUnreachable as exc:
+            print(f"tpx migrate: {exc}", file=sys.stderr)
             return 1
         try:
             applied = await migrate(conn, progress=lambda line: print(f"tpx migrate: {line}", flush=True))

@@ -77,6 +77,9 @@ class ExchangeServer(uvicorn.Server):
         task = asyncio.create_task(self.serve(sockets=sockets))
         stopper = asyncio.create_task(stop.wait())
         done, _ = await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        if task in done and isinstance(task.exception(), SystemExit):
+            stopper.cancel()
+            raise RuntimeError("the HTTP server failed to start; the log above says why")
         if stopper in done and not task.done():
             if on_drain is not None:
                 on_drain()

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 
 from tpx.config import Settings
+from tpx.db.migrate import check_schema
+from tpx.db.pool import connect
 from tpx.logging import get_logger
 from tpx.metrics import DRAINING
 
@@ -15,6 +17,11 @@ log = get_logger("tpx.exchange")
 
 
 async def serve(settings: Settings, stop: asyncio.Event) -> None:
+    conn = await connect(settings)  # refuse the wrong schema with one clear sentence, before serving
+    try:
+        await check_schema(conn)
+    finally:
+        await conn.close()
     sock = bind(settings.host, settings.port)
     app = create_app(settings)
     server = ExchangeServer(uvicorn_config(app, settings))

@@ -38,7 +38,27 @@ async def _keep_session(_conn: asyncpg.Connection) -> None:
     """
 
 
+class DatabaseUnreachable(RuntimeError):
+    """The database cannot be reached at start; the message says where and what to check."""
+
+
+def _where(url: str) -> str:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    return f"{parts.hostname or 'localhost'}:{parts.port or 5432}{parts.path}"
+
+
 async def create_pool(settings: Settings, *, min_size: int | None = None, max_size: int | None = None) -> asyncpg.Pool:
+    try:
+        return await _create_pool(settings, min_size, max_size)
+    except (OSError, asyncio.TimeoutError, asyncpg.exceptions.PostgresError) as exc:
+        raise DatabaseUnreachable(
+            f"cannot reach the database at {_where(settings.database_url)} ({type(exc).__name__}: {exc}); "
+            "check TPX_DATABASE_URL and that PostgreSQL is running") from None
+
+
+async def _create_pool(settings: Settings, min_size: int | None, max_size: int | None) -> asyncpg.Pool:
     return await asyncpg.create_pool(
         settings.database_url,
         min_size=settings.db_pool_min if min_size is None else min_size,
@@ -51,6 +71,11 @@ async def create_pool(settings: Settings, *, min_size: int | None = None, max_si
 
 
 async def connect(settings: Settings) -> asyncpg.Connection:
-    conn = await asyncpg.connect(settings.database_url, timeout=5)
+    try:
+        conn = await asyncpg.connect(settings.database_url, timeout=5)
+    except (OSError, asyncio.TimeoutError, asyncpg.exceptions.PostgresError) as exc:
+        raise DatabaseUnreachable(
+            f"cannot reach the database at {_where(settings.database_url)} ({type(exc).__name__}: {exc}); "
+            "check TPX_DATABASE_URL and that PostgreSQL is running") from None
     await _init_connection(conn)
     return conn
