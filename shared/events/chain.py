@@ -22,7 +22,12 @@ CHAIN_ATTRIBUTE = "chainhash"
 
 def link(previous: bytes, event: Mapping[str, Any]) -> bytes:
     body = {k: v for k, v in event.items() if k != CHAIN_ATTRIBUTE}
-    return hashlib.sha256(previous + encode(body)).digest()
+    return link_encoded(previous, encode(body))
+
+
+def link_encoded(previous: bytes, canonical: bytes) -> bytes:
+    """The link over an event already in canonical form (without its chainhash)."""
+    return hashlib.sha256(previous + canonical).digest()
 
 
 @dataclass(frozen=True)

@@ -161,7 +161,8 @@ class _Broker:
         self._connection, self._channel, self._exchange = connection, channel, exchange
         log.info("relay.broker_connected", broker=_address(self._url), exchange=self._exchange_name)
 
-    async def publish(self, rows: Sequence[asyncpg.Record]) -> tuple[int, BaseException | None]:
+    async def publish(self, rows: Sequence[asyncpg.Record],
+                      bodies: dict[str, bytes] | None = None) -> tuple[int, BaseException | None]:
         """Publish `rows` in order; return how many leading rows the broker confirmed, and the first failure.
 
         All messages go out on one channel without waiting for each confirm
@@ -173,7 +174,8 @@ class _Broker:
             raise aiormq.exceptions.ChannelInvalidStateError("the relay has no open channel")
         # Tasks start in creation order and aiormq sends under a FIFO lock, so the wire order is `rows`.
         tasks = [
-            asyncio.create_task(exchange.publish(_message(row), routing_key(row["type"]), mandatory=False))
+            asyncio.create_task(exchange.publish(_message(row, (bodies or {}).pop(str(row["event_id"]), None)),
+                                                 routing_key(row["type"]), mandatory=False))
             for row in rows
         ]
         try:
@@ -220,13 +222,14 @@ async def declare_audit_stream(connection: aio_pika.abc.AbstractConnection, sett
             await channel.close()
 
 
-def _message(row: asyncpg.Record) -> aio_pika.Message:
-    event = to_cloudevent(row)
+def _message(row: asyncpg.Record, body: bytes | None = None) -> aio_pika.Message:
+    """The AMQP message of an outbox row; `body` is the encoded event when the sequencing step of this
+    process already built it (the same bytes `encode(to_cloudevent(row))` gives)."""
     return aio_pika.Message(
-        body=encode(event),
+        body=body if body is not None else encode(to_cloudevent(row)),
         content_type=CONTENT_TYPE,
         delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-        message_id=event["id"],
+        message_id=str(row["event_id"]),
         timestamp=row["time"],
         type=row["type"],
         app_id="tpx",
@@ -292,6 +295,7 @@ class OutboxRelay:
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[Any] | None = None
         self._leader = False
+        self._bodies: dict[str, bytes] = {}  # event id -> encoded event, from sequencing to publishing
         self.published_total = 0
         self.last_published_sequence: int | None = None
         self.broker_failures = 0
@@ -445,7 +449,7 @@ class OutboxRelay:
         if not rows:
             return assigned >= self._batch_size
         try:
-            confirmed, failure = await self._broker.publish(rows)
+            confirmed, failure = await self._broker.publish(rows, self._bodies)
         except BROKER_ERRORS as exc:
             raise BrokerUnavailable("publishing failed") from exc
         if confirmed:
@@ -466,12 +470,19 @@ class OutboxRelay:
                 rows = await conn.fetch(_UNSEQUENCED, self._batch_size)
                 if not rows:
                     return 0
+                if len(self._bodies) > 10 * self._batch_size:
+                    self._bodies.clear()  # rows another leader published; they are rebuilt if ever needed
                 head = await conn.fetchrow("SELECT sequence, chainhash FROM event_chain FOR UPDATE")
                 sequence, previous = head["sequence"], bytes(head["chainhash"])
                 updates = []
                 for row in rows:
                     sequence += 1
-                    previous = chain.link(previous, to_cloudevent({**dict(row), "sequence": sequence}))
+                    canonical = encode(to_cloudevent({**dict(row), "sequence": sequence}))
+                    previous = chain.link_encoded(previous, canonical)
+                    # "chainhash" sorts first among the attributes, so the published body is the
+                    # canonical bytes with that member put in front; kept for the publish step.
+                    self._bodies[str(row["event_id"])] = (
+                        b'{"chainhash":"' + previous.hex().encode() + b'",' + canonical[1:])
                     updates.append((row["id"], sequence, previous))
                 await conn.executemany("UPDATE outbox SET sequence = $2, chainhash = $3 WHERE id = $1", updates)
                 await conn.execute("UPDATE event_chain SET sequence = $1, chainhash = $2", sequence, previous)
