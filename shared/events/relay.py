@@ -484,7 +484,11 @@ class OutboxRelay:
                     self._bodies[str(row["event_id"])] = (
                         b'{"chainhash":"' + previous.hex().encode() + b'",' + canonical[1:])
                     updates.append((row["id"], sequence, previous))
-                await conn.executemany("UPDATE outbox SET sequence = $2, chainhash = $3 WHERE id = $1", updates)
+                await conn.execute(  # one statement for the batch, not one per row
+                    "UPDATE outbox o SET sequence = u.sequence, chainhash = u.chainhash "
+                    "FROM unnest($1::bigint[], $2::bigint[], $3::bytea[]) AS u(id, sequence, chainhash) "
+                    "WHERE o.id = u.id",
+                    [u[0] for u in updates], [u[1] for u in updates], [u[2] for u in updates])
                 await conn.execute("UPDATE event_chain SET sequence = $1, chainhash = $2", sequence, previous)
         return len(rows)
 
