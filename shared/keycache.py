@@ -13,7 +13,7 @@ import asyncio
 import json
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import asyncpg
 
@@ -25,6 +25,7 @@ from tpx.logging import get_logger
 log = get_logger("tpx.keycache")
 CHANNEL = "tpx_issuers"
 REFRESH_CHANNEL = "tpx_jwks_refresh"
+PUBLISHERS_CHANNEL = "tpx_publishers"
 
 
 @dataclass(frozen=True)
@@ -51,8 +52,10 @@ class Snapshot:
 
 
 class KeyCache:
-    def __init__(self, settings: Settings, pool: asyncpg.Pool) -> None:
+    def __init__(self, settings: Settings, pool: asyncpg.Pool, *,
+                 on_publishers_changed: Callable[[], None] | None = None) -> None:
         self.settings = settings
+        self._on_publishers_changed = on_publishers_changed
         self.pool = pool
         self.snapshot = Snapshot()
         self.loaded_at: float | None = None
@@ -132,6 +135,10 @@ class KeyCache:
             try:
                 conn = await asyncpg.connect(self.settings.database_url, timeout=5)
                 await conn.add_listener(CHANNEL, self._on_notify)
+                if self._on_publishers_changed is not None:
+                    # The same connection follows publisher changes for the exchange's candidate cache.
+                    await conn.add_listener(PUBLISHERS_CHANNEL, self._publishers_changed)
+                    self._on_publishers_changed()  # anything may have changed while not listening
                 await self.reload()  # catch up on anything missed while not listening
                 backoff = 0.5
                 while not self._stopping and not conn.is_closed():
@@ -189,6 +196,10 @@ class KeyCache:
             except asyncio.TimeoutError:
                 pass
         return self.snapshot.issuers.get(issuer.url, issuer)
+
+    def _publishers_changed(self, *_args: Any) -> None:
+        if self._on_publishers_changed is not None:
+            self._on_publishers_changed()
 
     def _on_notify(self, *_args: Any) -> None:
         self._wake.set()

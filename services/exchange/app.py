@@ -30,6 +30,7 @@ from tpx.keycache import KeyCache
 from tpx.logging import get_logger
 
 from tpx.exchange.auth import Credentials
+from tpx.exchange.candidates import CandidateCache
 from tpx.exchange.context import ServiceContext
 from tpx.exchange.ratelimit import RateLimits, parse_networks
 from tpx.exchange.http import RequestContextMiddleware, problem_response
@@ -93,7 +94,8 @@ def create_app(settings: Settings, *, run_relay: bool = True) -> Starlette:
         try:
             async with pool.acquire() as conn:
                 await check_schema(conn)
-            keycache = KeyCache(settings, pool)
+            candidates = CandidateCache()
+            keycache = KeyCache(settings, pool, on_publishers_changed=candidates.invalidate)
             await keycache.reload()
             signal = OutboxSignal()
             ctx = ServiceContext(
@@ -103,6 +105,7 @@ def create_app(settings: Settings, *, run_relay: bool = True) -> Starlette:
                                           "TPX_INTROSPECTION_TOKENS"),
                 limits=RateLimits(settings.rate_failed_per_minute, settings.rate_publisher_per_minute,
                                   parse_networks(settings.trusted_proxies)),
+                candidates=candidates,
             )
             app.state.tpx = ctx
             metrics.POOLS.add("exchange", pool)

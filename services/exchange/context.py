@@ -12,6 +12,7 @@ from tpx.events.outbox import OutboxSignal
 from tpx.keycache import KeyCache
 
 from tpx.exchange.auth import Credentials
+from tpx.exchange.candidates import CandidateCache
 from tpx.exchange.ratelimit import RateLimits
 
 
@@ -24,6 +25,7 @@ class ServiceContext:
     admin: Credentials
     introspection: Credentials
     limits: RateLimits
+    candidates: CandidateCache
     draining: bool = False
 
 

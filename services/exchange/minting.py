@@ -32,6 +32,7 @@ from tpx.store import publishers as publisher_store
 from tpx.store import tokens as token_store
 from tpx.store.revocations import MINT_GATE_LOCK
 
+from tpx.exchange.candidates import CandidateCache
 from tpx.exchange.ratelimit import RateLimits
 from tpx.exchange.verification import VerifiedToken
 
@@ -188,11 +189,17 @@ def _issued_event(token_id: str, packages, granted, publisher_ids, ci, issued_at
 
 
 async def mint(conn: asyncpg.Connection, settings: Settings, verified: VerifiedToken,
-               limits: RateLimits | None = None) -> MintedToken:
+               limits: RateLimits | None = None, cache: CandidateCache | None = None) -> MintedToken:
     """Match, then mint. Publishers whose ids are all pinned take the one-statement path; a first
     exchange that binds ids (or a publisher deleted meanwhile) takes the transactional path."""
     identity = verified.identity
-    candidates = await publisher_store.candidates(conn, verified.issuer.id, identity.repository_key)
+    if cache is not None:
+        candidates = await cache.get(conn, verified.issuer.id, identity.repository_key)
+        matched = [e for e in evaluate_candidates(verified, candidates) if e.matched]
+        if not matched:  # never refuse on cached rows: a publisher may have been added just now
+            candidates = await cache.read(conn, verified.issuer.id, identity.repository_key)
+    else:
+        candidates = await publisher_store.candidates(conn, verified.issuer.id, identity.repository_key)
     evaluations = evaluate_candidates(verified, candidates)
     matched = [e for e in evaluations if e.matched]
     if not matched:

@@ -361,3 +361,17 @@ async def test_a_deletion_committed_while_the_mint_waits_on_the_gate_mints_nothi
         await transaction.commit()
         assert await asyncio.wait_for(mint, 10) is None
     assert await db.fetchval("SELECT count(*) FROM used_jtis WHERE jti = $1", claims["jti"]) == 0
+
+
+async def test_a_publisher_added_after_a_cached_exchange_is_seen(repo, exchange_app):
+    """Candidates are cached briefly; any change to publishers invalidates every replica's cache."""
+    from tests.support.events import eventually
+
+    first = await repo.add_publisher()
+    assert (await repo.exchange(repo.token())).json()["packages"] == [first["package"]]  # now cached
+    cache = exchange_app.state.tpx.candidates
+    generation = cache.generation
+    second = await repo.add_publisher()
+    await eventually(lambda: cache.generation > generation, "the publishers NOTIFY to reach the exchange", timeout=5)
+    packages = (await repo.exchange(repo.token())).json()["packages"]
+    assert sorted(packages) == sorted([first["package"], second["package"]])
