@@ -184,6 +184,9 @@ async def main(args: argparse.Namespace) -> None:
         from containment import delete_amqp_objects
 
         await delete_amqp_objects(env.get("TPX_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/"), env["TPX_AMQP_PREFIX"])
+        admin = await asyncpg.connect(f"{PG}/postgres")
+        await admin.execute(f'DROP DATABASE IF EXISTS "{DATABASE}" WITH (FORCE)')
+        await admin.close()
 
     print(f"\nresults ({args.clients} clients, {args.workers} exchange process(es); durable: synchronous commit, "
           "one PostgreSQL transaction per exchange)\n")

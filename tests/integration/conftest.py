@@ -20,6 +20,23 @@ from tests.support.servers import serve
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
 
+@pytest.fixture
+async def empty_database():
+    """A database of its own with no schema, dropped afterwards (for migration and start-up tests)."""
+    import asyncpg
+
+    from tests.conftest import PG_HOST
+
+    name = f"tpx_empty_{uuid.uuid4().hex[:8]}"
+    admin = await asyncpg.connect(f"{PG_HOST}/postgres")
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield f"{PG_HOST}/{name}"
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+
+
 @pytest.fixture(scope="session")
 async def exchange_app(settings):
     # The relay is started by the tests that watch events, so each owns the relay lock while it runs.

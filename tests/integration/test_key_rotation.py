@@ -79,6 +79,12 @@ async def stack(settings):
         await db.close()
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         await admin.close()
+        import aio_pika
+
+        connection = await aio_pika.connect(own.amqp_url)
+        async with connection:
+            await (await connection.channel()).queue_delete(own.audit_stream)
+            await (await connection.channel()).exchange_delete(own.events_exchange)
 
 
 @pytest.fixture(scope="module")

@@ -3,31 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-import uuid
 
 import asyncpg
 import pytest
 
 from tpx.db.migrate import SchemaMismatch, available_migrations, check_schema, migrate
-from tests.conftest import PG_HOST
 
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture
-async def fresh_database():
-    name = f"tpx_migrate_{uuid.uuid4().hex[:8]}"
-    admin = await asyncpg.connect(f"{PG_HOST}/postgres")
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield f"{PG_HOST}/{name}"
-    finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
 
-
-async def test_concurrent_migrations_apply_once(fresh_database):
-    connections = [await asyncpg.connect(fresh_database) for _ in range(4)]
+async def test_concurrent_migrations_apply_once(empty_database):
+    connections = [await asyncpg.connect(empty_database) for _ in range(4)]
     try:
         results = await asyncio.gather(*(migrate(conn) for conn in connections))
         assert sorted(len(applied) for applied in results) == [0, 0, 0, len(available_migrations())]
@@ -40,8 +27,8 @@ async def test_concurrent_migrations_apply_once(fresh_database):
             await conn.close()
 
 
-async def test_services_refuse_unmigrated_and_newer_schemas(fresh_database):
-    conn = await asyncpg.connect(fresh_database)
+async def test_services_refuse_unmigrated_and_newer_schemas(empty_database):
+    conn = await asyncpg.connect(empty_database)
     try:
         with pytest.raises(SchemaMismatch, match="tpx migrate"):
             await check_schema(conn)

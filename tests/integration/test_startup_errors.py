@@ -6,12 +6,9 @@ import asyncio
 import os
 import socket
 import sys
-import uuid
 
-import asyncpg
 import pytest
 
-from tests.conftest import PG_HOST
 
 pytestmark = pytest.mark.integration
 
@@ -24,17 +21,6 @@ async def run_tpx(*args: str, **env: str) -> tuple[int, str]:
     _, err = await asyncio.wait_for(process.communicate(), 60)
     return process.returncode, err.decode()
 
-
-@pytest.fixture
-async def empty_database():
-    name = f"tpx_empty_{uuid.uuid4().hex[:8]}"
-    admin = await asyncpg.connect(f"{PG_HOST}/postgres")
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield f"{PG_HOST}/{name}"
-    finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
 
 
 @pytest.mark.parametrize("command", ["exchange", "jwks-refresher", "revoker"])
