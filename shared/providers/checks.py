@@ -5,6 +5,7 @@ from __future__ import annotations
 import fnmatch
 
 from tpx.providers.base import CheckResult, Identity
+from tpx.providers.matching import ascii_iequal
 from tpx.publishers import Publisher
 
 
@@ -25,3 +26,19 @@ def ref_patterns(identity: Identity, publisher: Publisher, claim: str) -> CheckR
         return CheckResult("ref", claim, "any", identity.ref, True)
     passed = any(fnmatch.fnmatchcase(identity.ref, pattern) for pattern in publisher.ref_patterns)
     return CheckResult("ref", claim, list(publisher.ref_patterns), identity.ref, passed)
+
+
+def repository_match(identity: Identity, publisher: Publisher, check: str, claim: str) -> CheckResult:
+    """Owner and name compared ASCII-case-insensitively (forges route names that way)."""
+    passed = ascii_iequal(identity.owner, publisher.owner) and ascii_iequal(identity.name, publisher.name)
+    return CheckResult(check, claim, publisher.repository, identity.repository, passed)
+
+
+def unbound_ids(identity: Identity, publisher: Publisher) -> dict[str, str]:
+    """The ids a publisher does not pin yet, with the token's values, to bind on a successful exchange."""
+    out: dict[str, str] = {}
+    if publisher.owner_id is None:
+        out["owner_id"] = identity.owner_id
+    if publisher.name_id is None:
+        out["name_id"] = identity.repository_id
+    return out

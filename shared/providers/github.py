@@ -13,7 +13,7 @@ import re
 from typing import Any
 
 from tpx.errors import Problem
-from tpx.providers.checks import pinned_id, ref_patterns
+from tpx.providers.checks import pinned_id, ref_patterns, repository_match, unbound_ids
 from tpx.providers.claims import (
     ID, PRINTABLE_1K, PRINTABLE_1K_OR_EMPTY, PRINTABLE_255, PRINTABLE_255_OR_EMPTY, TEXT_1K, TEXT_1K_OR_EMPTY, TEXT_255, TEXT_255_OR_EMPTY, required_claim, string_claim,
 )
@@ -105,7 +105,7 @@ class GitHubProvider:
         """Every row, in a fixed order, even after a failure, so explain and the
         denial hints can report all differences at once."""
         return [
-            _repository(identity, publisher),
+            repository_match(identity, publisher, "repository", "repository"),
             pinned_id("repository_owner_id", identity.owner_id, publisher.owner_id,
                        "the account may have been deleted and its name re-registered by someone else"),
             pinned_id("repository_id", identity.repository_id, publisher.name_id,
@@ -118,17 +118,8 @@ class GitHubProvider:
         ]
 
     def bindings(self, identity: Identity, publisher: Publisher) -> dict[str, str]:
-        out: dict[str, str] = {}
-        if publisher.owner_id is None:
-            out["owner_id"] = identity.owner_id
-        if publisher.name_id is None:
-            out["name_id"] = identity.repository_id
-        return out
+        return unbound_ids(identity, publisher)
 
-
-def _repository(identity: Identity, publisher: Publisher) -> CheckResult:
-    passed = ascii_iequal(identity.owner, publisher.owner) and ascii_iequal(identity.name, publisher.name)
-    return CheckResult("repository", "repository", publisher.repository, identity.repository, passed)
 
 
 

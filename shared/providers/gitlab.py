@@ -17,7 +17,7 @@ import re
 from typing import Any
 
 from tpx.errors import Problem
-from tpx.providers.checks import pinned_id, ref_patterns
+from tpx.providers.checks import pinned_id, ref_patterns, repository_match, unbound_ids
 from tpx.providers.claims import (
     ID, PRINTABLE_1K, PRINTABLE_255_OR_EMPTY, TEXT_1K, TEXT_255_OR_EMPTY, json_type, required_claim, string_claim,
 )
@@ -148,7 +148,7 @@ class GitLabProvider:
         """Every row, in a fixed order, even after a failure, so explain and the
         denial hints can report all differences at once."""
         return [
-            _project(identity, publisher),
+            repository_match(identity, publisher, "project", "project_path"),
             pinned_id("namespace_id", identity.owner_id, publisher.owner_id,
                        "the group may have been deleted and its path re-registered by someone else"),
             pinned_id("project_id", identity.repository_id, publisher.name_id,
@@ -161,18 +161,8 @@ class GitLabProvider:
         ]
 
     def bindings(self, identity: Identity, publisher: Publisher) -> dict[str, str]:
-        out: dict[str, str] = {}
-        if publisher.owner_id is None:
-            out["owner_id"] = identity.owner_id
-        if publisher.name_id is None:
-            out["name_id"] = identity.repository_id
-        return out
+        return unbound_ids(identity, publisher)
 
-
-def _project(identity: Identity, publisher: Publisher) -> CheckResult:
-    """GitLab routes paths case-insensitively, so `My-Group/Proj` and `my-group/proj` are one project."""
-    passed = ascii_iequal(identity.owner, publisher.owner) and ascii_iequal(identity.name, publisher.name)
-    return CheckResult("project", "project_path", publisher.repository, identity.repository, passed)
 
 
 
