@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import fnmatch
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -48,7 +48,6 @@ class MintedToken:
     publisher_ids: list[str]
     issued_at: datetime
     expires_at: datetime
-    events: list[Event] = field(default_factory=list)
 
     def response(self) -> dict[str, Any]:
         return {
@@ -233,7 +232,7 @@ async def _mint_pinned(conn: asyncpg.Connection, settings: Settings, verified: V
         return None
     if row["issued_at"] is None:
         raise Problem("token_reused", _TOKEN_REUSED)
-    return MintedToken(token, token_id, packages, granted, publisher_ids, row["issued_at"], row["expires_at"], events)
+    return MintedToken(token, token_id, packages, granted, publisher_ids, row["issued_at"], row["expires_at"])
 
 
 async def _mint_in_transaction(conn: asyncpg.Connection, settings: Settings, verified: VerifiedToken) -> MintedToken:
@@ -274,7 +273,7 @@ async def _mint_in_transaction(conn: asyncpg.Connection, settings: Settings, ver
             repository_key=identity.repository_key, workflow=identity.workflow, issued_at=now, expires_at=expires_at,
             events=events, source=SOURCE,
         )
-    return MintedToken(token, token_id, packages, granted, publisher_ids, now, expires_at, events)
+    return MintedToken(token, token_id, packages, granted, publisher_ids, now, expires_at)
 
 
 async def record_denial(conn: asyncpg.Connection, verified: VerifiedToken, problem: Problem) -> None:

@@ -29,10 +29,8 @@ class Event:
 async def add_events(conn: asyncpg.Connection, events: list[Event], *, source: str) -> None:
     if not events:
         return
-    await conn.executemany(
-        "INSERT INTO outbox (event_id, type, source, subject, time, data) VALUES ($1, $2, $3, $4, $5, $6)",
-        [(uuid.UUID(e.id), e.type, source, e.subject, e.time, e.data) for e in events],
-    )
+    await conn.execute(f"INSERT INTO outbox (event_id, type, source, subject, time, data) {OUTBOX_UNNEST}",
+                       *event_columns(events, source))
 
 
 def event_columns(events: list[Event], source: str) -> tuple[list, list, list, list, list, list]:
