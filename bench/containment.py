@@ -22,9 +22,6 @@ import json
 import os
 import random
 import secrets
-import signal
-import socket
-import subprocess
 import sys
 import time
 import uuid
@@ -34,17 +31,11 @@ import asyncpg
 import httpx
 
 from tpx import tokens
-from tpx.db.migrate import migrate
 
-ROOT = Path(__file__).resolve().parent.parent
-PG = os.environ.get("TPX_BENCH_PG", "postgresql://postgres@127.0.0.1:5432")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from support import TPX, delete_amqp_objects, drop_database, free_port, fresh_database, progress, start, stop, wait_http  # noqa: E402
+
 DATABASE = "tpx_bench_containment"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 async def seed(url: str, repository: str, count: int) -> list[str]:
@@ -64,18 +55,6 @@ async def seed(url: str, repository: str, count: int) -> list[str]:
     return random.sample(raw, 20)
 
 
-async def delete_amqp_objects(amqp_url: str, prefix: str) -> None:
-    """The benchmark's own exchange, stream and queues, so repeated runs leave the broker clean."""
-    import aio_pika
-
-    connection = await aio_pika.connect(amqp_url)
-    async with connection:
-        for queue in (f"{prefix}.audit", f"{prefix}.revoker", f"{prefix}.revoker.dead"):
-            await (await connection.channel()).queue_delete(queue)
-        for exchange in (f"{prefix}.events", f"{prefix}.dlx"):
-            await (await connection.channel()).exchange_delete(exchange)
-
-
 def _now(offset: float):
     from datetime import datetime, timedelta, timezone
 
@@ -84,14 +63,8 @@ def _now(offset: float):
 
 async def main(args: argparse.Namespace) -> None:
     print(f"tpx containment benchmark: {args.tokens} live tokens of one repository\n", flush=True)
-    admin_conn = await asyncpg.connect(f"{PG}/postgres")
-    await admin_conn.execute(f'DROP DATABASE IF EXISTS "{DATABASE}" WITH (FORCE)')
-    await admin_conn.execute(f'CREATE DATABASE "{DATABASE}"')
-    url = f"{PG}/{DATABASE}"
-    conn = await asyncpg.connect(url)
-    await migrate(conn)
-    await conn.close()
-    print("  · seeding tokens (not measured)", flush=True)
+    url = await fresh_database(DATABASE)
+    progress("seeding tokens (not measured)")
     sample = await seed(url, "incident-org/compromised", args.tokens)
     await seed(url, "baseline-org/other", args.tokens)
 
@@ -100,26 +73,13 @@ async def main(args: argparse.Namespace) -> None:
     prefix = f"tpx-bench-containment-{os.getpid()}"
     env = {**os.environ, "TPX_DATABASE_URL": url, "TPX_PORT": str(port), "TPX_ADMIN_TOKENS": admin_token,
            "TPX_INTROSPECTION_TOKENS": registry_token, "TPX_AMQP_PREFIX": prefix, "TPX_LOG_LEVEL": "warning"}
-    tpx = str(Path(sys.executable).with_name("tpx"))
-    (ROOT / ".bench-logs").mkdir(exist_ok=True)
     processes = [
-        subprocess.Popen([tpx, "exchange"], env=env, cwd=ROOT,
-                         stdout=open(ROOT / ".bench-logs/containment-exchange.log", "w"), stderr=subprocess.STDOUT),
-        subprocess.Popen([tpx, "revoker"], env={**env, "TPX_OPS_PORT": str(free_port())}, cwd=ROOT,
-                         stdout=open(ROOT / ".bench-logs/containment-revoker.log", "w"), stderr=subprocess.STDOUT),
+        start([TPX, "exchange"], env, "containment-exchange"),
+        start([TPX, "revoker"], {**env, "TPX_OPS_PORT": str(free_port())}, "containment-revoker"),
     ]
     try:
+        await wait_http(f"http://127.0.0.1:{port}/healthz")
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", trust_env=False, timeout=60) as http:
-            deadline = time.monotonic() + 30
-            while True:
-                try:
-                    if (await http.get("/healthz")).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise SystemExit("bench: the exchange did not start (see .bench-logs/)")
-                await asyncio.sleep(0.1)
 
             conn = await asyncpg.connect(url)
             started = time.perf_counter()
@@ -151,16 +111,9 @@ async def main(args: argparse.Namespace) -> None:
         completions = await conn.fetchval("SELECT count(*) FROM outbox WHERE type = 'dev.tpx.revocation.completed'")
         await conn.close()
     finally:
-        for process in processes:
-            process.send_signal(signal.SIGTERM)
-        for process in processes:
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-        await admin_conn.execute(f'DROP DATABASE IF EXISTS "{DATABASE}" WITH (FORCE)')
-        await admin_conn.close()
-        await delete_amqp_objects(env.get("TPX_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/"), prefix)
+        stop(processes)
+        await drop_database(DATABASE)
+        await delete_amqp_objects(env, prefix)
 
     print(f"\n  baseline: bare SQL UPDATE of {args.tokens} rows        {baseline * 1000:8.1f} ms")
     print(f"  containment: API answer (all inactive everywhere)  {contained * 1000:8.1f} ms   "

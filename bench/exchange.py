@@ -19,81 +19,31 @@ import itertools
 import json
 import os
 import secrets
-import signal
-import socket
-import subprocess
 import sys
-import time
 from pathlib import Path
 
-import asyncpg
 import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "bench"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import loadgen  # noqa: E402
+from support import (  # noqa: E402
+    TPX, delete_amqp_objects, drop_database, free_port, fresh_database, progress, start, stop, wait_http,
+)
 
 from tpx.devissuer import DevIssuer  # noqa: E402
 from tpx.config import Settings  # noqa: E402
-from tpx.db.migrate import migrate  # noqa: E402
 from tpx.exchange.server import ExchangeServer, uvicorn_config  # noqa: E402
 
-PG = os.environ.get("TPX_BENCH_PG", "postgresql://postgres@127.0.0.1:5432")
 DATABASE = "tpx_bench"
 TARGETS = {"exchange_rps": 1000, "exchange_p99_ms": 50, "introspect_rps": 3000}
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def progress(text: str) -> None:
-    print(f"  · {text}", flush=True)
-
-
-async def fresh_database() -> str:
-    admin = await asyncpg.connect(f"{PG}/postgres")
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{DATABASE}" WITH (FORCE)')
-        await admin.execute(f'CREATE DATABASE "{DATABASE}"')
-    finally:
-        await admin.close()
-    url = f"{PG}/{DATABASE}"
-    conn = await asyncpg.connect(url)
-    try:
-        await migrate(conn)
-    finally:
-        await conn.close()
-    return url
-
-
-def start(command: list[str], env: dict[str, str], name: str) -> subprocess.Popen:
-    log = open(ROOT / ".bench-logs" / f"{name}.log", "w")
-    return subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
-
-
-async def wait_http(url: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    async with httpx.AsyncClient(trust_env=False) as http:
-        while True:
-            try:
-                if (await http.get(url)).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise SystemExit(f"bench: {url} did not answer within {timeout} s (see .bench-logs/)")
-            await asyncio.sleep(0.1)
-
-
 async def main(args: argparse.Namespace) -> None:
-    (ROOT / ".bench-logs").mkdir(exist_ok=True)
     print("tpx benchmark: exchange and introspection vs a bare Starlette endpoint\n", flush=True)
     progress("fresh database tpx_bench, migrated")
-    database_url = await fresh_database()
+    database_url = await fresh_database(DATABASE)
     admin_token = "bench-admin-" + secrets.token_urlsafe(16)
     registry_token = "bench-registry-" + secrets.token_urlsafe(16)
     port, baseline_port = free_port(), free_port()
@@ -104,20 +54,19 @@ async def main(args: argparse.Namespace) -> None:
            # One publisher takes the whole load here; per-publisher limits would measure the limiter.
            "TPX_RATE_PUBLISHER_PER_MINUTE": "0", "TPX_RATE_FAILED_PER_MINUTE": "0",
            "TPX_WORKERS": str(args.workers)}
-    tpx = str(Path(sys.executable).with_name("tpx"))
 
     issuer = DevIssuer()
     issuer_port = free_port()
     issuer.url = f"http://127.0.0.1:{issuer_port}"
-    stop = asyncio.Event()
+    issuer_stop = asyncio.Event()
     issuer_server = ExchangeServer(uvicorn_config(issuer.app(), Settings(), port=issuer_port, lifespan="off"))
-    issuer_task = asyncio.create_task(issuer_server.serve_until(stop))
+    issuer_task = asyncio.create_task(issuer_server.serve_until(issuer_stop))
     await issuer_server.listening.wait()
 
     processes = [
-        start([tpx, "exchange"], env, "exchange"),
-        start([tpx, "jwks-refresher"], {**env, "TPX_OPS_PORT": str(free_port())}, "jwks-refresher"),
-        start([tpx, "revoker"], {**env, "TPX_OPS_PORT": str(free_port())}, "revoker"),
+        start([TPX, "exchange"], env, "exchange"),
+        start([TPX, "jwks-refresher"], {**env, "TPX_OPS_PORT": str(free_port())}, "jwks-refresher"),
+        start([TPX, "revoker"], {**env, "TPX_OPS_PORT": str(free_port())}, "revoker"),
         start([sys.executable, str(ROOT / "bench" / "baseline_app.py")], env, "baseline"),
     ]
     try:
@@ -172,21 +121,11 @@ async def main(args: argparse.Namespace) -> None:
         introspection = await loadgen.run("introspection", "127.0.0.1", port, introspect_requests,
                                           clients=args.clients, duration=args.duration)
     finally:
-        for process in processes:
-            process.send_signal(signal.SIGTERM)
-        for process in processes:
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-        stop.set()
+        stop(processes)
+        issuer_stop.set()
         await issuer_task
-        from containment import delete_amqp_objects
-
-        await delete_amqp_objects(env.get("TPX_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/"), env["TPX_AMQP_PREFIX"])
-        admin = await asyncpg.connect(f"{PG}/postgres")
-        await admin.execute(f'DROP DATABASE IF EXISTS "{DATABASE}" WITH (FORCE)')
-        await admin.close()
+        await delete_amqp_objects(env, env["TPX_AMQP_PREFIX"])
+        await drop_database(DATABASE)
 
     print(f"\nresults ({args.clients} clients, {args.workers} exchange process(es); durable: synchronous commit, "
           "one PostgreSQL transaction per exchange)\n")
