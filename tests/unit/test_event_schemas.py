@@ -105,8 +105,9 @@ class FakeConnection:
     def __init__(self) -> None:
         self.rows: list[tuple] = []
 
-    async def executemany(self, _sql: str, rows) -> None:
-        self.rows.extend(rows)
+    async def execute(self, _sql: str, *columns) -> None:
+        """`add_events` sends the events as parallel arrays (one INSERT ... FROM unnest)."""
+        self.rows.extend(zip(*columns))
 
 
 def cloudevent(event: Event, source: str, sequence: int = 42) -> dict[str, Any]:
