@@ -24,7 +24,7 @@ $(VENV)/.installed: pyproject.toml
 
 test: venv
 	@$(PY) tests/preflight.py
-	$(PY) -m pytest $(PYTEST_ARGS)
+	@status=0; $(PY) -m pytest $(PYTEST_ARGS) || status=$$?; $(PY) tests/preflight.py --drop; exit $$status
 
 demo: venv
 	@$(PY) -m tpx.cli demo

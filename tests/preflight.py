@@ -22,6 +22,17 @@ def fail(message: str) -> None:
     sys.exit(2)
 
 
+async def drop() -> None:
+    """After pytest, whatever happened (even a collection error, when no fixture ran): drop the run's database."""
+    database = os.environ.get("TPX_TEST_DATABASE", "")
+    if database:
+        conn = await asyncpg.connect(ADMIN_DSN, timeout=5)
+        try:
+            await conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+        finally:
+            await conn.close()
+
+
 async def main() -> None:
     database = os.environ.get("TPX_TEST_DATABASE", "")
     try:
@@ -49,4 +60,4 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    asyncio.run(drop() if sys.argv[1:] == ["--drop"] else main())
