@@ -11,8 +11,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from tpx.config import Settings
-from tpx.exchange.server import uvicorn_config
+from tpx.core.config import Settings
+from tpx.core.serving.server import uvicorn_config
 
 
 async def echo(request: Request) -> JSONResponse:

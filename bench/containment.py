@@ -30,7 +30,7 @@ from pathlib import Path
 import asyncpg
 import httpx
 
-from tpx import tokens
+from tpx.core import tokens
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from support import TPX, delete_amqp_objects, drop_database, free_port, fresh_database, progress, start, stop, wait_http  # noqa: E402

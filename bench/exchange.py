@@ -32,9 +32,9 @@ from support import (  # noqa: E402
     TPX, delete_amqp_objects, drop_database, free_port, fresh_database, progress, start, stop, wait_http,
 )
 
-from tpx.devissuer import DevIssuer  # noqa: E402
-from tpx.config import Settings  # noqa: E402
-from tpx.exchange.server import ExchangeServer, uvicorn_config  # noqa: E402
+from tpx.cli.devissuer import DevIssuer  # noqa: E402
+from tpx.core.config import Settings  # noqa: E402
+from tpx.core.serving.server import ExchangeServer, uvicorn_config  # noqa: E402
 
 DATABASE = "tpx_bench"
 TARGETS = {"exchange_rps": 1000, "exchange_p99_ms": 50, "introspect_rps": 3000}

@@ -16,7 +16,7 @@ import aio_pika
 import asyncpg
 import httpx
 
-from tpx.db.migrate import migrate
+from tpx.core.db.migrate import migrate
 
 ROOT = Path(__file__).resolve().parent.parent
 PG = os.environ.get("TPX_BENCH_PG", "postgresql://postgres@127.0.0.1:5432")

@@ -12,10 +12,10 @@ import asyncpg
 import httpx
 import pytest
 
-from tpx.config import Settings
-from tpx.db.migrate import migrate
-from tpx.db.pool import create_pool
-from tpx.logging import configure as configure_logging
+from tpx.core.config import Settings
+from tpx.core.db.migrate import migrate
+from tpx.core.db.pool import create_pool
+from tpx.core.logging import configure as configure_logging
 from tests.support.oidc_issuer import LoopbackIssuer
 from tests.support.servers import serve
 

@@ -29,7 +29,7 @@ import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
-from tpx.config import SECRET_VARIABLES, ConfigError, Settings
+from tpx.core.config import SECRET_VARIABLES, ConfigError, Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"

@@ -11,8 +11,8 @@ import httpx
 import pytest
 
 from tpx.exchange.app import create_app
-from tpx.jose import parse_jwks
-from tpx.keystore import replace_issuer_keys
+from tpx.core.jose import parse_jwks
+from tpx.core.db.issuers import replace_issuer_keys
 from tests.conftest import ADMIN_TOKEN
 from tests.support.claims import github_claims
 from tests.support.servers import serve

@@ -9,10 +9,10 @@ from datetime import datetime, timezone
 import aio_pika
 import pytest
 
-from tpx import audit
-from tpx.events import types
-from tpx.events.outbox import Event, OutboxSignal, add_events
-from tpx.events.relay import OutboxRelay
+from tpx.cli import audit
+from tpx.core.events import types
+from tpx.core.events.outbox import Event, OutboxSignal, add_events
+from tpx.core.events.relay import OutboxRelay
 from tests.support.events import eventually, isolated, running
 
 pytestmark = pytest.mark.integration

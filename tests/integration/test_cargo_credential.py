@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from tpx import tokens
+from tpx.core import tokens
 from tests.integration.test_ci_client import ActionsTokenEndpoint, introspect
 from tests.support.servers import serve
 

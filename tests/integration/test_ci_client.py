@@ -22,7 +22,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from tpx import tokens
+from tpx.core import tokens
 from tests.conftest import INTROSPECTION_TOKEN
 from tests.support.servers import serve
 

@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from tpx import tokens
-from tpx.errors import Problem
+from tpx.core import tokens
+from tpx.core.errors import Problem
 from tpx.exchange.routes.compat import render_crates, render_pypi
 from tests.conftest import INTROSPECTION_TOKEN
 from tests.support.oidc_issuer import new_rsa_key

@@ -17,15 +17,15 @@ from typing import Any
 
 import pytest
 
-from tpx.events import chain, schemas
-from tpx.events import types as event_types
-from tpx.events.cloudevents import to_cloudevent
-from tpx.events.outbox import OutboxSignal
-from tpx.events.relay import OutboxRelay
+from tpx.core.events import chain, schemas
+from tpx.core.events import types as event_types
+from tpx.core.events.cloudevents import to_cloudevent
+from tpx.core.events.outbox import OutboxSignal
+from tpx.core.events.relay import OutboxRelay
 from tpx.jwks_refresher.refresher import JwksRefresher
 from tpx.revoker.consumer import RuleApplier
 from tpx.revoker.sweeper import Sweeper
-from tpx.store import revocations as revocation_store
+from tpx.core.db import revocations as revocation_store
 from tests.integration.conftest import ADMIN, Repo
 from tests.support.events import Consumer, isolated, running
 from tests.support.oidc_issuer import LoopbackIssuer

@@ -7,7 +7,7 @@ import uuid
 
 import pytest
 
-from tpx import tokens
+from tpx.core import tokens
 from tests.conftest import INTROSPECTION_TOKEN
 from tests.integration.conftest import ADMIN
 
@@ -322,7 +322,7 @@ async def test_concurrent_submissions_mint_once_on_both_paths(repo, db, pinned):
 async def test_publisher_deleted_between_match_and_mint_mints_nothing(repo, client, db, exchange_app, settings):
     from tpx.exchange.minting import _mint_pinned, evaluate_candidates
     from tpx.exchange.verification import verify_id_token
-    from tpx.store import publishers as publisher_store
+    from tpx.core.db import publishers as publisher_store
 
     publisher = await repo.add_publisher(repository_owner_id=repo.owner_id, repository_id=repo.repository_id)
     claims = repo.claims()
@@ -342,8 +342,8 @@ async def test_a_deletion_committed_while_the_mint_waits_on_the_gate_mints_nothi
     publisher deletion that committed meanwhile (it checks with a fresh snapshot after the gate)."""
     from tpx.exchange.minting import _mint_pinned, evaluate_candidates
     from tpx.exchange.verification import verify_id_token
-    from tpx.store import publishers as publisher_store
-    from tpx.store.revocations import MINT_GATE_LOCK
+    from tpx.core.db import publishers as publisher_store
+    from tpx.core.db.revocations import MINT_GATE_LOCK
 
     publisher = await repo.add_publisher(repository_owner_id=repo.owner_id, repository_id=repo.repository_id)
     claims = repo.claims()

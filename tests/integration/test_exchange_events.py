@@ -9,9 +9,9 @@ from dataclasses import replace
 import httpx
 import pytest
 
-from tpx.events import chain
-from tpx.events.outbox import OutboxSignal
-from tpx.events.relay import OutboxRelay
+from tpx.core.events import chain
+from tpx.core.events.outbox import OutboxSignal
+from tpx.core.events.relay import OutboxRelay
 from tpx.exchange.app import create_app
 from tests.integration.conftest import ADMIN, Repo
 from tests.support.events import Consumer, isolated, running, target_of, through

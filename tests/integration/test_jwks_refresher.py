@@ -23,10 +23,10 @@ import asyncpg
 import jwt
 import pytest
 
-from tpx.config import Settings
-from tpx.db.migrate import migrate
-from tpx.db.pool import create_pool
-from tpx.events.types import ISSUER_KEYS_ROTATED
+from tpx.core.config import Settings
+from tpx.core.db.migrate import migrate
+from tpx.core.db.pool import create_pool
+from tpx.core.events.types import ISSUER_KEYS_ROTATED
 from tpx.jwks_refresher.fetch import FetchError, check_addresses, fetch_jwks, max_age
 from tpx.jwks_refresher.refresher import PERIODIC, JwksRefresher
 from tpx.jwks_refresher.service import serve as serve_refresher

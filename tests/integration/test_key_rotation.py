@@ -14,7 +14,7 @@ import asyncpg
 import httpx
 import pytest
 
-from tpx.db.migrate import migrate
+from tpx.core.db.migrate import migrate
 from tpx.exchange.app import create_app
 from tpx.jwks_refresher.service import serve as serve_refresher
 from tests.conftest import ADMIN_TOKEN, PG_HOST

@@ -7,7 +7,7 @@ import asyncio
 import asyncpg
 import pytest
 
-from tpx.db.migrate import SchemaMismatch, available_migrations, check_schema, migrate
+from tpx.core.db.migrate import SchemaMismatch, available_migrations, check_schema, migrate
 
 pytestmark = pytest.mark.integration
 

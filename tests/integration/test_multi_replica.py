@@ -36,7 +36,7 @@ import asyncpg
 import httpx
 import pytest
 
-from tpx.events import schemas
+from tpx.core.events import schemas
 from tests.conftest import AMQP_URL, PG_HOST
 from tests.support.claims import github_claims
 from tests.support.oidc_issuer import LoopbackIssuer, SigningKey, new_rsa_key

@@ -18,11 +18,11 @@ import aio_pika
 import asyncpg
 import pytest
 
-from tpx.db.pool import create_pool
-from tpx.events import types
-from tpx.events.cloudevents import CONTENT_TYPE, encode
-from tpx.events.outbox import Event, OutboxSignal, add_events
-from tpx.events.relay import RELAY_LOCK_ID, OutboxRelay
+from tpx.core.db.pool import create_pool
+from tpx.core.events import types
+from tpx.core.events.cloudevents import CONTENT_TYPE, encode
+from tpx.core.events.outbox import Event, OutboxSignal, add_events
+from tpx.core.events.relay import RELAY_LOCK_ID, OutboxRelay
 from tests.support.events import Consumer, eventually, isolated, running, target_of, through
 from tests.support.tcp_proxy import TcpProxy
 

@@ -14,7 +14,7 @@ import uuid
 
 import pytest
 
-from tpx import tokens
+from tpx.core import tokens
 from tpx.exchange.minting import mint
 from tpx.exchange.verification import verify_id_token
 from tests.integration.conftest import ADMIN

@@ -21,16 +21,16 @@ import aio_pika
 import asyncpg
 import pytest
 
-from tpx import tokens
-from tpx.config import Settings
-from tpx.events import types
-from tpx.events.outbox import OutboxSignal
+from tpx.core import tokens
+from tpx.core.config import Settings
+from tpx.core.events import types
+from tpx.core.events.outbox import OutboxSignal
 from tpx.revoker.consumer import DELIVERY_LIMIT, RuleApplier, Topology, declare
 from tpx.revoker.service import Revoker
 from tpx.revoker.sweeper import Sweeper
-from tpx.store import revocations as revocation_store
-from tpx.store import tokens as token_store
-from tpx.store.revocations import Selector
+from tpx.core.db import revocations as revocation_store
+from tpx.core.db import tokens as token_store
+from tpx.core.db.revocations import Selector
 from tests.conftest import INTROSPECTION_TOKEN
 from tests.integration.conftest import ADMIN
 from tests.support.tcp_proxy import TcpProxy

@@ -6,7 +6,7 @@ import copy
 
 import pytest
 
-from tpx.events import chain
+from tpx.core.events import chain
 
 
 def make_events(count: int, start: int = 1) -> list[dict]:

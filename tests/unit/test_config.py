@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tpx.config import ConfigError, Settings
+from tpx.core.config import ConfigError, Settings
 
 GOOD_TOKEN = "a-long-admin-credential-0123456789"
 

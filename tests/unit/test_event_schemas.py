@@ -20,23 +20,23 @@ from typing import Any
 import pytest
 from jsonschema import Draft202012Validator
 
-from tpx import tokens
-from tpx.errors import Problem
-from tpx.events import schemas
-from tpx.events import types as event_types
-from tpx.events.cloudevents import to_cloudevent
-from tpx.events.outbox import Event
+from tpx.core import tokens
+from tpx.core.errors import Problem
+from tpx.core.events import schemas
+from tpx.core.events import types as event_types
+from tpx.core.events.cloudevents import to_cloudevent
+from tpx.core.events.outbox import Event
 from tpx.exchange import minting
 from tpx.exchange.routes import admin
 from tpx.exchange.routes.tokens import revoked_event
 from tpx.jwks_refresher.refresher import rotation_event
-from tpx.providers.base import CheckResult, Identity
-from tpx.providers.github import GitHubProvider
-from tpx.publishers import API_FIELDS
-from tpx.providers.matching import PublisherEvaluation, denial
-from tpx.publishers import Publisher
+from tpx.core.providers.base import CheckResult, Identity
+from tpx.core.providers.github import GitHubProvider
+from tpx.core.publishers import API_FIELDS
+from tpx.core.providers.matching import PublisherEvaluation, denial
+from tpx.core.publishers import Publisher
 from tpx.revoker.sweeper import expired_event
-from tpx.store import revocations as revocation_store
+from tpx.core.db import revocations as revocation_store
 from tests.support.claims import github_claims
 
 ISSUER = "https://token.actions.githubusercontent.com"

@@ -8,12 +8,12 @@ from typing import Any
 
 import pytest
 
-from tpx.errors import Problem
-from tpx.providers import PROVIDERS, get_provider
-from tpx.providers.base import CheckResult, Identity
-from tpx.providers.github import FORBIDDEN_EVENTS, GitHubProvider
-from tpx.providers.matching import PublisherEvaluation, ascii_iequal, denial, evaluate
-from tpx.publishers import Publisher
+from tpx.core.errors import Problem
+from tpx.core.providers import PROVIDERS, get_provider
+from tpx.core.providers.base import CheckResult, Identity
+from tpx.core.providers.github import FORBIDDEN_EVENTS, GitHubProvider
+from tpx.core.providers.matching import PublisherEvaluation, ascii_iequal, denial, evaluate
+from tpx.core.publishers import Publisher
 
 ISSUER = "https://token.actions.githubusercontent.com"
 REPO = "octo-org/octo-repo"

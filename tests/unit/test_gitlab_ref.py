@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from tpx.providers.gitlab_ref import CiConfigRef, issuer_host, parse_ci_config_ref_uri
+from tpx.core.providers.gitlab_ref import CiConfigRef, issuer_host, parse_ci_config_ref_uri
 
 SHA = "714a629c0b401fdce83e847fc9589983fc6f46bc"
 SHA256 = "a" * 64

@@ -1,4 +1,4 @@
-"""tpx.jose: strict JSON, JWKS parsing and compact JWS verification.
+"""tpx.core.jose: strict JSON, JWKS parsing and compact JWS verification.
 
 Tokens are built by hand (base64url + json) so malformed ones can be crafted
 byte by byte, and with `jwt.encode` for ordinary ones, so the parser is also
@@ -20,8 +20,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm, get_default_algorithms
 
-from tpx.errors import Problem
-from tpx.jose import (
+from tpx.core.errors import Problem
+from tpx.core.jose import (
     MAX_JWT_BYTES,
     SUPPORTED_ALGORITHMS,
     IssuerPolicy,

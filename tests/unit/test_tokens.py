@@ -6,7 +6,7 @@ import hashlib
 
 import pytest
 
-from tpx import tokens
+from tpx.core import tokens
 
 
 def test_generated_tokens_are_well_formed_and_distinct():
@@ -50,7 +50,7 @@ def test_hash_is_sha256_of_the_token():
 
 
 def test_logs_redact_tokens_at_any_depth():
-    from tpx.logging import _redact_values
+    from tpx.core.logging import _redact_values
 
     token = tokens.generate()
     jwt = "eyJhbGciOiJSUzI1NiJ9.eyJpc3MiOiJ4In0.c2ln"

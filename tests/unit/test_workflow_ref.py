@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from tpx.providers.workflow_ref import describe_workflow_ref, expected_workflow_ref, workflow_filename
+from tpx.core.providers.workflow_ref import describe_workflow_ref, expected_workflow_ref, workflow_filename
 
 REPO = "octo-org/octo-repo"
 MAIN = "refs/heads/main"

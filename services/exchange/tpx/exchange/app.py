@@ -1,0 +1,147 @@
+"""The exchange service as a Starlette application.
+
+`create_app(settings)` wires the routes, the problem-details error handling,
+request ids, and a lifespan that opens the pool, refuses to start on the wrong
+schema, loads the key cache, and runs the background loops (key cache follower,
+outbox relay) until shutdown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import AsyncIterator
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.routing import Route
+
+from tpx.core.config import Settings
+from tpx.core.db.migrate import check_schema
+from tpx.core.db.pool import UNAVAILABLE_ERRORS, create_pool
+from tpx.core import metrics
+from tpx.core.errors import Problem
+from tpx.core.events.backlog import sample_forever
+from tpx.core.events.outbox import OutboxSignal
+from tpx.core.events.relay import OutboxRelay
+from tpx.exchange.keycache import KeyCache
+from tpx.core.logging import get_logger
+
+from tpx.exchange.auth import Credentials
+from tpx.exchange.candidates import CandidateCache
+from tpx.exchange.context import ServiceContext
+from tpx.exchange.ratelimit import RateLimits, parse_networks
+from tpx.exchange.http import RequestContextMiddleware, problem_response
+from tpx.exchange.routes import admin, exchange, ops, revocations, tokens
+from tpx.exchange.routes.compat import compat_routes
+
+log = get_logger("tpx.exchange.app")
+
+
+def routes() -> list[Route]:
+    return [
+        Route("/v1/exchange", exchange.exchange, methods=["POST"]),
+        Route("/v1/explain", exchange.explain_route, methods=["POST"]),
+        Route("/v1/revoke", tokens.revoke, methods=["POST"]),
+        Route("/v1/introspect", tokens.introspect, methods=["POST"]),
+        Route("/v1/admin/issuers", admin.create_issuer, methods=["POST"]),
+        Route("/v1/admin/issuers", admin.list_issuers, methods=["GET"]),
+        Route("/v1/admin/issuers/{id}", admin.get_issuer, methods=["GET"]),
+        Route("/v1/admin/issuers/{id}", admin.update_issuer, methods=["PATCH"]),
+        Route("/v1/admin/issuers/{id}", admin.delete_issuer, methods=["DELETE"]),
+        Route("/v1/admin/publishers", admin.create_publisher, methods=["POST"]),
+        Route("/v1/admin/publishers", admin.list_publishers, methods=["GET"]),
+        Route("/v1/admin/publishers/{id}", admin.get_publisher, methods=["GET"]),
+        Route("/v1/admin/publishers/{id}", admin.delete_publisher, methods=["DELETE"]),
+        Route("/v1/admin/tokens", admin.list_tokens, methods=["GET"]),
+        *revocations.routes(),
+        *compat_routes(),
+        Route("/healthz", ops.healthz, methods=["GET"]),
+        Route("/readyz", ops.readyz, methods=["GET"]),
+        Route("/metrics", ops.metrics, methods=["GET"]),
+        Route("/openapi.json", ops.openapi, methods=["GET"]),
+    ]
+
+
+async def _problem(request: Request, exc: Exception):
+    return problem_response(exc)  # type: ignore[arg-type]
+
+
+async def _http_error(request: Request, exc: Exception):
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 404:
+        return problem_response(Problem("not_found", f"there is no endpoint at {request.url.path}; see /openapi.json"))
+    if exc.status_code == 405:
+        return problem_response(Problem("method_not_allowed", f"{request.method} is not allowed on {request.url.path}"))
+    return problem_response(Problem("malformed_request", str(exc.detail)))
+
+
+async def _unexpected(request: Request, exc: Exception):
+    if isinstance(exc, UNAVAILABLE_ERRORS):
+        log.warning("dependency.unavailable", error=type(exc).__name__, path=request.url.path)
+        return problem_response(Problem("unavailable", "the database is not reachable right now; retry shortly",
+                                        retry_after=5))
+    log.exception("request.failed", path=request.url.path)
+    return problem_response(Problem("internal", "an unexpected error occurred; it has been logged with this request id"))
+
+
+def create_app(settings: Settings, *, run_relay: bool = True) -> Starlette:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        pool = await create_pool(settings)
+        try:
+            async with pool.acquire() as conn:
+                await check_schema(conn)
+            candidates = CandidateCache()
+            keycache = KeyCache(settings, pool, on_publishers_changed=candidates.invalidate)
+            await keycache.reload()
+            signal = OutboxSignal()
+            ctx = ServiceContext(
+                settings=settings, pool=pool, keycache=keycache, outbox_signal=signal,
+                admin=Credentials(settings.admin_tokens, "admin token", "TPX_ADMIN_TOKENS"),
+                introspection=Credentials(settings.introspection_tokens, "introspection credential",
+                                          "TPX_INTROSPECTION_TOKENS"),
+                limits=RateLimits(settings.rate_failed_per_minute, settings.rate_publisher_per_minute,
+                                  parse_networks(settings.trusted_proxies)),
+                candidates=candidates,
+            )
+            app.state.tpx = ctx
+            metrics.POOLS.add("exchange", pool)
+            key_source = lambda: keycache.snapshot  # noqa: E731 - a handle to unregister on shutdown
+            metrics.KEYS.add(key_source)
+            metrics.BUILD.labels("exchange").set(1)
+            metrics.DRAINING.set(0)
+            tasks = [asyncio.create_task(keycache.run(), name="keycache"),
+                     asyncio.create_task(sample_forever(pool), name="outbox-sampler")]
+            relay = OutboxRelay(settings, pool, signal) if run_relay else None
+            if relay is not None:
+                tasks.append(asyncio.create_task(relay.run(), name="outbox-relay"))
+            app.state.relay = relay
+            log.info("exchange.started", issuers=len(keycache.snapshot.issuers),
+                     usable_issuers=len(keycache.snapshot.usable()))
+            try:
+                yield
+            finally:
+                ctx.draining = True
+                metrics.DRAINING.set(1)
+                metrics.KEYS.remove(key_source)
+                keycache.stop()
+                if relay is not None:
+                    await relay.stop()
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+        finally:
+            metrics.POOLS.remove("exchange", pool)
+            await pool.close()
+
+    route_list = routes()
+    route_names = {route.endpoint: route.path for route in route_list}
+    return Starlette(
+        routes=route_list,
+        middleware=[Middleware(RequestContextMiddleware, route_names=route_names)],
+        exception_handlers={Problem: _problem, HTTPException: _http_error, Exception: _unexpected},
+        lifespan=lifespan,
+    )

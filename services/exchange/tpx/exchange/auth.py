@@ -1,0 +1,37 @@
+"""Bearer credentials for the admin and introspection APIs, compared in constant time.
+
+Credentials are compared as SHA-256 digests so neither their content nor their
+length leaks through timing. The actor recorded in admin events is a short
+fingerprint of the credential, never the credential.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+
+from starlette.requests import Request
+
+from tpx.core.errors import Problem
+
+
+class Credentials:
+    def __init__(self, tokens: tuple[str, ...], what: str, variable: str) -> None:
+        self._digests = [hashlib.sha256(t.encode()).digest() for t in tokens]
+        self.what = what
+        self.variable = variable
+
+    def authenticate(self, request: Request) -> str:
+        """Return the caller's fingerprint, or raise 401 unauthorized."""
+        header = request.headers.get("authorization", "")
+        scheme, _, credential = header.partition(" ")
+        if scheme.lower() != "bearer" or not credential.strip():
+            raise Problem("unauthorized", f"this endpoint needs `Authorization: Bearer <{self.what}>`")
+        digest = hashlib.sha256(credential.strip().encode("utf-8", "surrogateescape")).digest()
+        matched = False
+        for known in self._digests:  # no early exit: same time whichever credential matches
+            matched |= hmac.compare_digest(digest, known)
+        if not matched:
+            hint = "" if self._digests else f" (none is configured: set {self.variable})"
+            raise Problem("unauthorized", f"the {self.what} is not valid{hint}")
+        return "credential:" + digest.hex()[:12]

@@ -1,0 +1,33 @@
+"""What the routes need at run time, built once by the app's lifespan."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import asyncpg
+from starlette.requests import Request
+
+from tpx.core.config import Settings
+from tpx.core.events.outbox import OutboxSignal
+from tpx.exchange.keycache import KeyCache
+
+from tpx.exchange.auth import Credentials
+from tpx.exchange.candidates import CandidateCache
+from tpx.exchange.ratelimit import RateLimits
+
+
+@dataclass
+class ServiceContext:
+    settings: Settings
+    pool: asyncpg.Pool
+    keycache: KeyCache
+    outbox_signal: OutboxSignal
+    admin: Credentials
+    introspection: Credentials
+    limits: RateLimits
+    candidates: CandidateCache
+    draining: bool = False
+
+
+def context(request: Request) -> ServiceContext:
+    return request.app.state.tpx

@@ -1,0 +1,175 @@
+"""HTTP edges shared by every route: request ids, bounded bodies, problem responses.
+
+Bodies are refused by their declared length before any byte is read, and
+again while streaming, so an oversized or endless body never reaches a parser.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import json
+import re
+import time
+import uuid
+from typing import Any
+from urllib.parse import parse_qsl
+
+import structlog
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse, Response
+
+from tpx.core.errors import Problem
+
+request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
+_REQUEST_ID_RE = re.compile(rb"[A-Za-z0-9._:-]{8,128}")
+JSON_TYPES = ("application/json",)
+MAX_HEADER_COUNT = 100
+MAX_HEADER_BYTES = 16 * 1024
+FORM_TYPE = "application/x-www-form-urlencoded"
+
+
+class RequestContextMiddleware:
+    """Per request: a request id (a sane incoming X-Request-ID or a new one) bound to the logs and
+    echoed back, and the latency recorded by route template (never the raw path, which a client
+    controls), method and status. One middleware for both, since every layer costs on the hot path."""
+
+    def __init__(self, app, route_names: dict) -> None:
+        self.app = app
+        self.route_names = route_names
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        from tpx.core.metrics import HTTP_LATENCY
+
+        started = time.perf_counter()
+        headers = scope["headers"]
+        if len(headers) > MAX_HEADER_COUNT or sum(len(k) + len(v) for k, v in headers) > MAX_HEADER_BYTES:
+            # uvicorn's httptools parser has no header limit of its own: refuse before any route runs.
+            response = problem_response(Problem(
+                "headers_too_large", f"the request headers exceed {MAX_HEADER_COUNT} fields or {MAX_HEADER_BYTES} "
+                                     "bytes; send fewer or smaller headers"))
+            await response(scope, receive, send)
+            return
+        incoming = next((v for k, v in headers if k == b"x-request-id"), None)
+        request_id = incoming.decode() if incoming and _REQUEST_ID_RE.fullmatch(incoming) else uuid.uuid4().hex
+        token = request_id_var.set(request_id)
+        structlog.contextvars.bind_contextvars(request_id=request_id)
+        header = (b"x-request-id", request_id.encode())
+        status = 500
+
+        async def send_with_context(message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [*message.get("headers", []), header]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_context)
+        finally:
+            structlog.contextvars.unbind_contextvars("request_id")
+            request_id_var.reset(token)
+            route = self.route_names.get(scope.get("endpoint"), "unmatched")
+            HTTP_LATENCY.labels(route, scope["method"] if route != "unmatched" else "other", str(status)).observe(
+                time.perf_counter() - started)
+
+
+class ProblemResponse(JSONResponse):
+    media_type = "application/problem+json"
+
+
+def problem_response(problem: Problem) -> Response:
+    headers = {}
+    if problem.retry_after is not None:
+        headers["Retry-After"] = str(problem.retry_after)
+    return ProblemResponse(problem.body(request_id_var.get()), status_code=problem.status, headers=headers)
+
+
+def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise ValueError(f"the member {key!r} appears twice")
+        result[key] = value
+    return result
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def parse_json_object(raw: bytes) -> dict[str, Any]:
+    try:
+        value = json.loads(raw.decode("utf-8"), object_pairs_hook=_reject_duplicates, parse_constant=_reject_constant)
+    except UnicodeDecodeError:
+        raise Problem("malformed_request", "the body is not UTF-8; send UTF-8 encoded JSON") from None
+    except RecursionError:
+        raise Problem("malformed_request", "the JSON body is nested too deeply; send a flat JSON object") from None
+    except ValueError as exc:
+        raise Problem("malformed_request", f"the body is not valid JSON ({exc}); send a JSON object") from None
+    if not isinstance(value, dict):
+        raise Problem("malformed_request", "the body must be a JSON object, e.g. {\"jwt\": \"...\"}")
+    return value
+
+
+def _media_type(request: Request) -> str:
+    return request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+
+
+async def read_body(request: Request, max_bytes: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.isdigit():
+            raise Problem("malformed_request", "the Content-Length header is not a number")
+        if int(declared) > max_bytes:
+            raise Problem("request_too_large", f"the body is {int(declared)} bytes; the limit is {max_bytes} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > max_bytes:
+                raise Problem("request_too_large", f"the body is larger than the limit of {max_bytes} bytes")
+            chunks.append(chunk)
+    except ClientDisconnect:
+        raise Problem("malformed_request", "the client closed the connection before the body was complete") from None
+    return b"".join(chunks)
+
+
+async def read_object(request: Request, max_bytes: int, *, allow_form: bool = False) -> dict[str, Any]:
+    """The request body as a JSON object (or, where the contract allows it, a urlencoded form)."""
+    media_type = _media_type(request)
+    if media_type not in JSON_TYPES and not (allow_form and media_type == FORM_TYPE):
+        accepted = "application/json" + (" or application/x-www-form-urlencoded" if allow_form else "")
+        raise Problem("unsupported_media_type",
+                      f"Content-Type {media_type or '(none)'!r} is not accepted here; send {accepted}")
+    raw = await read_body(request, max_bytes)
+    if media_type == FORM_TYPE:
+        try:
+            pairs = parse_qsl(raw.decode("ascii"), keep_blank_values=True, strict_parsing=bool(raw), max_num_fields=20)
+        except (UnicodeDecodeError, ValueError):
+            raise Problem("malformed_request", "the form body is not valid application/x-www-form-urlencoded") from None
+        try:
+            return _reject_duplicates(pairs)
+        except ValueError as exc:
+            raise Problem("malformed_request", f"the form body is ambiguous: {exc}") from None
+    if not raw:
+        raise Problem("malformed_request", "the body is empty; send a JSON object")
+    return parse_json_object(raw)
+
+
+def require_string(body: dict[str, Any], name: str, *, example: str) -> str:
+    value = body.get(name)
+    if value is None:
+        raise Problem("malformed_request", f"the body has no {name!r} member; send {example}")
+    if not isinstance(value, str):
+        raise Problem("malformed_request", f"{name!r} must be a string, not {type(value).__name__}")
+    return value
+
+
+def reject_unknown(body: dict[str, Any], allowed: set[str], code: str = "malformed_request") -> None:
+    unknown = sorted(set(body) - allowed)
+    if unknown:
+        raise Problem(code, f"unknown member(s) {', '.join(map(repr, unknown))}; accepted: {', '.join(sorted(allowed))}")

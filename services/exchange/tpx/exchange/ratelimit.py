@@ -1,0 +1,112 @@
+"""Abuse controls: failed exchanges per client address, exchanges per publisher.
+
+Token buckets in process memory, so the limits are per replica: with N exchange
+replicas behind a load balancer a client gets at most N times the budget. That
+is deliberate (docs/operations.md): the limits exist to blunt floods and
+credential-stuffing, not to meter fairly, and a shared store on the hot path
+would cost every honest exchange a round trip. Memory is bounded: the least
+recently used buckets are dropped beyond `max_keys`.
+
+The client address is the TCP peer, unless that peer is a configured trusted
+proxy; then it is the right-most X-Forwarded-For entry that is not one.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import time
+from collections import OrderedDict
+from typing import Iterable
+
+from tpx.core.errors import Problem
+from tpx.core.metrics import RATE_LIMITED
+
+
+class TokenBuckets:
+    def __init__(self, per_minute: int, *, burst: int | None = None, max_keys: int = 100_000) -> None:
+        self.rate = per_minute / 60.0
+        self.capacity = float(burst if burst is not None else per_minute)
+        self.max_keys = max_keys
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
+
+    @property
+    def enabled(self) -> bool:
+        return self.rate > 0
+
+    def _level(self, key: str, now: float) -> float:
+        level, updated = self._buckets.get(key, (self.capacity, now))
+        return min(self.capacity, level + (now - updated) * self.rate)
+
+    def retry_after(self, key: str) -> int | None:
+        """Seconds until one unit is available, or None if one is available now."""
+        if not self.enabled:
+            return None
+        level = self._level(key, time.monotonic())
+        if level >= 1:
+            return None
+        return max(1, int((1 - level) / self.rate + 0.999))
+
+    def take(self, key: str) -> int | None:
+        """Take one unit; return None on success or the Retry-After seconds when empty."""
+        if not self.enabled:
+            return None
+        now = time.monotonic()
+        level = self._level(key, now)
+        if level < 1:
+            return max(1, int((1 - level) / self.rate + 0.999))
+        self._buckets[key] = (level - 1, now)
+        self._buckets.move_to_end(key)
+        while len(self._buckets) > self.max_keys:
+            self._buckets.popitem(last=False)
+        return None
+
+
+def parse_networks(values: Iterable[str]) -> tuple[ipaddress._BaseNetwork, ...]:
+    return tuple(ipaddress.ip_network(v.strip(), strict=False) for v in values if v.strip())
+
+
+def client_address(peer: str | None, forwarded_for: str | None, trusted: tuple) -> str:
+    def is_trusted(address: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        return any(ip in network for network in trusted)
+
+    if peer is None:
+        return "unknown"
+    if not trusted or not is_trusted(peer) or not forwarded_for:
+        return peer
+    hops = [hop.strip() for hop in forwarded_for.split(",")[-20:]]
+    for hop in reversed(hops):
+        if not is_trusted(hop):
+            try:
+                return str(ipaddress.ip_address(hop))
+            except ValueError:
+                return peer  # a malformed hop: fall back to the proxy itself
+    return peer
+
+
+class RateLimits:
+    def __init__(self, failed_per_minute: int, publisher_per_minute: int, trusted_proxies: tuple) -> None:
+        self.failures = TokenBuckets(failed_per_minute)
+        self.publishers = TokenBuckets(publisher_per_minute)
+        self.trusted_proxies = trusted_proxies
+
+    def check_client(self, address: str) -> None:
+        retry = self.failures.retry_after(address)
+        if retry is not None:
+            RATE_LIMITED.labels("failed_exchanges_per_client").inc()
+            raise Problem("rate_limited", "too many failed exchanges from this address; fix the cause of the earlier "
+                                          f"failures (see their detail and hints) and retry after {retry} s",
+                          retry_after=retry)
+
+    def record_failure(self, address: str) -> None:
+        self.failures.take(address)
+
+    def take_publisher(self, publisher_id: str, package: str) -> None:
+        retry = self.publishers.take(publisher_id)
+        if retry is not None:
+            RATE_LIMITED.labels("exchanges_per_publisher").inc()
+            raise Problem("rate_limited", f"too many exchanges for the publisher of package {package!r}; "
+                                          f"retry after {retry} s", retry_after=retry)

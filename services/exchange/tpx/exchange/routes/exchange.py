@@ -1,0 +1,98 @@
+"""`POST /v1/exchange` and `POST /v1/explain`: the CI-facing routes."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from typing import Iterator
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+from tpx.core.db.pool import UNAVAILABLE_ERRORS
+from tpx.core.errors import Problem
+from tpx.core.logging import get_logger
+from tpx.core.metrics import EXCHANGE_LATENCY, EXCHANGES
+
+from tpx.exchange.context import ServiceContext, context
+from tpx.exchange.http import read_object, reject_unknown, require_string
+from tpx.exchange.minting import explain, mint, record_denial
+from tpx.exchange.ratelimit import client_address
+from tpx.exchange.verification import VerifiedToken, verify_id_token
+
+log = get_logger("tpx.exchange")
+JWT_EXAMPLE = '{"jwt": "<your CI provider\'s OIDC ID token>"}'
+
+
+async def read_verified(request: Request, ctx: ServiceContext, member: str = "jwt") -> VerifiedToken:
+    body = await read_object(request, ctx.settings.max_body_bytes)
+    reject_unknown(body, {member})
+    value = require_string(body, member, example=JWT_EXAMPLE.replace("jwt", member))
+    return await verify_id_token(value, ctx.keycache, ctx.settings)
+
+
+@contextlib.contextmanager
+def client_failures_limited(ctx: ServiceContext, request: Request) -> Iterator[None]:
+    """Refuse a client address that keeps failing; count this attempt if it fails on the client's side."""
+    address = client_address(request.client.host if request.client else None,
+                             request.headers.get("x-forwarded-for"), ctx.limits.trusted_proxies)
+    ctx.limits.check_client(address)
+    try:
+        yield
+    except Problem as problem:
+        if problem.status < 500 and problem.code != "rate_limited":
+            ctx.limits.record_failure(address)
+        raise
+
+
+async def exchange_token(ctx: ServiceContext, verified: VerifiedToken):
+    """Mint for a verified token; shared by the native and compatibility routes."""
+    async with ctx.pool.acquire() as conn:
+        try:
+            minted = await mint(conn, ctx.settings, verified, ctx.limits, ctx.candidates)
+        except Problem as problem:
+            if problem.code in ("no_matching_publisher", "forbidden_trigger"):
+                await record_denial(conn, verified, problem)
+                ctx.outbox_signal.notify()
+            log.info("exchange.denied", code=problem.code, issuer=verified.issuer.url,
+                     repository=verified.identity.repository, workflow=verified.identity.workflow)
+            raise
+    ctx.outbox_signal.notify()
+    log.info("exchange.issued", token_id=minted.token_id, packages=minted.packages,
+             repository=verified.identity.repository, workflow=verified.identity.workflow)
+    return minted
+
+
+async def exchange(request: Request) -> JSONResponse:
+    ctx = context(request)
+    started = time.perf_counter()
+    try:
+        with client_failures_limited(ctx, request):
+            verified = await read_verified(request, ctx)
+            minted = await exchange_token(ctx, verified)
+    except Problem as problem:
+        EXCHANGES.labels(problem.code).inc()
+        raise
+    except UNAVAILABLE_ERRORS:
+        EXCHANGES.labels("unavailable").inc()
+        raise
+    except Exception:
+        EXCHANGES.labels("internal").inc()
+        raise
+    finally:
+        EXCHANGE_LATENCY.observe(time.perf_counter() - started)
+    EXCHANGES.labels("issued").inc()
+    return JSONResponse(minted.response(), headers={"Cache-Control": "no-store"})
+
+
+async def explain_route(request: Request) -> JSONResponse:
+    ctx = context(request)
+    verified = await read_verified(request, ctx)
+    async with ctx.pool.acquire() as conn:
+        evaluations = await explain(conn, verified)
+    identity = verified.identity
+    return JSONResponse({
+        "would_issue": any(e.matched for e in evaluations),
+        "identity": identity.ci(),
+        "publishers": [e.as_explain() for e in evaluations],
+    })

@@ -1,0 +1,72 @@
+"""`/healthz`, `/readyz` and `/openapi.json`."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime, timezone
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from tpx.core.db.pool import UNAVAILABLE_ERRORS
+from tpx.core.metrics import exposition
+
+from tpx.exchange.context import context
+from tpx.exchange.openapi import OPENAPI
+
+
+async def healthz(request: Request) -> JSONResponse:
+    return JSONResponse({"status": "ok"})
+
+
+async def readyz(request: Request) -> JSONResponse:
+    """Ready when the database answers and at least one enabled issuer has usable keys."""
+    ctx = context(request)
+    reasons: list[str] = []
+    database = "ok"
+    try:
+        await asyncio.wait_for(ctx.pool.fetchval("SELECT 1"), timeout=2)
+    except UNAVAILABLE_ERRORS as exc:
+        database = f"unreachable ({type(exc).__name__})"
+        reasons.append("the database is unreachable")
+    issuers = []
+    now = datetime.now(timezone.utc)
+    usable = 0
+    for entry in ctx.keycache.snapshot.issuers.values():
+        age = (now - entry.keys_fetched_at).total_seconds() if entry.keys_fetched_at else None
+        stale = age is not None and age > ctx.settings.keys_max_staleness_seconds
+        if not entry.enabled:
+            state = "disabled"
+        elif not entry.keys:
+            state = "no usable keys"
+        elif stale:
+            state = "stale keys"
+        else:
+            state = "ready"
+            usable += 1
+        issuers.append({
+            "url": entry.url, "kind": entry.kind, "enabled": entry.enabled, "key_count": len(entry.keys),
+            "key_ids": sorted(entry.keys), "keys_fetched_at": entry.keys_fetched_at.isoformat() if entry.keys_fetched_at else None,
+            "key_age_seconds": int(age) if age is not None else None, "last_error": entry.last_error,
+            "state": state,
+        })
+    if not usable:
+        reasons.append("no enabled issuer has usable keys (is the jwks-refresher running?)")
+    if ctx.draining:
+        reasons.append("the service is shutting down")
+    ready = not reasons
+    return JSONResponse(
+        {"status": "ready" if ready else "not ready", "reasons": reasons,
+         "dependencies": {"database": database}, "issuers": issuers},
+        status_code=200 if ready else 503,
+        headers={} if ready else {"Retry-After": "5"},
+    )
+
+
+async def metrics(request: Request) -> Response:
+    body, content_type = exposition()
+    return Response(body, media_type=content_type)
+
+
+async def openapi(request: Request) -> JSONResponse:
+    return JSONResponse(OPENAPI)

@@ -1,0 +1,95 @@
+"""`POST /v1/revoke` (the holder) and `POST /v1/introspect` (registries, RFC 7662)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from tpx.core import tokens
+from tpx.core.errors import Problem
+from tpx.core.events import types as event_types
+from tpx.core.events.outbox import Event, add_events
+from tpx.core.metrics import INTROSPECTIONS
+from tpx.core.db import tokens as token_store
+
+from tpx.exchange.context import context
+from tpx.exchange.http import read_object, reject_unknown
+
+SOURCE = "urn:tpx:exchange"
+
+
+def _bearer(request: Request) -> str | None:
+    scheme, _, credential = request.headers.get("authorization", "").partition(" ")
+    return credential.strip() if scheme.lower() == "bearer" and credential.strip() else None
+
+
+async def revoke(request: Request) -> Response:
+    ctx = context(request)
+    token = _bearer(request)
+    if token is None:
+        body = await read_object(request, ctx.settings.max_body_bytes, allow_form=True)
+        reject_unknown(body, {"token", "token_type_hint"})
+        token = body.get("token")
+        if token is None:
+            raise Problem("malformed_request",
+                          "send the token to revoke as `Authorization: Bearer <token>`, {\"token\": ...} or token=...")
+    if not tokens.is_well_formed(token):
+        raise Problem("malformed_token", "this is not a tpx token (tpx_ followed by 46 letters and digits, with a valid "
+                                         "checksum); check that the whole token was sent")
+    await revoke_token(ctx, token, reason="revoked by holder")
+    return Response(status_code=204)
+
+
+async def revoke_token(ctx, token: str, reason: str) -> None:
+    async with ctx.pool.acquire() as conn:
+        async with conn.transaction():
+            row = await token_store.revoke_by_hash(conn, tokens.hash_token(token), reason)
+            if row is not None:
+                await add_events(conn, [revoked_event(row, reason)], source=SOURCE)
+    if row is not None:
+        ctx.outbox_signal.notify()
+
+
+def revoked_event(row, reason: str) -> Event:
+    return Event(event_types.TOKEN_REVOKED, subject=str(row["id"]), data={
+        "token_id": str(row["id"]),
+        "packages": list(row["packages"]),
+        "publisher_ids": [str(p) for p in row["publisher_ids"]],
+        "reason": reason,
+        "ci": row["ci"],
+    })
+
+
+def introspection_body(row) -> dict[str, Any]:
+    permissions = row["permissions"]
+    scope = sorted({p for granted in permissions.values() for p in granted}, key=("publish-update", "publish-new").index)
+    return {
+        "active": True,
+        "token_id": str(row["id"]),
+        "token_type": "tpx_publish",
+        "scope": " ".join(scope),
+        "packages": list(row["packages"]),
+        "permissions": permissions,
+        "iat": int(row["issued_at"].timestamp()),
+        "exp": int(row["expires_at"].timestamp()),
+        "publisher_ids": [str(p) for p in row["publisher_ids"]],
+        "ci": row["ci"],
+    }
+
+
+async def introspect(request: Request) -> JSONResponse:
+    ctx = context(request)
+    ctx.introspection.authenticate(request)
+    body = await read_object(request, ctx.settings.max_body_bytes, allow_form=True)
+    reject_unknown(body, {"token", "token_type_hint"})
+    token = body.get("token")
+    if not isinstance(token, str):
+        raise Problem("malformed_request", "send the token to introspect as {\"token\": \"tpx_...\"} or token=tpx_...")
+    headers = {"Cache-Control": "no-store"}
+    row = await token_store.active_by_hash(ctx.pool, tokens.hash_token(token)) if tokens.is_well_formed(token) else None
+    INTROSPECTIONS.labels("active" if row is not None else "inactive").inc()
+    if row is None:
+        return JSONResponse({"active": False}, headers=headers)
+    return JSONResponse(introspection_body(row), headers=headers)

@@ -1,0 +1,66 @@
+"""The jwks-refresher process: the refresher loop plus the outbox relay for its events.
+
+The refresher writes `keys_rotated` events to the outbox; the relay running in
+the same process publishes them (woken at once through the shared
+`OutboxSignal`; if another process holds the relay leadership, that one does).
+On stop, in-flight fetches finish and are stored, the relay finishes its batch
+in flight (anything still unpublished waits in the outbox for the next relay
+leader), then the pool closes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from tpx.core.config import Settings
+from tpx.core.db.migrate import check_schema
+from tpx.core import metrics
+from tpx.core.db.pool import UNAVAILABLE_ERRORS, create_pool
+from tpx.core.serving.ops import bind_ops_socket, serve_ops
+from tpx.core.events.outbox import OutboxSignal
+from tpx.core.events.relay import OutboxRelay
+from tpx.jwks_refresher.refresher import JwksRefresher
+from tpx.core.logging import get_logger
+
+log = get_logger("tpx.jwks_refresher.service")
+
+
+async def serve(settings: Settings, stop: asyncio.Event) -> None:
+    ops_socket = bind_ops_socket(settings)
+    pool = await create_pool(settings)
+    try:
+        async with pool.acquire() as conn:
+            version = await check_schema(conn)
+        signal = OutboxSignal()
+        relay = OutboxRelay(settings, pool, signal)
+        relay_task = asyncio.create_task(relay.run(), name="jwks-refresher-relay")
+        refresher = JwksRefresher(settings, pool, signal)
+        log.info("jwks_refresher.started", schema_version=version,
+                 refresh_seconds=settings.jwks_refresh_seconds,
+                 cooldown_seconds=settings.jwks_refresh_cooldown_seconds)
+        metrics.POOLS.add("jwks-refresher", pool)
+        metrics.BUILD.labels("jwks-refresher").set(1)
+
+        async def readiness() -> tuple[bool, dict]:
+            reasons = []
+            try:
+                await asyncio.wait_for(pool.fetchval("SELECT 1"), 2)
+            except UNAVAILABLE_ERRORS:
+                reasons.append("the database is unreachable")
+            if not refresher.listening.is_set():
+                reasons.append("not listening for refresh requests yet")
+            return not reasons, {"reasons": reasons, "fetches": refresher.fetches_total,
+                                 "failures": refresher.failures_total}
+
+        ops = asyncio.create_task(serve_ops(settings, stop, readiness, stop.is_set, ops_socket), name="jwks-refresher-ops")
+        try:
+            await refresher.run(stop)
+        finally:
+            await asyncio.gather(ops, return_exceptions=True)
+            metrics.POOLS.remove("jwks-refresher", pool)
+            await relay.stop()
+            await asyncio.gather(relay_task, return_exceptions=True)
+            log.info("jwks_refresher.drained", fetches=refresher.fetches_total, failures=refresher.failures_total,
+                     rotations=refresher.rotations_total)
+    finally:
+        await pool.close()

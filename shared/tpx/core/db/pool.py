@@ -1,0 +1,81 @@
+"""The asyncpg pool and the mapping of database failures to `503 unavailable`."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import asyncpg
+
+from tpx.core.config import Settings
+
+# Failures that mean "the database is not reachable right now", never "bad input".
+UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    asyncio.TimeoutError,
+    asyncpg.exceptions.PostgresConnectionError,
+    asyncpg.exceptions.ConnectionDoesNotExistError,
+    asyncpg.exceptions.CannotConnectNowError,
+    asyncpg.exceptions.TooManyConnectionsError,
+    asyncpg.exceptions.AdminShutdownError,
+    asyncpg.exceptions.InterfaceError,
+)
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+    await conn.set_type_codec("json", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+
+
+async def _keep_session(_conn: asyncpg.Connection) -> None:
+    """Return connections to the pool as they are.
+
+    asyncpg's default reset costs a round trip on every release (unlock all
+    advisory locks, close cursors, UNLISTEN, RESET ALL). tpx never leaves
+    session state on a pooled connection: LISTEN runs on dedicated
+    connections, session advisory locks are released where they are taken,
+    and nothing SETs session parameters.
+    """
+
+
+class DatabaseUnreachable(RuntimeError):
+    """The database cannot be reached at start; the message says where and what to check."""
+
+
+def _where(url: str) -> str:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    return f"{parts.hostname or 'localhost'}:{parts.port or 5432}{parts.path}"
+
+
+async def create_pool(settings: Settings, *, min_size: int | None = None, max_size: int | None = None) -> asyncpg.Pool:
+    try:
+        return await _create_pool(settings, min_size, max_size)
+    except (OSError, asyncio.TimeoutError, asyncpg.exceptions.PostgresError) as exc:
+        raise DatabaseUnreachable(
+            f"cannot reach the database at {_where(settings.database_url)} ({type(exc).__name__}: {exc}); "
+            "check TPX_DATABASE_URL and that PostgreSQL is running") from None
+
+
+async def _create_pool(settings: Settings, min_size: int | None, max_size: int | None) -> asyncpg.Pool:
+    return await asyncpg.create_pool(
+        settings.database_url,
+        min_size=settings.db_pool_min if min_size is None else min_size,
+        max_size=settings.db_pool_max if max_size is None else max_size,
+        init=_init_connection,
+        reset=_keep_session,
+        command_timeout=10,
+        timeout=5,
+    )
+
+
+async def connect(settings: Settings) -> asyncpg.Connection:
+    try:
+        conn = await asyncpg.connect(settings.database_url, timeout=5)
+    except (OSError, asyncio.TimeoutError, asyncpg.exceptions.PostgresError) as exc:
+        raise DatabaseUnreachable(
+            f"cannot reach the database at {_where(settings.database_url)} ({type(exc).__name__}: {exc}); "
+            "check TPX_DATABASE_URL and that PostgreSQL is running") from None
+    await _init_connection(conn)
+    return conn

@@ -1,0 +1,106 @@
+"""Publisher rows: plain, parameterised SQL with asyncpg."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import asyncpg
+
+from tpx.core.publishers import Publisher
+
+_COLUMNS = """p.id, p.package, p.provider, i.url AS issuer, p.owner, p.owner_id, p.name, p.name_id, p.workflow,
+              p.environments, p.ref_patterns, p.allow_self_hosted_runners, p.require_protected_ref,
+              p.token_ttl_seconds, p.permissions, p.created_at"""
+
+
+def from_row(row: asyncpg.Record) -> Publisher:
+    return Publisher(
+        id=str(row["id"]),
+        package=row["package"],
+        provider=row["provider"],
+        issuer=row["issuer"],
+        owner=row["owner"],
+        owner_id=row["owner_id"],
+        name=row["name"],
+        name_id=row["name_id"],
+        workflow=row["workflow"],
+        environments=tuple(row["environments"]),
+        ref_patterns=tuple(row["ref_patterns"]),
+        allow_self_hosted_runners=row["allow_self_hosted_runners"],
+        require_protected_ref=row["require_protected_ref"],
+        token_ttl_seconds=row["token_ttl_seconds"],
+        permissions=tuple(row["permissions"]),
+        created_at=row["created_at"],
+    )
+
+
+def identity_key(publisher: Publisher) -> str:
+    """What makes two publishers "the same": package, repository and workflow, names case-folded.
+
+    GitHub environment names are case-insensitive, GitLab's are not.
+    """
+    environments = (
+        sorted({e.lower() for e in publisher.environments})
+        if publisher.provider == "github"
+        else sorted(set(publisher.environments))
+    )
+    return json.dumps([
+        publisher.package.lower(), publisher.owner.lower(), publisher.name.lower(), publisher.workflow, environments,
+    ])
+
+
+async def candidates(conn: asyncpg.Connection, issuer_id: Any, repository_key: str) -> list[Publisher]:
+    rows = await conn.fetch(
+        f"SELECT {_COLUMNS} FROM publishers p JOIN issuers i ON i.id = p.issuer_id "
+        "WHERE p.issuer_id = $1 AND p.repository_key = $2 ORDER BY p.created_at, p.id",
+        issuer_id, repository_key,
+    )
+    return [from_row(row) for row in rows]
+
+
+async def get(conn: asyncpg.Connection, publisher_id: Any) -> Publisher | None:
+    row = await conn.fetchrow(
+        f"SELECT {_COLUMNS} FROM publishers p JOIN issuers i ON i.id = p.issuer_id WHERE p.id = $1", publisher_id)
+    return from_row(row) if row else None
+
+
+async def list_(conn: asyncpg.Connection, package: str | None, limit: int) -> list[Publisher]:
+    rows = await conn.fetch(
+        f"SELECT {_COLUMNS} FROM publishers p JOIN issuers i ON i.id = p.issuer_id "
+        "WHERE ($1::text IS NULL OR p.package = $1) ORDER BY p.created_at, p.id LIMIT $2",
+        package, limit,
+    )
+    return [from_row(row) for row in rows]
+
+
+async def insert(conn: asyncpg.Connection, publisher: Publisher, issuer_id: Any) -> Publisher | None:
+    """Insert; None when an equal publisher already exists."""
+    row = await conn.fetchrow(
+        """INSERT INTO publishers (package, provider, issuer_id, owner, owner_id, name, name_id, workflow,
+                                   environments, ref_patterns, allow_self_hosted_runners, require_protected_ref,
+                                   token_ttl_seconds, permissions, identity_key)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
+           ON CONFLICT (issuer_id, identity_key) DO NOTHING
+           RETURNING id""",
+        publisher.package, publisher.provider, issuer_id, publisher.owner, publisher.owner_id, publisher.name,
+        publisher.name_id, publisher.workflow, list(publisher.environments), list(publisher.ref_patterns),
+        publisher.allow_self_hosted_runners, publisher.require_protected_ref, publisher.token_ttl_seconds,
+        list(publisher.permissions), identity_key(publisher),
+    )
+    return await get(conn, row["id"]) if row else None
+
+
+async def bind_ids(conn: asyncpg.Connection, publisher_id: str, owner_id: str | None, name_id: str | None) -> tuple[str | None, str | None]:
+    """Bind ids that are still unset; return the ids now stored (another exchange may have won the race)."""
+    row = await conn.fetchrow(
+        """UPDATE publishers SET owner_id = COALESCE(owner_id, $2), name_id = COALESCE(name_id, $3),
+                  bound_at = COALESCE(bound_at, now())
+           WHERE id = $1 RETURNING owner_id, name_id""",
+        publisher_id, owner_id, name_id,
+    )
+    return (row["owner_id"], row["name_id"]) if row else (None, None)
+
+
+async def delete(conn: asyncpg.Connection, publisher_id: Any) -> bool:
+    return await conn.fetchval("DELETE FROM publishers WHERE id = $1 RETURNING true", publisher_id) is True

@@ -1,0 +1,182 @@
+"""GitHub Actions: the typed identity of a verified ID token and its check table.
+
+Claim validation is deliberately narrower than what GitHub documents: every
+value must be plain ASCII of a known shape before anything compares or folds
+it, so look-alike Unicode, control characters and type confusion (an id sent as
+a JSON number, a boolean where a string belongs) are refused as
+`malformed_token` instead of reaching a comparison that might accept them.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from tpx.core.errors import Problem
+from tpx.core.providers.checks import pinned_id, ref_patterns, repository_match, unbound_ids
+from tpx.core.providers.claims import (
+    ID, PRINTABLE_1K, PRINTABLE_1K_OR_EMPTY, PRINTABLE_255, PRINTABLE_255_OR_EMPTY, TEXT_1K, TEXT_1K_OR_EMPTY, TEXT_255, TEXT_255_OR_EMPTY, required_claim, string_claim,
+)
+from tpx.core.providers.base import CheckResult, Identity
+from tpx.core.providers.matching import FORBIDDEN_TRIGGER, ascii_iequal
+from tpx.core.providers.workflow_ref import expected_workflow_ref, workflow_filename
+from tpx.core.publishers import Publisher
+
+# Triggers that run with the base repository's privileges on behalf of code or
+# events someone outside the repository controls (a fork's pull request, a
+# workflow a fork's pull request triggered); they must never publish.
+FORBIDDEN_EVENTS = frozenset({"pull_request_target", "workflow_run"})
+
+GITHUB_HOSTED = "github-hosted"
+
+_REPOSITORY = re.compile(r"(?P<owner>[A-Za-z0-9][A-Za-z0-9-]{0,38})/(?P<name>[A-Za-z0-9._-]{1,100})")
+_EVENT = re.compile(r"[a-z_]{1,64}")
+
+
+# Optional claims: name -> (pattern, description). Empty means absent.
+_OPTIONAL: dict[str, tuple[re.Pattern[str], str]] = {
+    "environment": (TEXT_255_OR_EMPTY, PRINTABLE_255_OR_EMPTY),
+    "run_id": (TEXT_255_OR_EMPTY, PRINTABLE_255_OR_EMPTY),
+    "actor": (TEXT_255_OR_EMPTY, PRINTABLE_255_OR_EMPTY),
+    "runner_environment": (TEXT_255_OR_EMPTY, PRINTABLE_255_OR_EMPTY),
+    "job_workflow_ref": (TEXT_1K_OR_EMPTY, PRINTABLE_1K_OR_EMPTY),
+    "ref_type": (TEXT_255_OR_EMPTY, PRINTABLE_255_OR_EMPTY),
+    "ref_protected": (TEXT_255_OR_EMPTY, PRINTABLE_255_OR_EMPTY),
+    "repository_visibility": (TEXT_255_OR_EMPTY, PRINTABLE_255_OR_EMPTY),
+    "run_attempt": (TEXT_255_OR_EMPTY, PRINTABLE_255_OR_EMPTY),
+}
+_EXTRA_CLAIMS = ("job_workflow_ref", "ref_type", "ref_protected", "repository_visibility", "run_attempt")
+
+
+
+
+
+
+
+
+class GitHubProvider:
+    name = "github"
+
+    def identity(self, claims: dict[str, Any], issuer_url: str) -> Identity:
+        if not isinstance(claims, dict):
+            raise Problem("malformed_token", "the token payload is not a JSON object")
+        repository = required_claim(claims, "repository", _REPOSITORY,
+                               "owner/name (owner: ASCII letters, digits and '-', at most 39; "
+                               "name: ASCII letters, digits, '.', '_' and '-', at most 100)")
+        owner, _, name = repository.partition("/")
+        repository_owner = required_claim(claims, "repository_owner", TEXT_255, PRINTABLE_255)
+        if repository_owner != owner:
+            raise Problem("malformed_token",
+                          "claim 'repository_owner' does not equal the owner part of claim 'repository'")
+        owner_id = required_claim(claims, "repository_owner_id", ID, "a string of 1 to 20 decimal digits")
+        repository_id = required_claim(claims, "repository_id", ID, "a string of 1 to 20 decimal digits")
+        workflow_ref = required_claim(claims, "workflow_ref", TEXT_1K, PRINTABLE_1K)
+        ref = required_claim(claims, "ref", TEXT_1K, PRINTABLE_1K)
+        sha = required_claim(claims, "sha", TEXT_255, PRINTABLE_255)
+        event_name = required_claim(claims, "event_name", _EVENT, "1 to 64 lower-case ASCII letters or '_'")
+        optional = {
+            claim: string_claim(claims, claim, pattern, expected, required=False) or None
+            for claim, (pattern, expected) in _OPTIONAL.items()
+        }
+        filename = workflow_filename(workflow_ref, repository, ref)
+        return Identity(
+            provider=self.name,
+            issuer=issuer_url,
+            repository=repository,
+            owner=owner,
+            name=name,
+            owner_id=owner_id,
+            repository_id=repository_id,
+            # The raw ref when it names no top-level workflow of this repository,
+            # so a denial can still show what the token carried.
+            workflow=filename if filename is not None else workflow_ref,
+            workflow_ref=workflow_ref,
+            environment=optional["environment"],
+            ref=ref,
+            sha=sha,
+            run_id=optional["run_id"],
+            actor=optional["actor"],
+            event_name=event_name,
+            runner_environment=optional["runner_environment"],
+            extra={claim: optional[claim] for claim in _EXTRA_CLAIMS},
+        )
+
+    def checks(self, identity: Identity, publisher: Publisher) -> list[CheckResult]:
+        """Every row, in a fixed order, even after a failure, so explain and the
+        denial hints can report all differences at once."""
+        return [
+            repository_match(identity, publisher, "repository", "repository"),
+            pinned_id("repository_owner_id", identity.owner_id, publisher.owner_id,
+                       "the account may have been deleted and its name re-registered by someone else"),
+            pinned_id("repository_id", identity.repository_id, publisher.name_id,
+                       "the repository may have been deleted and re-created under the same name"),
+            _workflow(identity, publisher),
+            _trigger(identity),
+            _environment(identity, publisher),
+            ref_patterns(identity, publisher, "ref"),
+            _runner(identity, publisher),
+        ]
+
+    def bindings(self, identity: Identity, publisher: Publisher) -> dict[str, str]:
+        return unbound_ids(identity, publisher)
+
+
+
+
+
+def _workflow(identity: Identity, publisher: Publisher) -> CheckResult:
+    expected_ref = expected_workflow_ref(identity.repository, publisher.workflow, identity.ref)
+    # Equality with a string built from the token's own repository and ref is
+    # the decision; it cannot be fooled by '@' in the file name or the ref, and
+    # a workflow of another repository (a reusable or cross-repository one)
+    # never equals it. Requiring the anchored extraction to agree as well
+    # refuses publishers configured with a path instead of a bare file name.
+    filename = workflow_filename(identity.workflow_ref, identity.repository, identity.ref)
+    passed = identity.workflow_ref == expected_ref and filename == publisher.workflow
+    actual = filename if filename is not None else identity.workflow_ref
+    if passed:
+        note = f"workflow_ref is {expected_ref!r}"
+    elif filename is None:
+        note = (f"workflow_ref {identity.workflow_ref!r} is not a top-level workflow of {identity.repository} "
+                f"at {identity.ref}; expected workflow_ref {expected_ref!r}")
+    else:
+        note = f"expected workflow_ref {expected_ref!r}; file names are case-sensitive"
+    return CheckResult("workflow", "workflow_ref", publisher.workflow, actual, passed, note=note)
+
+
+def _trigger(identity: Identity) -> CheckResult:
+    event = identity.event_name
+    passed = event is not None and event not in FORBIDDEN_EVENTS
+    note = None
+    if not passed:
+        note = ("this trigger runs with the repository's privileges for events someone outside it controls"
+                if event is not None else "the token names no triggering event")
+    return CheckResult("trigger", "event_name", "not one of " + ", ".join(sorted(FORBIDDEN_EVENTS)), event,
+                       passed, note=note, code=FORBIDDEN_TRIGGER)
+
+
+def _environment(identity: Identity, publisher: Publisher) -> CheckResult:
+    if not publisher.environments:
+        return CheckResult("environment", "environment", "any", identity.environment, True)
+    env = identity.environment
+    passed = env is not None and any(ascii_iequal(env, allowed) for allowed in publisher.environments)
+    note = None
+    if env is None:
+        note = "the job must run in one of the publisher's environments (jobs.<job>.environment)"
+    elif passed and env not in publisher.environments:
+        note = "matched ignoring case, as GitHub environment names are case-insensitive"
+    return CheckResult("environment", "environment", list(publisher.environments), env, passed, note=note)
+
+
+
+
+def _runner(identity: Identity, publisher: Publisher) -> CheckResult:
+    actual = identity.runner_environment
+    if publisher.allow_self_hosted_runners:
+        return CheckResult("runner", "runner_environment", "any", actual, True,
+                           note="the publisher allows self-hosted runners")
+    passed = actual == GITHUB_HOSTED
+    note = None if passed else (
+        "self-hosted runners are refused unless the publisher sets allow_self_hosted_runners")
+    return CheckResult("runner", "runner_environment", GITHUB_HOSTED, actual, passed, note=note)
+

@@ -1,0 +1,270 @@
+"""GitLab CI/CD: the typed identity of a verified ID token and its check table.
+
+Like the GitHub provider, claim validation is narrower than what GitLab
+documents: every value must be plain ASCII of a known shape (checked with
+`re.fullmatch` before anything compares or folds it), and type confusion (an id
+sent as a JSON number, `ref_protected` as a boolean) is `malformed_token`.
+
+Personal data never enters the identity: `user_email`, `user_login`, `user_id`,
+`user_access_level` and `groups_direct` are not read at all, so they cannot be
+stored on tokens, carried by events or quoted in a denial. `actor` is None for
+the same reason.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from tpx.core.errors import Problem
+from tpx.core.providers.checks import pinned_id, ref_patterns, repository_match, unbound_ids
+from tpx.core.providers.claims import (
+    ID, PRINTABLE_1K, PRINTABLE_255_OR_EMPTY, TEXT_1K, TEXT_255_OR_EMPTY, json_type, required_claim, string_claim,
+)
+from tpx.core.providers.base import CheckResult, Identity
+from tpx.core.providers.gitlab_ref import CiConfigRef, issuer_host, parse_ci_config_ref_uri
+from tpx.core.providers.matching import ascii_iequal
+from tpx.core.publishers import Publisher
+
+GITLAB_HOSTED = "gitlab-hosted"
+PROTECTED = "true"
+
+# group[/subgroup...]/project; '/' is outside the segment class, so the
+# repetition cannot backtrack. The 1024 total is checked before matching.
+_SEGMENT = r"[A-Za-z0-9_.][A-Za-z0-9_.-]{0,254}"
+_PROJECT_PATH = re.compile(rf"{_SEGMENT}(?:/{_SEGMENT})+")
+_PROJECT_PATH_MAX = 1024
+_WORD = re.compile(r"[a-z_]{1,64}")
+_RUNNER = re.compile(r"[a-z-]{1,64}")
+_BOOLEAN_STRING = re.compile(r"true|false")
+_SHA = re.compile(r"[0-9a-f]{40}(?:[0-9a-f]{24})?")
+
+_ID_TEXT = "a string of 1 to 20 decimal digits"
+_WORD_TEXT = "1 to 64 lower-case ASCII letters or '_'"
+_BOOLEAN_TEXT = "the string \"true\" or \"false\""
+_SHA_TEXT = "a commit sha of 40 (or 64) lower-case hex digits"
+
+# Optional claims: name -> (pattern, description). Empty means absent.
+_OPTIONAL: dict[str, tuple[re.Pattern[str], str]] = {
+    "environment": (TEXT_255_OR_EMPTY, PRINTABLE_255_OR_EMPTY),
+    "environment_protected": (_BOOLEAN_STRING, _BOOLEAN_TEXT),
+    # Documented values are gitlab-hosted and self-hosted; another value of
+    # the same shape is a refusal by the runner check (with a hint), not a
+    # malformed token.
+    "runner_environment": (_RUNNER, "1 to 64 lower-case ASCII letters or '-'"),
+    "pipeline_id": (ID, _ID_TEXT),
+    "job_id": (ID, _ID_TEXT),
+    "deployment_tier": (_WORD, _WORD_TEXT),
+    "ci_config_sha": (_SHA, _SHA_TEXT),
+}
+_MAX_RUNNER_ID = 2**63 - 1
+
+
+
+
+
+
+
+
+def _project_path(claims: dict[str, Any]) -> str:
+    expected = (f"group[/subgroup...]/project, at most {_PROJECT_PATH_MAX} characters; each part ASCII letters, "
+                "digits, '_', '.' and '-', not starting with '-', at most 255")
+    value = claims.get("project_path")
+    # The length cap comes first so the pattern only ever sees bounded input.
+    if isinstance(value, str) and len(value) > _PROJECT_PATH_MAX:
+        raise Problem("malformed_token", f"claim 'project_path' is not {expected}")
+    return required_claim(claims, "project_path", _PROJECT_PATH, expected)
+
+
+def _runner_id(claims: dict[str, Any]) -> None:
+    """GitLab sends runner_id as a JSON number; a string or boolean there is type confusion."""
+    if "runner_id" not in claims:
+        return
+    value = claims["runner_id"]
+    if type(value) is not int:
+        raise Problem("malformed_token",
+                      f"claim 'runner_id' is a JSON {json_type(value)}; expected a non-negative JSON integer")
+    if not 0 <= value <= _MAX_RUNNER_ID:
+        raise Problem("malformed_token", "claim 'runner_id' is not a non-negative 64-bit integer")
+
+
+class GitLabProvider:
+    name = "gitlab"
+
+    def identity(self, claims: dict[str, Any], issuer_url: str) -> Identity:
+        if not isinstance(claims, dict):
+            raise Problem("malformed_token", "the token payload is not a JSON object")
+        project_path = _project_path(claims)
+        namespace, _, project = project_path.rpartition("/")
+        namespace_path = required_claim(claims, "namespace_path", TEXT_1K, PRINTABLE_1K)
+        if namespace_path != namespace:
+            raise Problem("malformed_token",
+                          "claim 'namespace_path' does not equal the namespace part of claim 'project_path'")
+        namespace_id = required_claim(claims, "namespace_id", ID, _ID_TEXT)
+        project_id = required_claim(claims, "project_id", ID, _ID_TEXT)
+        ci_config_ref_uri = required_claim(claims, "ci_config_ref_uri", TEXT_1K, PRINTABLE_1K)
+        ref_path = required_claim(claims, "ref_path", TEXT_1K, PRINTABLE_1K)
+        required_claim(claims, "ref", TEXT_1K, PRINTABLE_1K)
+        ref_type = required_claim(claims, "ref_type", _WORD, _WORD_TEXT)
+        sha = required_claim(claims, "sha", _SHA, _SHA_TEXT)
+        ref_protected = required_claim(claims, "ref_protected", _BOOLEAN_STRING, _BOOLEAN_TEXT)
+        pipeline_source = required_claim(claims, "pipeline_source", _WORD, _WORD_TEXT)
+        optional = {
+            claim: string_claim(claims, claim, pattern, expected, required=False) or None
+            for claim, (pattern, expected) in _OPTIONAL.items()
+        }
+        _runner_id(claims)
+        parsed = parse_ci_config_ref_uri(ci_config_ref_uri)
+        return Identity(
+            provider=self.name,
+            issuer=issuer_url,
+            repository=project_path,
+            owner=namespace,
+            name=project,
+            owner_id=namespace_id,
+            repository_id=project_id,
+            # The raw URI when it cannot be split, so a denial can still show
+            # what the token carried.
+            workflow=parsed.filepath if parsed is not None else ci_config_ref_uri,
+            workflow_ref=ci_config_ref_uri,
+            environment=optional["environment"],
+            ref=ref_path,
+            sha=sha,
+            run_id=optional["pipeline_id"],
+            actor=None,  # user_login is personal data
+            event_name=pipeline_source,
+            runner_environment=optional["runner_environment"],
+            extra={
+                "ref_protected": ref_protected,
+                "ci_config_sha": optional["ci_config_sha"],
+                "job_id": optional["job_id"],
+                "environment_protected": optional["environment_protected"],
+                "deployment_tier": optional["deployment_tier"],
+                "ref_type": ref_type,
+            },
+        )
+
+    def checks(self, identity: Identity, publisher: Publisher) -> list[CheckResult]:
+        """Every row, in a fixed order, even after a failure, so explain and the
+        denial hints can report all differences at once."""
+        return [
+            repository_match(identity, publisher, "project", "project_path"),
+            pinned_id("namespace_id", identity.owner_id, publisher.owner_id,
+                       "the group may have been deleted and its path re-registered by someone else"),
+            pinned_id("project_id", identity.repository_id, publisher.name_id,
+                       "the project may have been deleted and re-created under the same path"),
+            *_ci_config(identity, publisher),
+            _environment(identity, publisher),
+            ref_patterns(identity, publisher, "ref_path"),
+            _protected_ref(identity, publisher),
+            _runner(identity, publisher),
+        ]
+
+    def bindings(self, identity: Identity, publisher: Publisher) -> dict[str, str]:
+        return unbound_ids(identity, publisher)
+
+
+
+
+
+def _ci_config(identity: Identity, publisher: Publisher) -> list[CheckResult]:
+    """Four rows, one per part of `ci_config_ref_uri`, so a refusal names exactly the part that differed.
+
+    Host: the issuer's own host[:port], so a configuration served by another
+    instance never counts. Project: the token's `project_path` (the `project`
+    row ties that to the publisher), so a configuration included from another
+    project never counts. File: byte-exact (GitLab paths are case-sensitive).
+    Ref: the pipeline's `ref_path` or commit `sha`, byte-exact.
+    """
+    uri = identity.workflow_ref
+    host = issuer_host(identity.issuer)
+    refs = [identity.ref, identity.sha]
+    parsed = parse_ci_config_ref_uri(uri)
+    if parsed is None:
+        note = (f"ci_config_ref_uri {uri!r} is not <host>/<project path>//<file path>@<ref>; expected "
+                f"{_expected_uri(host, identity.repository, publisher.workflow, identity.ref)!r}")
+        return [
+            CheckResult("ci_config_host", "ci_config_ref_uri", host, uri, False, note=note),
+            CheckResult("ci_config_project", "ci_config_ref_uri", identity.repository, uri, False, note=note),
+            CheckResult("workflow", "ci_config_ref_uri", publisher.workflow, uri, False, note=note),
+            CheckResult("ci_config_ref", "ci_config_ref_uri", refs, uri, False, note=note),
+        ]
+    return [
+        _ci_config_host(parsed, host),
+        _ci_config_project(parsed, identity),
+        _workflow(parsed, publisher),
+        _ci_config_ref(parsed, refs),
+    ]
+
+
+def _expected_uri(host: str, project_path: str, filepath: str, ref: str) -> str:
+    return f"{host}/{project_path}//{filepath}@{ref}"
+
+
+def _ci_config_host(parsed: CiConfigRef, host: str) -> CheckResult:
+    passed = ascii_iequal(parsed.host, host)
+    note = None if passed else (
+        f"the CI configuration was served by {parsed.host!r}, not by this issuer's host {host!r}")
+    return CheckResult("ci_config_host", "ci_config_ref_uri", host, parsed.host, passed, note=note)
+
+
+def _ci_config_project(parsed: CiConfigRef, identity: Identity) -> CheckResult:
+    passed = ascii_iequal(parsed.project_path, identity.repository)
+    note = None if passed else (
+        f"the CI configuration comes from project {parsed.project_path!r}, not from the token's project "
+        f"{identity.repository!r}; a configuration included from another project cannot publish")
+    return CheckResult("ci_config_project", "ci_config_ref_uri", identity.repository, parsed.project_path, passed,
+                       note=note)
+
+
+def _workflow(parsed: CiConfigRef, publisher: Publisher) -> CheckResult:
+    passed = parsed.filepath == publisher.workflow
+    note = None if passed else (
+        f"the CI configuration file is {parsed.filepath!r}; workflow_filepath must name it exactly, "
+        "with its directory (file paths are case-sensitive)")
+    return CheckResult("workflow", "ci_config_ref_uri", publisher.workflow, parsed.filepath, passed, note=note)
+
+
+def _ci_config_ref(parsed: CiConfigRef, refs: list[str]) -> CheckResult:
+    passed = parsed.ref in refs
+    note = None if passed else (
+        f"the CI configuration was read at {parsed.ref!r}, which is neither the pipeline's ref_path nor its sha")
+    return CheckResult("ci_config_ref", "ci_config_ref_uri", refs, parsed.ref, passed, note=note)
+
+
+def _environment(identity: Identity, publisher: Publisher) -> CheckResult:
+    """Exact equality: GitLab environment names are case-sensitive, so `Production` is another environment."""
+    if not publisher.environments:
+        return CheckResult("environment", "environment", "any", identity.environment, True)
+    env = identity.environment
+    passed = env is not None and env in publisher.environments
+    note = None
+    if env is None:
+        note = "the job must deploy to one of the publisher's environments (environment: in the CI configuration)"
+    elif not passed and any(ascii_iequal(env, allowed) for allowed in publisher.environments):
+        note = "differs only in case; GitLab environment names are case-sensitive"
+    return CheckResult("environment", "environment", list(publisher.environments), env, passed, note=note)
+
+
+
+
+def _protected_ref(identity: Identity, publisher: Publisher) -> CheckResult:
+    """Only the exact string "true" counts; identity() already refused anything but "true"/"false"."""
+    actual = identity.extra.get("ref_protected")
+    if not publisher.require_protected_ref:
+        return CheckResult("protected_ref", "ref_protected", "any", actual, True)
+    passed = actual == PROTECTED
+    note = None if passed else (
+        "the publisher sets require_protected_ref; run the pipeline on a protected branch or tag")
+    return CheckResult("protected_ref", "ref_protected", PROTECTED, actual, passed, note=note)
+
+
+def _runner(identity: Identity, publisher: Publisher) -> CheckResult:
+    actual = identity.runner_environment
+    if publisher.allow_self_hosted_runners:
+        return CheckResult("runner", "runner_environment", "any", actual, True,
+                           note="the publisher allows self-hosted runners")
+    passed = actual == GITLAB_HOSTED
+    note = None if passed else (
+        "self-hosted runners are refused unless the publisher sets allow_self_hosted_runners")
+    return CheckResult("runner", "runner_environment", GITLAB_HOSTED, actual, passed, note=note)

@@ -1,0 +1,90 @@
+"""Serving the exchange app with uvicorn, with limits chosen on purpose.
+
+`ExchangeServer` leaves signal handling to its owner: in `tpx dev` one stop
+event drains all three services together, and uvicorn must not re-raise a
+captured SIGTERM before the workers have finished.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any, Iterator
+
+import uvicorn
+
+from tpx.core.config import Settings
+
+
+def uvicorn_config(app: Any, settings: Settings, **overrides: Any) -> uvicorn.Config:
+    options: dict[str, Any] = dict(
+        host=settings.host,
+        port=settings.port,
+        lifespan="on",
+        log_level="warning",
+        access_log=False,
+        server_header=False,
+        log_config=None,                # logging is tpx's (structlog, JSON in production), not uvicorn's
+        proxy_headers=False,            # X-Forwarded-* is not trusted unless the operator says so
+        timeout_keep_alive=5,           # idle keep-alive connections are closed after 5 s
+        timeout_graceful_shutdown=20,   # in-flight requests get 20 s to finish on SIGTERM
+        limit_concurrency=2048,         # beyond this, uvicorn answers 503 instead of queueing without bound
+        h11_max_incomplete_event_size=16 * 1024,  # request line + headers
+    )
+    options.update(overrides)
+    return uvicorn.Config(app, **options)
+
+
+def bind(host: str, port: int):
+    """Bind the listening socket up front, so a taken port fails the start with an OSError that says so."""
+    import socket
+
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise OSError(exc.errno, f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    return sock
+
+
+class ExchangeServer(uvicorn.Server):
+    """A uvicorn server that is stopped by its owner and tells when it is listening."""
+
+    def __init__(self, config: uvicorn.Config) -> None:
+        super().__init__(config)
+        self.listening = asyncio.Event()
+
+    async def startup(self, sockets=None) -> None:  # type: ignore[override]
+        await super().startup(sockets=sockets)
+        self.listening.set()
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+    def install_signal_handlers(self) -> None:  # older uvicorn releases
+        return None
+
+    async def serve_until(self, stop: asyncio.Event, *, on_drain=None, drain_seconds: float = 0.0,
+                          sockets=None) -> None:
+        """Serve until `stop`; then report not-ready for `drain_seconds` before closing the listener.
+
+        The pause lets load balancers see /readyz fail and stop sending new
+        requests; uvicorn then finishes the requests in flight.
+        """
+        task = asyncio.create_task(self.serve(sockets=sockets))
+        stopper = asyncio.create_task(stop.wait())
+        done, _ = await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        if task in done and isinstance(task.exception(), SystemExit):
+            stopper.cancel()
+            raise RuntimeError("the HTTP server failed to start; the log above says why")
+        if stopper in done and not task.done():
+            if on_drain is not None:
+                on_drain()
+            if drain_seconds > 0:
+                await asyncio.wait({task}, timeout=drain_seconds)
+        self.should_exit = True
+        stopper.cancel()
+        await task
