@@ -23,6 +23,9 @@ $(VENV)/.installed: pyproject.toml
 	@touch $@
 
 test: venv
+	@$(VENV)/bin/lint-imports --no-cache --no-logo > $(VENV)/lint-imports.log 2>&1 \
+	  && echo "==> import boundaries hold: $$(grep -c ' KEPT$$' $(VENV)/lint-imports.log) contracts kept (pyproject.toml [tool.importlinter])" \
+	  || { cat $(VENV)/lint-imports.log; echo "make: an import crosses a boundary of the design (above); see docs/decisions.md"; exit 1; }
 	@$(PY) tests/preflight.py
 	@status=0; $(PY) -m pytest $(PYTEST_ARGS) || status=$$?; $(PY) tests/preflight.py --drop; exit $$status
 

@@ -34,7 +34,7 @@ from support import (  # noqa: E402
 
 from tpx.cli.devissuer import DevIssuer  # noqa: E402
 from tpx.core.config import Settings  # noqa: E402
-from tpx.core.serving.server import ExchangeServer, uvicorn_config  # noqa: E402
+from tpx.core.serving.server import Server, uvicorn_config  # noqa: E402
 
 DATABASE = "tpx_bench"
 TARGETS = {"exchange_rps": 1000, "exchange_p99_ms": 50, "introspect_rps": 3000}
@@ -59,7 +59,7 @@ async def main(args: argparse.Namespace) -> None:
     issuer_port = free_port()
     issuer.url = f"http://127.0.0.1:{issuer_port}"
     issuer_stop = asyncio.Event()
-    issuer_server = ExchangeServer(uvicorn_config(issuer.app(), Settings(), port=issuer_port, lifespan="off"))
+    issuer_server = Server(uvicorn_config(issuer.app(), Settings(), port=issuer_port, lifespan="off"))
     issuer_task = asyncio.create_task(issuer_server.serve_until(issuer_stop))
     await issuer_server.listening.wait()
 

@@ -12,7 +12,7 @@ import pytest
 
 from tpx.exchange.app import create_app
 from tpx.core.jose import parse_jwks
-from tpx.core.db.issuers import replace_issuer_keys
+from tpx.core.db.issuers import store_keys
 from tests.conftest import ADMIN_TOKEN
 from tests.support.claims import github_claims
 from tests.support.servers import serve
@@ -64,7 +64,7 @@ async def publish_issuer_keys(db, exchange_app, issuer_id, oidc_issuer) -> None:
     cache = exchange_app.state.tpx.keycache
     version = cache.snapshot.version
     async with db.acquire() as conn:
-        await replace_issuer_keys(conn, issuer_id, by_kid)
+        await store_keys(conn, issuer_id, by_kid)
     assert await cache.wait_for_version(version, timeout=10), "the exchange did not pick up the new keys"
 
 

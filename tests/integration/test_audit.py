@@ -11,8 +11,10 @@ import pytest
 
 from tpx.cli import audit
 from tpx.core.events import types
-from tpx.core.events.outbox import Event, OutboxSignal, add_events
-from tpx.core.events.relay import OutboxRelay
+from tpx.core.db.outbox import add_events
+from tpx.core.events.types import Event
+from tpx.core.relay.signal import OutboxSignal
+from tpx.core.relay.relay import OutboxRelay
 from tests.support.events import eventually, isolated, running
 
 pytestmark = pytest.mark.integration

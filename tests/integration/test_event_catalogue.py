@@ -20,8 +20,8 @@ import pytest
 from tpx.core.events import chain, schemas
 from tpx.core.events import types as event_types
 from tpx.core.events.cloudevents import to_cloudevent
-from tpx.core.events.outbox import OutboxSignal
-from tpx.core.events.relay import OutboxRelay
+from tpx.core.relay.signal import OutboxSignal
+from tpx.core.relay.relay import OutboxRelay
 from tpx.jwks_refresher.refresher import JwksRefresher
 from tpx.revoker.consumer import RuleApplier
 from tpx.revoker.sweeper import Sweeper

@@ -319,48 +319,82 @@ async def test_concurrent_submissions_mint_once_on_both_paths(repo, db, pinned):
     assert sorted(r.status_code for r in responses) == [200] + [409] * 19
 
 
-async def test_publisher_deleted_between_match_and_mint_mints_nothing(repo, client, db, exchange_app, settings):
-    from tpx.exchange.minting import _mint_pinned, evaluate_candidates
-    from tpx.exchange.verification import verify_id_token
+@pytest.mark.parametrize("pinned", [True, False], ids=["pinned", "binding"])
+async def test_publisher_deleted_between_decision_and_write_writes_nothing(repo, client, db, exchange_app, settings,
+                                                                          pinned):
     from tpx.core.db import publishers as publisher_store
+    from tpx.exchange.minting import decide, write
+    from tpx.exchange.verification import verify_id_token
 
-    publisher = await repo.add_publisher(repository_owner_id=repo.owner_id, repository_id=repo.repository_id)
+    ids = {"repository_owner_id": repo.owner_id, "repository_id": repo.repository_id} if pinned else {}
+    publisher = await repo.add_publisher(**ids)
     claims = repo.claims()
     verified = await verify_id_token(repo.issuer.mint(claims), exchange_app.state.tpx.keycache, settings)
     async with db.acquire() as conn:
         candidates = await publisher_store.candidates(conn, verified.issuer.id, verified.identity.repository_key)
-        matched = [e for e in evaluate_candidates(verified, candidates) if e.matched]
-        assert [e.publisher.id for e in matched] == [publisher["id"]]
+        decision = decide(verified, candidates, settings)
+        assert decision.publisher_ids == [publisher["id"]]
+        assert bool(decision.unbound) is not pinned
         assert (await client.delete(f"/v1/admin/publishers/{publisher['id']}", headers=ADMIN)).status_code == 200
-        assert await _mint_pinned(conn, settings, verified, matched) is None
+        assert await write(conn, settings, decision) is None
     assert await db.fetchval("SELECT count(*) FROM used_jtis WHERE jti = $1", claims["jti"]) == 0
     assert await db.fetchval("SELECT count(*) FROM tokens WHERE ci->>'repository' = $1", repo.repository) == 0
 
 
-async def test_a_deletion_committed_while_the_mint_waits_on_the_gate_mints_nothing(repo, db, exchange_app, settings):
+@pytest.mark.parametrize("pinned", [True, False], ids=["pinned", "binding"])
+async def test_a_deletion_committed_while_the_mint_waits_on_the_gate_mints_nothing(repo, db, exchange_app, settings,
+                                                                                  pinned):
     """The one-statement mint takes its snapshot before it waits for the gate; it must still see a
-    publisher deletion that committed meanwhile (it checks with a fresh snapshot after the gate)."""
-    from tpx.exchange.minting import _mint_pinned, evaluate_candidates
-    from tpx.exchange.verification import verify_id_token
+    publisher deletion that committed meanwhile (it checks, or locks, after the gate)."""
     from tpx.core.db import publishers as publisher_store
-    from tpx.core.db.revocations import MINT_GATE_LOCK
+    from tpx.core.db.locks import MINT_GATE
+    from tpx.exchange.minting import decide, write
+    from tpx.exchange.verification import verify_id_token
 
-    publisher = await repo.add_publisher(repository_owner_id=repo.owner_id, repository_id=repo.repository_id)
+    ids = {"repository_owner_id": repo.owner_id, "repository_id": repo.repository_id} if pinned else {}
+    publisher = await repo.add_publisher(**ids)
     claims = repo.claims()
     verified = await verify_id_token(repo.issuer.mint(claims), exchange_app.state.tpx.keycache, settings)
     async with db.acquire() as deleter, db.acquire() as minter:
         candidates = await publisher_store.candidates(minter, verified.issuer.id, verified.identity.repository_key)
-        matched = [e for e in evaluate_candidates(verified, candidates) if e.matched]
+        decision = decide(verified, candidates, settings)
         transaction = deleter.transaction()
         await transaction.start()
-        await deleter.execute("SELECT pg_advisory_xact_lock($1)", MINT_GATE_LOCK)  # as a deletion does
+        await deleter.execute("SELECT pg_advisory_xact_lock($1)", MINT_GATE)  # as a deletion does
         await deleter.execute("DELETE FROM publishers WHERE id = $1", uuid.UUID(publisher["id"]))
-        mint = asyncio.create_task(_mint_pinned(minter, settings, verified, matched))
+        mint = asyncio.create_task(write(minter, settings, decision))
         done, _ = await asyncio.wait({mint}, timeout=0.3)
         assert not done, "the mint must wait for the gate"
         await transaction.commit()
         assert await asyncio.wait_for(mint, 10) is None
     assert await db.fetchval("SELECT count(*) FROM used_jtis WHERE jti = $1", claims["jti"]) == 0
+
+
+async def test_ids_pinned_by_another_exchange_after_the_decision_write_nothing(repo, db, exchange_app, settings):
+    """A first exchange decides to pin the token's ids; another first exchange pins other ids before it
+    writes. The later write must bind nothing, claim nothing and mint nothing, and its retry is refused."""
+    from tpx.core.db import publishers as publisher_store
+    from tpx.exchange.minting import decide, write
+    from tpx.exchange.verification import verify_id_token
+
+    publisher = await repo.add_publisher()
+    claims = repo.claims()
+    verified = await verify_id_token(repo.issuer.mint(claims), exchange_app.state.tpx.keycache, settings)
+    async with db.acquire() as conn:
+        candidates = await publisher_store.candidates(conn, verified.issuer.id, verified.identity.repository_key)
+        decision = decide(verified, candidates, settings)
+        assert [p.id for p, _ in decision.unbound] == [publisher["id"]]
+        await conn.execute("UPDATE publishers SET owner_id = '999', name_id = '998' WHERE id = $1",
+                           uuid.UUID(publisher["id"]))
+        assert await write(conn, settings, decision) is None
+    row = await db.fetchrow("SELECT owner_id, name_id FROM publishers WHERE id = $1", uuid.UUID(publisher["id"]))
+    assert (row["owner_id"], row["name_id"]) == ("999", "998")
+    assert await db.fetchval("SELECT count(*) FROM used_jtis WHERE jti = $1", claims["jti"]) == 0
+    assert await db.fetchval("SELECT count(*) FROM outbox WHERE type = 'dev.tpx.publisher.bound' "
+                             "AND subject = $1", publisher["id"]) == 0
+    response = await repo.exchange(repo.issuer.mint(claims))
+    assert response.status_code == 403, response.text
+    assert "repository_owner_id" in response.json()["detail"] + " ".join(response.json()["hints"])
 
 
 async def test_a_publisher_added_after_a_cached_exchange_is_seen(repo, exchange_app):

@@ -10,8 +10,8 @@ import httpx
 import pytest
 
 from tpx.core.events import chain
-from tpx.core.events.outbox import OutboxSignal
-from tpx.core.events.relay import OutboxRelay
+from tpx.core.relay.signal import OutboxSignal
+from tpx.core.relay.relay import OutboxRelay
 from tpx.exchange.app import create_app
 from tests.integration.conftest import ADMIN, Repo
 from tests.support.events import Consumer, isolated, running, target_of, through

@@ -90,7 +90,7 @@ async def running(refresher: JwksRefresher) -> AsyncIterator[asyncio.Task[None]]
     stop = asyncio.Event()
     task = asyncio.create_task(refresher.run(stop))
     try:
-        await asyncio.wait_for(refresher.listening.wait(), WAIT)
+        await asyncio.wait_for(refresher.listener.healthy.wait(), WAIT)
         yield task
     finally:
         stop.set()
@@ -468,12 +468,12 @@ async def test_a_flood_of_refresh_requests_makes_one_fetch(idp, rdb, refresher_s
 async def test_listener_reconnects_after_losing_its_connection(idp, rdb, refresher):
     issuer = await idp(due=False)
     async with running(refresher):
-        assert refresher.listen_sessions == 1
+        assert refresher.listener.sessions == 1
         terminated = await rdb.fetchval(
             "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
             "WHERE application_name = 'tpx-jwks-refresher' AND datname = current_database()")
         assert terminated >= 1  # (a previous test's closing listener may still be listed)
-        await eventually(lambda: refresher.listen_sessions == 2 and refresher.listening.is_set(),
+        await eventually(lambda: refresher.listener.sessions == 2 and refresher.listener.healthy.is_set(),
                          "the refresher to listen again")
         await request_refresh(rdb, issuer.id)
         await eventually(issuer.stored, "the requested refresh")
@@ -482,7 +482,7 @@ async def test_listener_reconnects_after_losing_its_connection(idp, rdb, refresh
 async def test_run_returns_promptly_when_stopped(refresher):
     stop = asyncio.Event()
     task = asyncio.create_task(refresher.run(stop))
-    await asyncio.wait_for(refresher.listening.wait(), WAIT)
+    await asyncio.wait_for(refresher.listener.healthy.wait(), WAIT)
     started = time.monotonic()
     stop.set()
     await asyncio.wait_for(task, 2)
@@ -495,7 +495,7 @@ async def test_stop_lets_the_fetch_in_flight_finish(idp, rdb, refresher):
     stop = asyncio.Event()
     task = asyncio.create_task(refresher.run(stop))
     try:
-        await asyncio.wait_for(refresher.listening.wait(), WAIT)
+        await asyncio.wait_for(refresher.listener.healthy.wait(), WAIT)
         await request_refresh(rdb, issuer.id)
         await eventually(lambda: issuer.server.jwks_requests == 1, "the fetch to reach the JWKS")
         stop.set()

@@ -21,8 +21,11 @@ import pytest
 from tpx.core.db.pool import create_pool
 from tpx.core.events import types
 from tpx.core.events.cloudevents import CONTENT_TYPE, encode
-from tpx.core.events.outbox import Event, OutboxSignal, add_events
-from tpx.core.events.relay import RELAY_LOCK_ID, OutboxRelay
+from tpx.core.db.outbox import add_events
+from tpx.core.events.types import Event
+from tpx.core.relay.signal import OutboxSignal
+from tpx.core.db.locks import RELAY_LEADER as RELAY_LOCK_ID
+from tpx.core.relay.relay import OutboxRelay
 from tests.support.events import Consumer, eventually, isolated, running, target_of, through
 from tests.support.tcp_proxy import TcpProxy
 

@@ -15,6 +15,7 @@ import uuid
 import pytest
 
 from tpx.core import tokens
+from tpx.exchange.candidates import CandidateCache
 from tpx.exchange.minting import mint
 from tpx.exchange.verification import verify_id_token
 from tests.integration.conftest import ADMIN
@@ -32,7 +33,7 @@ async def test_mint_in_flight_during_a_revocation_is_revoked(repo, client, db, e
         transaction = conn.transaction()
         await transaction.start()
         # A mint that has begun (and so holds the gate) but not committed yet.
-        minted = await mint(conn, settings, verified)
+        minted = await mint(conn, settings, verified, CandidateCache())
         revocation = asyncio.create_task(
             client.post("/v1/admin/revocations", json={"publisher_id": publisher["id"]}, headers=ADMIN))
         done, _ = await asyncio.wait({revocation}, timeout=0.5)

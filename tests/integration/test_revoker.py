@@ -24,7 +24,7 @@ import pytest
 from tpx.core import tokens
 from tpx.core.config import Settings
 from tpx.core.events import types
-from tpx.core.events.outbox import OutboxSignal
+from tpx.core.relay.signal import OutboxSignal
 from tpx.revoker.consumer import DELIVERY_LIMIT, RuleApplier, Topology, declare
 from tpx.revoker.service import Revoker
 from tpx.revoker.sweeper import Sweeper

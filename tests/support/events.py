@@ -13,7 +13,7 @@ from urllib.parse import urlsplit, urlunsplit
 import aio_pika
 
 from tpx.core.config import Settings
-from tpx.core.events.relay import OutboxRelay
+from tpx.core.relay.relay import OutboxRelay
 from tests.support.tcp_proxy import TcpProxy
 
 WAIT = 20.0  # upper bound for anything that should happen "soon" (covers a few back-off steps)

@@ -22,21 +22,19 @@ from jsonschema import Draft202012Validator
 
 from tpx.core import tokens
 from tpx.core.errors import Problem
-from tpx.core.events import schemas
+from tpx.core.events import builders, schemas
 from tpx.core.events import types as event_types
 from tpx.core.events.cloudevents import to_cloudevent
-from tpx.core.events.outbox import Event
-from tpx.exchange import minting
-from tpx.exchange.routes import admin
-from tpx.exchange.routes.tokens import revoked_event
-from tpx.jwks_refresher.refresher import rotation_event
-from tpx.core.providers.base import CheckResult, Identity
+from tpx.core.events.types import Event
+from tpx.core.issuers import issuer_json
+from tpx.core.providers import PROVIDERS
+from tpx.core.providers.base import CheckResult, Identity, Publisher
 from tpx.core.providers.github import GitHubProvider
-from tpx.core.publishers import API_FIELDS
 from tpx.core.providers.matching import PublisherEvaluation, denial
-from tpx.core.publishers import Publisher
-from tpx.revoker.sweeper import expired_event
-from tpx.core.db import revocations as revocation_store
+from tpx.core.publishers import publisher_json
+from tpx.core.revocations import Rule
+from tpx.core.times import rfc3339
+from tpx.exchange import minting
 from tests.support.claims import github_claims
 
 ISSUER = "https://token.actions.githubusercontent.com"
@@ -91,12 +89,12 @@ def token_row(identity: Identity, **changes: Any) -> dict[str, Any]:
     return row
 
 
-def rule(kind: str = "package", **changes: Any) -> revocation_store.Rule:
+def rule(kind: str = "package", **changes: Any) -> Rule:
     fields = dict(id=uuid.uuid4(), kind=kind, token_id=None, publisher_id=None, package=None, repository_key=None,
                   workflow=None, issued_after=None, issued_before=None, cutoff=NOW, reason="compromised runner",
                   actor=ACTOR, status="pending", revoked=5000, created_at=NOW, completed_at=None)
     fields.update(changes)
-    return revocation_store.Rule(**fields)
+    return Rule(**fields)
 
 
 class FakeConnection:
@@ -137,62 +135,66 @@ def samples() -> list[tuple[str, dict[str, Any]]]:
 
     token_id = str(uuid.uuid4())
     publisher_ids = [str(uuid.uuid4()), str(uuid.uuid4())]
-    add("issued-github", minting._issued_event(token_id, ["octo-pkg", "other-pkg"],
-                                                {"octo-pkg": ["publish-update"],
-                                                 "other-pkg": ["publish-update", "publish-new"]},
-                                                publisher_ids, gh.ci(), NOW, NOW + timedelta(minutes=15)))
-    add("issued-gitlab", minting._issued_event(token_id, ["lab-pkg"], {"lab-pkg": ["publish-update"]},
-                                                publisher_ids[:1], gl.ci(), NOW, NOW + timedelta(minutes=15)))
-    loose = github_publisher()
-    [notice] = minting._notices(gh, [PublisherEvaluation(loose, [])], token_id, gh.ci())
-    add("environment-unpinned", notice)
 
-    add("revoked-by-holder", revoked_event(token_row(gh), "revoked by holder"))
-    by_rule = revocation_store._with_revocation(revoked_event(token_row(gl), "publisher deleted"), uuid.uuid4())
-    add("revoked-by-rule", by_rule, "revoker")
-    add("expired", expired_event(token_row(gh)), "revoker")
+    def issued(event: Event) -> Event:  # the times the mint statement adds (tpx.core.db.tokens)
+        event.data.update(issued_at=rfc3339(NOW, seconds=True),
+                          expires_at=rfc3339(NOW + timedelta(minutes=15), seconds=True))
+        return event
+
+    add("issued-github", issued(builders.token_issued(
+        token_id, ["octo-pkg", "other-pkg"], {"octo-pkg": ["publish-update"],
+                                              "other-pkg": ["publish-update", "publish-new"]},
+        publisher_ids, gh.ci())))
+    add("issued-gitlab", issued(builders.token_issued(token_id, ["lab-pkg"], {"lab-pkg": ["publish-update"]},
+                                                      publisher_ids[:1], gl.ci())))
+    loose = github_publisher()
+    add("environment-unpinned", builders.environment_unpinned(loose.id, loose.package, token_id, "prod", gh.ci()))
+
+    add("revoked-by-holder", builders.token_revoked(token_row(gh), "revoked by holder"))
+    add("revoked-by-rule", builders.token_revoked(token_row(gl), "publisher deleted", uuid.uuid4()), "revoker")
+    add("expired", builders.token_expired(token_row(gh)), "revoker")
 
     publisher = github_publisher()
-    add("bound", Event(event_types.PUBLISHER_BOUND, subject=publisher.id, data={  # as minting._bind writes it
-        "publisher_id": publisher.id, "package": publisher.package,
-        "bound": {API_FIELDS["github"][k]: v for k, v in GitHubProvider().bindings(gh, publisher).items()},
-        "ci": gh.ci()}))
+    github = PROVIDERS["github"]
+    add("bound", builders.publisher_bound(publisher.id, publisher.package,
+                                          {github.fields[k]: v for k, v in github.bindings(gh, publisher).items()},
+                                          gh.ci()))
     for label, p in (("github", publisher), ("gitlab", gitlab_publisher())):
         add(f"publisher-created-{label}",
-            admin._admin_event(event_types.PUBLISHER_CREATED, ACTOR, p.id, None, p.to_api()))
+            builders.admin_change(event_types.PUBLISHER_CREATED, ACTOR, p.id, None, publisher_json(p)))
         add(f"publisher-deleted-{label}",
-            admin._admin_event(event_types.PUBLISHER_DELETED, ACTOR, p.id, p.to_api(), None))
+            builders.admin_change(event_types.PUBLISHER_DELETED, ACTOR, p.id, publisher_json(p), None))
 
     row = issuer_row()
-    before = admin.issuer_json(row, "tpx")
-    after = admin.issuer_json(issuer_row(id=row["id"], enabled=False, allowed_packages=["acme-*"],
-                                         jwks_uri=f"{ISSUER}/.well-known/jwks", keys_fetched_at=NOW,
-                                         last_error="the JWKS could not be fetched: timed out",
-                                         key_ids=["k1", "k2"]), "tpx")
+    before = issuer_json(row, "tpx")
+    after = issuer_json(issuer_row(id=row["id"], enabled=False, allowed_packages=["acme-*"],
+                                   jwks_uri=f"{ISSUER}/.well-known/jwks", keys_fetched_at=NOW,
+                                   last_error="the JWKS could not be fetched: timed out",
+                                   key_ids=["k1", "k2"]), "tpx")
     target = str(row["id"])
-    add("issuer-created", admin._admin_event(event_types.ISSUER_CREATED, ACTOR, target, None, before))
-    add("issuer-updated", admin._admin_event(event_types.ISSUER_UPDATED, ACTOR, target, before, after))
-    add("issuer-deleted", admin._admin_event(event_types.ISSUER_DELETED, ACTOR, target, after, None))
-    add("keys-rotated", rotation_event(row["id"], ISSUER, f"{ISSUER}/.well-known/jwks",
-                                       {"old": {"kty": "RSA"}, "same": {"kty": "RSA", "n": "1"}},
-                                       {"new": {"kty": "RSA"}, "same": {"kty": "RSA", "n": "2"}},
-                                       ["kid='sym': symmetric keys are refused"]), "refresher")
+    add("issuer-created", builders.admin_change(event_types.ISSUER_CREATED, ACTOR, target, None, before))
+    add("issuer-updated", builders.admin_change(event_types.ISSUER_UPDATED, ACTOR, target, before, after))
+    add("issuer-deleted", builders.admin_change(event_types.ISSUER_DELETED, ACTOR, target, after, None))
+    add("keys-rotated", builders.issuer_keys_rotated(row["id"], ISSUER, f"{ISSUER}/.well-known/jwks",
+                                                     {"old": {"kty": "RSA"}, "same": {"kty": "RSA", "n": "1"}},
+                                                     {"new": {"kty": "RSA"}, "same": {"kty": "RSA", "n": "2"}},
+                                                     ["kid='sym': symmetric keys are refused"]), "refresher")
 
     selectors = [rule("token", token_id=uuid.uuid4()), rule("publisher", publisher_id=uuid.uuid4()),
                  rule("package", package="octo-pkg"),
                  rule("repository", repository_key="octo-org/octo-repo", workflow="release.yml",
                       issued_after=NOW - timedelta(days=1), issued_before=NOW, actor=None)]
     for pending in selectors:
-        add(f"requested-{pending.kind}", revocation_store.requested_event(pending))
+        add(f"requested-{pending.kind}", builders.revocation_requested(pending))
         done = rule(**{**pending.__dict__, "status": "done", "completed_at": NOW + timedelta(seconds=3)})
-        add(f"completed-{pending.kind}", revocation_store.completed_event(done), "revoker")
+        add(f"completed-{pending.kind}", builders.revocation_completed(done), "revoker")
 
     refused = github_publisher(environments=("prod",))
-    out.append(("denied", denial_event(gh, denial(gh, [PublisherEvaluation(refused, [
+    out.append(("denied", denial_event(gh, denial(PROVIDERS["github"], gh, [PublisherEvaluation(refused, [
         CheckResult("repository", "repository", refused.repository, gh.repository, True),
         CheckResult("environment", "environment", ["prod"], "staging", False),
     ])]))))
-    out.append(("denied-no-candidates", denial_event(gl, denial(gl, []))))
+    out.append(("denied-no-candidates", denial_event(gl, denial(PROVIDERS["gitlab"], gl, []))))
     return out
 
 

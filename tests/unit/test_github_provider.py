@@ -13,7 +13,7 @@ from tpx.core.providers import PROVIDERS, get_provider
 from tpx.core.providers.base import CheckResult, Identity
 from tpx.core.providers.github import FORBIDDEN_EVENTS, GitHubProvider
 from tpx.core.providers.matching import PublisherEvaluation, ascii_iequal, denial, evaluate
-from tpx.core.publishers import Publisher
+from tpx.core.providers.base import Publisher
 
 ISSUER = "https://token.actions.githubusercontent.com"
 REPO = "octo-org/octo-repo"
@@ -497,7 +497,7 @@ def test_empty_check_table_never_matches() -> None:
 
 
 def test_denial_without_candidates() -> None:
-    problem = denial(identity_with(), [])
+    problem = denial(PROVIDER, identity_with(), [])
     assert problem.code == "no_matching_publisher"
     assert problem.detail == (f"no trusted publisher is configured for repository {REPO} on issuer {ISSUER}")
     assert "POST /v1/admin/publishers" in problem.hints[0]
@@ -511,7 +511,7 @@ def test_denial_without_candidates() -> None:
 def test_denial_forbidden_trigger(event: str) -> None:
     identity = identity_with(event_name=event)
     evaluations = evaluate(PROVIDER, identity, [publisher(), publisher(id="pub-2", environments=("x",))])
-    problem = denial(identity, evaluations)
+    problem = denial(PROVIDER, identity, evaluations)
     assert problem.code == "forbidden_trigger"
     assert problem.status == 403
     assert f"'{event}'" in problem.detail
@@ -524,7 +524,7 @@ def test_denial_names_closest_publisher_and_its_first_failure() -> None:
     far = publisher(id="pub-far", package="far", workflow="other.yml", environments=("release",))
     close = publisher(id="pub-close", package="close", environments=("release",))
     evaluations = evaluate(PROVIDER, identity, [far, close])
-    problem = denial(identity, evaluations)
+    problem = denial(PROVIDER, identity, evaluations)
     assert problem.code == "no_matching_publisher"
     assert "publisher pub-close (package close)" in problem.detail
     assert "environment check failed: claim environment is 'staging', expected one of ['release']" in problem.detail
@@ -535,13 +535,13 @@ def test_denial_names_closest_publisher_and_its_first_failure() -> None:
 def test_denial_ties_go_to_the_first_candidate() -> None:
     identity = identity_with()
     evaluations = evaluate(PROVIDER, identity, [publisher(id="a", owner_id="1"), publisher(id="b", name_id="2")])
-    assert "publisher a " in denial(identity, evaluations).detail
+    assert "publisher a " in denial(PROVIDER, identity, evaluations).detail
 
 
 def test_denial_counts_further_differences() -> None:
     identity = identity_with()
     evaluations = evaluate(PROVIDER, identity, [publisher(owner_id="1", workflow="x.yml", environments=("r",))])
-    detail = denial(identity, evaluations).detail
+    detail = denial(PROVIDER, identity, evaluations).detail
     assert "repository_owner_id check failed: claim repository_owner_id is '65', expected '1'" in detail
     assert "and 2 more differences" in detail
 
@@ -572,7 +572,7 @@ def test_denial_counts_further_differences() -> None:
 def test_denial_hints_name_check_actual_and_expected(claims: dict[str, Any], config: dict[str, Any],
                                                      hint: str) -> None:
     identity = identity_with(**claims)
-    problem = denial(identity, evaluate(PROVIDER, identity, [publisher(**config)]))
+    problem = denial(PROVIDER, identity, evaluate(PROVIDER, identity, [publisher(**config)]))
     assert problem.code == "no_matching_publisher"
     assert len(problem.hints) == 1
     assert problem.hints[0].startswith(hint)
@@ -581,7 +581,7 @@ def test_denial_hints_name_check_actual_and_expected(claims: dict[str, Any], con
 def test_denial_has_one_hint_per_publisher_per_failed_check() -> None:
     identity = identity_with()
     pubs = [publisher(id="a", owner_id="1", workflow="x.yml"), publisher(id="b", environments=("r",))]
-    hints = denial(identity, evaluate(PROVIDER, identity, pubs)).hints
+    hints = denial(PROVIDER, identity, evaluate(PROVIDER, identity, pubs)).hints
     assert [h.split(":")[0:2] for h in hints] == [
         ["publisher a (package foo)", " repository_owner_id"],
         ["publisher a (package foo)", " workflow"],
@@ -595,7 +595,7 @@ def test_denial_quotes_only_verified_claims_and_config() -> None:
                              sub="SECRET-SUB", jti="SECRET-JTI")
     evaluations = evaluate(PROVIDER, identity, [publisher(owner_id="1", workflow="x.yml", environments=("r",),
                                                           ref_patterns=("refs/tags/*",))])
-    problem = denial(identity, evaluations)
+    problem = denial(PROVIDER, identity, evaluations)
     text = repr((problem.detail, problem.hints, problem.checks))
     assert "SECRET" not in text
 

@@ -13,7 +13,7 @@ from tpx.core.providers import PROVIDERS, get_provider
 from tpx.core.providers.base import CheckResult, Identity
 from tpx.core.providers.gitlab import GitLabProvider
 from tpx.core.providers.matching import denial, evaluate
-from tpx.core.publishers import Publisher
+from tpx.core.providers.base import Publisher
 
 ISSUER = "https://gitlab.com"
 SELF_MANAGED = "https://gitlab.example.com"
@@ -295,7 +295,7 @@ def test_personal_claims_never_reach_the_identity() -> None:
 def test_personal_claims_never_reach_checks_or_denials() -> None:
     identity = identity_with(**{name: f"PII-{name}" for name in PERSONAL})
     evaluations = evaluate(PROVIDER, identity, [publisher(owner_id="1", workflow="x.yml", environments=("r",))])
-    problem = denial(identity, evaluations)
+    problem = denial(PROVIDER, identity, evaluations)
     assert "PII-" not in repr((problem.detail, problem.hints, problem.checks))
 
 
@@ -554,7 +554,7 @@ def test_self_managed_token_never_evaluates_a_gitlab_com_publisher() -> None:
 
 
 def test_denial_without_candidates_uses_gitlab_field_names() -> None:
-    problem = denial(identity_with(**nested("a/b/c/project")), [])
+    problem = denial(PROVIDER, identity_with(**nested("a/b/c/project")), [])
     assert problem.code == "no_matching_publisher"
     for field in ('"provider": "gitlab"', '"namespace": "a/b/c"', '"project": "project"',
                   '"workflow_filepath": ".gitlab-ci.yml"'):
@@ -589,7 +589,7 @@ def test_denial_without_candidates_uses_gitlab_field_names() -> None:
 )
 def test_denial_hints_name_the_differing_part(claims: dict[str, Any], config: dict[str, Any], hint: str) -> None:
     identity = identity_with(**claims)
-    problem = denial(identity, evaluate(PROVIDER, identity, [publisher(**config)]))
+    problem = denial(PROVIDER, identity, evaluate(PROVIDER, identity, [publisher(**config)]))
     assert problem.code == "no_matching_publisher"
     assert len(problem.hints) == 1
     assert problem.hints[0].startswith(hint)

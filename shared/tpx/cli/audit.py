@@ -20,6 +20,7 @@ from typing import Any, AsyncIterator, Callable
 
 import aio_pika
 
+from tpx.cli.settings import load_settings
 from tpx.core.config import Settings
 from tpx.core.events import chain
 
@@ -169,8 +170,6 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tpx.cli.main import load_settings
-
     settings = load_settings()
 
     def out(line: str) -> None:

@@ -24,11 +24,16 @@ import asyncpg
 import httpx
 
 from tpx.core.config import ConfigError, Settings
+from tpx.core.db import issuers as issuer_store
+from tpx.core.db.migrate import migrate
+from tpx.core.logging import configure
+from tpx.core.serving.server import Server, uvicorn_config
 
 DEMO_DATABASE = "tpx_demo"
 DEMO_PREFIX = "tpx-demo"
 PACKAGE = "hello-tpx"
-PUBLIC_ISSUERS = ("https://token.actions.githubusercontent.com", "https://gitlab.com")
+PUBLIC_ISSUERS = ["https://token.actions.githubusercontent.com", "https://gitlab.com"]
+LOOPBACK_ISSUERS = "http://127.0.0.1:"
 REPOSITORY = "octo-org/hello-tpx"
 
 
@@ -91,8 +96,6 @@ def _demo_settings() -> Settings:
 
 
 async def _prepare_database(settings: Settings, out: Printer) -> None:
-    from tpx.core.db.migrate import migrate
-
     url = settings.database_url
     base, _, name = url.rpartition("/")
     try:
@@ -118,8 +121,7 @@ async def _prepare_database(settings: Settings, out: Printer) -> None:
     conn = await asyncpg.connect(url)
     try:
         # The public issuers cannot be reached from here, and loopback issuers of earlier demo runs are gone.
-        await conn.execute("UPDATE issuers SET enabled = false WHERE url = ANY($1::text[]) OR url LIKE 'http://127.0.0.1:%'",
-                           list(PUBLIC_ISSUERS))
+        await issuer_store.disable(conn, PUBLIC_ISSUERS, LOOPBACK_ISSUERS)
     finally:
         await conn.close()
     out.info("github.com and gitlab.com issuers disabled in this demo database (this machine has no internet)")
@@ -161,10 +163,8 @@ def _event_summary(event_type: str, data: dict[str, Any]) -> dict[str, Any]:
 
 
 async def tour(settings: Settings, keep_running: bool) -> None:
-    from tpx.cli.devissuer import DevIssuer
+    from tpx.cli.devissuer import DevIssuer  # Starlette: loaded only when the demo runs
     from tpx.cli.devstack import serve as serve_stack
-    from tpx.core.serving.server import ExchangeServer, uvicorn_config
-    from tpx.core.logging import configure
 
     out = Printer()
     configure(settings.log_format, settings.log_level)
@@ -187,7 +187,7 @@ async def tour(settings: Settings, keep_running: bool) -> None:
     issuer = DevIssuer()
     issuer_port = _free_port()
     issuer.url = f"http://127.0.0.1:{issuer_port}"
-    issuer_server = ExchangeServer(uvicorn_config(issuer.app(), settings, port=issuer_port, lifespan="off"))
+    issuer_server = Server(uvicorn_config(issuer.app(), settings, port=issuer_port, lifespan="off"))
     issuer_task = asyncio.create_task(issuer_server.serve_until(stop))
     await issuer_server.listening.wait()
     out.step("a development OIDC issuer, standing in for GitHub Actions")
@@ -352,6 +352,12 @@ def _next_steps(out: Printer, settings: Settings, base: str, issuer, keep_runnin
   Operator commands against it: TPX_URL=http://127.0.0.1:8000 TPX_ADMIN_TOKEN=$ADMIN .venv/bin/tpx publishers list
   Read the API overview in README.md and the design decisions in docs/decisions.md.
 """, flush=True)
+
+
+def register(sub) -> None:
+    demo = sub.add_parser("demo", help="run the whole stack with a loopback development issuer and show an exchange")
+    demo.add_argument("--keep-running", action="store_true", help="keep the stack running after the tour")
+    demo.set_defaults(func=main)
 
 
 def main(args: argparse.Namespace) -> int:

@@ -2,8 +2,9 @@
 
 `create_app(settings)` wires the routes, the problem-details error handling,
 request ids, and a lifespan that opens the pool, refuses to start on the wrong
-schema, loads the key cache, and runs the background loops (key cache follower,
-outbox relay) until shutdown.
+schema, loads the key cache, and runs the background loops until shutdown: the
+database listener (issuer and publisher changes), the key cache's reloads, the
+outbox sampler and the outbox relay.
 """
 
 from __future__ import annotations
@@ -18,22 +19,25 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.routing import Route
 
+from tpx.core import metrics
 from tpx.core.config import Settings
+from tpx.core.db import issuers as issuer_store
+from tpx.core.db import publishers as publisher_store
+from tpx.core.db.listener import Listener
 from tpx.core.db.migrate import check_schema
 from tpx.core.db.pool import UNAVAILABLE_ERRORS, create_pool
-from tpx.core import metrics
 from tpx.core.errors import Problem
-from tpx.core.events.backlog import sample_forever
-from tpx.core.events.outbox import OutboxSignal
-from tpx.core.events.relay import OutboxRelay
-from tpx.exchange.keycache import KeyCache
 from tpx.core.logging import get_logger
+from tpx.core.relay.backlog import sample_forever
+from tpx.core.relay.relay import OutboxRelay
+from tpx.core.relay.signal import OutboxSignal
 
 from tpx.exchange.auth import Credentials
 from tpx.exchange.candidates import CandidateCache
 from tpx.exchange.context import ServiceContext
-from tpx.exchange.ratelimit import RateLimits, parse_networks
 from tpx.exchange.http import RequestContextMiddleware, problem_response
+from tpx.exchange.keycache import KeyCache
+from tpx.exchange.ratelimit import RateLimits, parse_networks
 from tpx.exchange.routes import admin, exchange, ops, revocations, tokens
 from tpx.exchange.routes.compat import compat_routes
 
@@ -95,8 +99,16 @@ def create_app(settings: Settings, *, run_relay: bool = True) -> Starlette:
             async with pool.acquire() as conn:
                 await check_schema(conn)
             candidates = CandidateCache()
-            keycache = KeyCache(settings, pool, on_publishers_changed=candidates.invalidate)
+            keycache = KeyCache(settings, pool)
             await keycache.reload()
+
+            async def catch_up() -> None:  # NOTIFYs sent while the listener was away are lost
+                candidates.invalidate()
+                await keycache.reload()
+
+            listener = Listener(settings.database_url, {issuer_store.CHANGED_CHANNEL: keycache.changed,
+                                                        publisher_store.CHANGED_CHANNEL: candidates.invalidate},
+                                name="exchange-listener", on_connect=catch_up)
             signal = OutboxSignal()
             ctx = ServiceContext(
                 settings=settings, pool=pool, keycache=keycache, outbox_signal=signal,
@@ -106,6 +118,7 @@ def create_app(settings: Settings, *, run_relay: bool = True) -> Starlette:
                 limits=RateLimits(settings.rate_failed_per_minute, settings.rate_publisher_per_minute,
                                   parse_networks(settings.trusted_proxies)),
                 candidates=candidates,
+                listener=listener,
             )
             app.state.tpx = ctx
             metrics.POOLS.add("exchange", pool)
@@ -113,7 +126,8 @@ def create_app(settings: Settings, *, run_relay: bool = True) -> Starlette:
             metrics.KEYS.add(key_source)
             metrics.BUILD.labels("exchange").set(1)
             metrics.DRAINING.set(0)
-            tasks = [asyncio.create_task(keycache.run(), name="keycache"),
+            tasks = [asyncio.create_task(listener.run(), name="exchange-listener"),
+                     asyncio.create_task(keycache.run(), name="keycache"),
                      asyncio.create_task(sample_forever(pool), name="outbox-sampler")]
             relay = OutboxRelay(settings, pool, signal) if run_relay else None
             if relay is not None:
@@ -127,7 +141,6 @@ def create_app(settings: Settings, *, run_relay: bool = True) -> Starlette:
                 ctx.draining = True
                 metrics.DRAINING.set(1)
                 metrics.KEYS.remove(key_source)
-                keycache.stop()
                 if relay is not None:
                     await relay.stop()
                 for task in tasks:

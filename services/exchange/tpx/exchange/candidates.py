@@ -2,16 +2,15 @@
 
 Reading and decoding the candidate publishers was a sixth of an exchange's CPU,
 for rows that almost never change. It is safe to reuse them briefly because:
-- a publisher's configuration is immutable; its ids only go from unset to set,
-  and an unset id sends the exchange down the transactional path, which reads
-  afresh;
-- a deleted publisher is caught by the mint statement's fresh-snapshot check,
-  which also falls back to the transactional path;
+- a publisher's configuration is immutable; its ids only go from unset to set;
+- the mint statement checks, after the mint gate, that the matched publishers
+  still exist and pin nothing but the token's ids, and writes nothing if not
+  (the exchange then decides again on fresh rows);
 - any change to `publishers` NOTIFYs `tpx_publishers`, and every replica drops
-  its cache (see KeyCache.run); an entry read before such a change is never
-  stored after it (generation check), and entries expire after a few seconds
-  even if a notification was missed;
-- a denial is never decided on cached rows: it is re-read first.
+  its cache; an entry read before such a change is never stored after it
+  (generation check), and entries expire after a few seconds even if a
+  notification was missed;
+- a denial is never decided on cached rows: they are re-read first.
 """
 
 from __future__ import annotations
@@ -22,8 +21,8 @@ from typing import Any
 
 import asyncpg
 
-from tpx.core.publishers import Publisher
 from tpx.core.db import publishers as publisher_store
+from tpx.core.providers.base import Publisher
 
 TTL_SECONDS = 5.0
 MAX_ENTRIES = 10_000
@@ -40,13 +39,12 @@ class CandidateCache:
         self.generation += 1
         self._entries.clear()
 
-    async def get(self, conn: asyncpg.Connection, issuer_id: Any, repository_key: str) -> list[Publisher]:
-        key = (issuer_id, repository_key)
-        now = time.monotonic()
-        hit = self._entries.get(key)
-        if hit is not None and now - hit[0] < self.ttl:
-            return hit[1]
-        return await self.read(conn, issuer_id, repository_key)
+    async def get(self, conn: asyncpg.Connection, issuer_id: Any, repository_key: str) -> tuple[list[Publisher], bool]:
+        """The candidates, and whether they were read just now (False: from the cache)."""
+        hit = self._entries.get((issuer_id, repository_key))
+        if hit is not None and time.monotonic() - hit[0] < self.ttl:
+            return hit[1], False
+        return await self.read(conn, issuer_id, repository_key), True
 
     async def read(self, conn: asyncpg.Connection, issuer_id: Any, repository_key: str) -> list[Publisher]:
         generation = self.generation

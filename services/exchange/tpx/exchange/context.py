@@ -8,11 +8,12 @@ import asyncpg
 from starlette.requests import Request
 
 from tpx.core.config import Settings
-from tpx.core.events.outbox import OutboxSignal
-from tpx.exchange.keycache import KeyCache
+from tpx.core.db.listener import Listener
+from tpx.core.relay.signal import OutboxSignal
 
 from tpx.exchange.auth import Credentials
 from tpx.exchange.candidates import CandidateCache
+from tpx.exchange.keycache import KeyCache
 from tpx.exchange.ratelimit import RateLimits
 
 
@@ -26,6 +27,7 @@ class ServiceContext:
     introspection: Credentials
     limits: RateLimits
     candidates: CandidateCache
+    listener: Listener
     draining: bool = False
 
 

@@ -1,9 +1,11 @@
 """The exchange's in-memory view of issuers and their verification keys.
 
 Loaded from Postgres at start and reloaded whenever the issuer tables change
-(a trigger NOTIFYs `tpx_issuers`) or, as a fallback, every few seconds. A reload
-builds a complete new snapshot and swaps it in with one assignment, so a request
-sees either the old keys or the new ones, never a mix. Keys are parsed once per
+(a trigger NOTIFYs `tpx_issuers`, which the exchange's listener passes to
+`changed()`), after every reconnect of that listener, and every
+`TPX_KEYS_RELOAD_SECONDS` whatever the listener's state. A reload builds a
+complete new snapshot and swaps it in with one assignment, so a request sees
+either the old keys or the new ones, never a mix. Keys are parsed once per
 distinct JWK, never per request.
 """
 
@@ -13,21 +15,18 @@ import asyncio
 import json
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 import asyncpg
 
+from tpx.core.backoff import Backoff
 from tpx.core.config import Settings
+from tpx.core.db import issuers as issuer_store
 from tpx.core.db.pool import UNAVAILABLE_ERRORS
 from tpx.core.jose import IssuerPolicy, KeyRejected, VerificationKey, parse_jwk
 from tpx.core.logging import get_logger
 
 log = get_logger("tpx.exchange.keycache")
-CHANNEL = "tpx_issuers"
-REFRESH_CHANNEL = "tpx_jwks_refresh"
-PUBLISHERS_CHANNEL = "tpx_publishers"
-
-
 @dataclass(frozen=True)
 class IssuerEntry:
     id: Any
@@ -52,10 +51,8 @@ class Snapshot:
 
 
 class KeyCache:
-    def __init__(self, settings: Settings, pool: asyncpg.Pool, *,
-                 on_publishers_changed: Callable[[], None] | None = None) -> None:
+    def __init__(self, settings: Settings, pool: asyncpg.Pool) -> None:
         self.settings = settings
-        self._on_publishers_changed = on_publishers_changed
         self.pool = pool
         self.snapshot = Snapshot()
         self.loaded_at: float | None = None
@@ -63,7 +60,6 @@ class KeyCache:
         self._changed = asyncio.Condition()
         self._reload_lock = asyncio.Lock()
         self._wake = asyncio.Event()
-        self._stopping = False
         self._refresh_requested: dict[Any, float] = {}
 
     def issuer(self, url: str) -> IssuerEntry | None:
@@ -74,10 +70,7 @@ class KeyCache:
         """Read every issuer and key and swap the snapshot in; safe to call concurrently."""
         async with self._reload_lock:
             async with self.pool.acquire() as conn:
-                issuers = await conn.fetch(
-                    """SELECT id, url, kind, audience, algorithms, allowed_packages, max_token_lifetime_seconds,
-                              enabled, keys_fetched_at, last_error FROM issuers""")
-                keys = await conn.fetch("SELECT issuer_id, kid, jwk FROM issuer_keys")
+                issuers, keys = await issuer_store.load_all(conn)
             by_issuer: dict[Any, dict[str, VerificationKey]] = {row["id"]: {} for row in issuers}
             rejected: dict[Any, list[str]] = {}
             parsed: dict[tuple[Any, str, str], VerificationKey] = {}
@@ -127,40 +120,36 @@ class KeyCache:
             except asyncio.TimeoutError:
                 return False
 
+    def changed(self, _payload: str = "") -> None:
+        """An issuer or its keys changed (a NOTIFY on tpx_issuers): reload soon."""
+        self._wake.set()
+
     async def run(self) -> None:
-        """Follow changes until stopped: LISTEN for NOTIFYs, reload on each, poll as a fallback."""
-        backoff = 0.5
-        while not self._stopping:
-            conn: asyncpg.Connection | None = None
+        """Reload on every change and, as a fallback, every `keys_reload_seconds`, until cancelled.
+
+        A failed reload is retried with back-off (sooner than the fallback period); until one
+        succeeds the last snapshot keeps serving, and its keys' age is still judged per request.
+        """
+        backoff = Backoff(first=0.5, maximum=self.settings.keys_reload_seconds)
+        wait = self.settings.keys_reload_seconds
+        while True:
             try:
-                conn = await asyncpg.connect(self.settings.database_url, timeout=5)
-                await conn.add_listener(CHANNEL, self._on_notify)
-                if self._on_publishers_changed is not None:
-                    # The same connection follows publisher changes for the exchange's candidate cache.
-                    await conn.add_listener(PUBLISHERS_CHANNEL, self._publishers_changed)
-                    self._on_publishers_changed()  # anything may have changed while not listening
-                await self.reload()  # catch up on anything missed while not listening
-                backoff = 0.5
-                while not self._stopping and not conn.is_closed():
-                    try:
-                        await asyncio.wait_for(self._wake.wait(), self.settings.keys_reload_seconds)
-                    except asyncio.TimeoutError:
-                        pass
-                    self._wake.clear()
-                    if not self._stopping:
-                        await self.reload()
-            except asyncio.CancelledError:
-                raise
-            except UNAVAILABLE_ERRORS as exc:
-                log.warning("keycache.database_unavailable", error=type(exc).__name__, retry_in=backoff)
-            except Exception:  # noqa: BLE001 - keep the loop alive, say what happened
-                log.exception("keycache.reload_failed", retry_in=backoff)
-            finally:
-                if conn is not None and not conn.is_closed():
-                    await conn.close()
-            if not self._stopping:
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 10.0)
+                await asyncio.wait_for(self._wake.wait(), wait)
+            except asyncio.TimeoutError:
+                pass
+            self._wake.clear()
+            try:
+                await self.reload()
+            except Exception as exc:  # noqa: BLE001 - the cache must outlive any failed reload
+                if backoff.failures == 0:
+                    level = log.warning if isinstance(exc, UNAVAILABLE_ERRORS) else log.error
+                    level("keycache.reload_failed", error=f"{type(exc).__name__}: {exc}"[:300])
+                wait = backoff.next()
+                continue
+            if backoff.failures:
+                log.info("keycache.reloaded", after_failures=backoff.failures)
+            backoff.reset()
+            wait = self.settings.keys_reload_seconds
 
     async def refresh_for_kid(self, issuer: IssuerEntry, kid: str) -> IssuerEntry:
         """Ask the jwks-refresher for the issuer's current keys and wait briefly for `kid` to appear.
@@ -179,7 +168,7 @@ class KeyCache:
         if last is None or now - last >= self.settings.jwks_refresh_cooldown_seconds:
             self._refresh_requested[issuer.id] = last = now
             try:
-                await self.pool.execute("SELECT pg_notify($1, $2)", REFRESH_CHANNEL, str(issuer.id))
+                await issuer_store.request_refresh(self.pool, issuer.id)
             except UNAVAILABLE_ERRORS as exc:
                 log.warning("keycache.refresh_request_failed", error=type(exc).__name__)
                 return issuer
@@ -196,14 +185,3 @@ class KeyCache:
             except asyncio.TimeoutError:
                 pass
         return self.snapshot.issuers.get(issuer.url, issuer)
-
-    def _publishers_changed(self, *_args: Any) -> None:
-        if self._on_publishers_changed is not None:
-            self._on_publishers_changed()
-
-    def _on_notify(self, *_args: Any) -> None:
-        self._wake.set()
-
-    def stop(self) -> None:
-        self._stopping = True
-        self._wake.set()

@@ -1,13 +1,14 @@
-"""The exchange's write: match the identity, then claim the JTI and mint, atomically.
+"""The exchange's decision and its one write.
 
-Two paths with one outcome. When every matched publisher already pins its ids
-(the steady state), one statement enters the mint gate, checks that those
-publishers still exist, claims (issuer, jti), inserts the hashed token and its
-events: two round trips in all, with no explicit transaction. A first exchange
-that binds ids runs every step in one explicit transaction instead. Either way
-a refusal writes nothing: the JTI stays usable, no id is bound, no row is
-half-written. The denial event of a verified identity is written afterwards in
-its own small transaction.
+`decide()` is pure: from a verified token and the candidate publishers it runs
+every check of every candidate and returns what one exchange would write (the
+matched publishers, what the token grants, how long it lives, which ids to pin),
+or raises the refusal. `mint()` then writes that decision in one statement
+(`tpx.core.db.tokens.mint`): the mint gate, the publishers check, the JTI claim,
+the token and its events, all or nothing. A decision taken on rows that changed
+before the write (a publisher deleted, or its ids pinned by another first
+exchange) writes nothing and is taken again on fresh rows; a refusal is never
+decided on cached rows.
 """
 
 from __future__ import annotations
@@ -15,28 +16,45 @@ from __future__ import annotations
 import fnmatch
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
-from typing import Any
+from datetime import datetime
+from typing import Any, Callable
 
 import asyncpg
 
 from tpx.core import tokens
 from tpx.core.config import Settings
-from tpx.core.errors import Problem
-from tpx.core.events import types as event_types
-from tpx.core.events.outbox import Event, add_events, event_columns
-from tpx.core.providers.base import CheckResult
-from tpx.core.publishers import API_FIELDS
-from tpx.core.providers.matching import PublisherEvaluation, denial, evaluate
+from tpx.core.db import outbox
 from tpx.core.db import publishers as publisher_store
 from tpx.core.db import tokens as token_store
-from tpx.core.db.revocations import MINT_GATE_LOCK
+from tpx.core.errors import Problem
+from tpx.core.events import builders
+from tpx.core.events.types import EXCHANGE_SOURCE, Event
+from tpx.core.providers.base import CheckResult, Publisher
+from tpx.core.providers.matching import PublisherEvaluation, denial, evaluate
+from tpx.core.times import rfc3339
 
 from tpx.exchange.candidates import CandidateCache
-from tpx.exchange.ratelimit import RateLimits
 from tpx.exchange.verification import VerifiedToken
 
-SOURCE = "urn:tpx:exchange"
+# A decision can go stale only through a concurrent admin change or first exchange; the second
+# decision reads fresh rows, so a third attempt means the publishers keep changing under it.
+MAX_ATTEMPTS = 3
+TOKEN_REUSED = ("this ID token was already exchanged; request a fresh ID token from your CI provider for each "
+                "exchange")
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What one exchange will write, decided before any write."""
+
+    verified: VerifiedToken
+    matched: list[PublisherEvaluation]
+    packages: list[str]
+    permissions: dict[str, list[str]]
+    publisher_ids: list[str]
+    lifetime_seconds: int
+    # Matched publishers that pin no ids yet, with the ids (neutral field names) this exchange pins.
+    unbound: list[tuple[Publisher, dict[str, str]]]
 
 
 @dataclass(frozen=True)
@@ -53,7 +71,7 @@ class MintedToken:
         return {
             "token": self.token,
             "token_id": self.token_id,
-            "expires_at": _rfc3339(self.expires_at),
+            "expires_at": rfc3339(self.expires_at, seconds=True),
             "expires_in": int((self.expires_at - self.issued_at).total_seconds()),
             "packages": self.packages,
             "publisher_ids": self.publisher_ids,
@@ -61,9 +79,7 @@ class MintedToken:
         }
 
 
-def _rfc3339(moment: datetime) -> str:
-    return moment.astimezone(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
-
+# --- the decision (pure) -------------------------------------------------------------------------------------
 
 def issuer_scope_check(verified: VerifiedToken, evaluation: PublisherEvaluation) -> CheckResult | None:
     """An issuer limited to some packages can never mint for others, even if a publisher says so."""
@@ -78,7 +94,8 @@ def issuer_scope_check(verified: VerifiedToken, evaluation: PublisherEvaluation)
     )
 
 
-def evaluate_candidates(verified: VerifiedToken, candidates) -> list[PublisherEvaluation]:
+def evaluate_candidates(verified: VerifiedToken, candidates: list[Publisher]) -> list[PublisherEvaluation]:
+    """Every check of every candidate: the provider's table, then the issuer's package limits."""
     evaluations = evaluate(verified.provider, verified.identity, candidates)
     for evaluation in evaluations:
         extra = issuer_scope_check(verified, evaluation)
@@ -87,207 +104,107 @@ def evaluate_candidates(verified: VerifiedToken, candidates) -> list[PublisherEv
     return evaluations
 
 
+def decide(verified: VerifiedToken, candidates: list[Publisher], settings: Settings) -> Decision:
+    """The exchange's decision on these candidates; raises the refusal when none matches."""
+    evaluations = evaluate_candidates(verified, candidates)
+    matched = [e for e in evaluations if e.matched]
+    if not matched:
+        raise denial(verified.provider, verified.identity, evaluations)
+    granted: dict[str, set[str]] = {}
+    for evaluation in matched:
+        granted.setdefault(evaluation.publisher.package, set()).update(evaluation.publisher.permissions)
+    packages = sorted(granted)
+    lifetime = min(e.publisher.token_ttl_seconds or settings.token_ttl_seconds for e in matched)
+    unbound = [(e.publisher, wanted) for e in matched
+               if (wanted := verified.provider.bindings(verified.identity, e.publisher))]
+    return Decision(
+        verified=verified,
+        matched=matched,
+        packages=packages,
+        permissions={package: sorted(granted[package]) for package in packages},
+        publisher_ids=[e.publisher.id for e in matched],
+        lifetime_seconds=min(lifetime, settings.token_ttl_max_seconds),
+        unbound=unbound,
+    )
+
+
+def events_of(decision: Decision, token_id: str) -> list[Event]:
+    """The events one exchange writes: ids pinned, environments left unpinned, and the token issued."""
+    identity, provider = decision.verified.identity, decision.verified.provider
+    ci = identity.ci()
+    events = [builders.publisher_bound(publisher.id, publisher.package,
+                                       {provider.fields[field]: value for field, value in wanted.items()}, ci)
+              for publisher, wanted in decision.unbound]
+    if identity.environment:
+        events += [builders.environment_unpinned(e.publisher.id, e.publisher.package, token_id, identity.environment,
+                                                 ci)
+                   for e in decision.matched if not e.publisher.environments]
+    events.append(builders.token_issued(token_id, decision.packages, decision.permissions, decision.publisher_ids, ci))
+    return events
+
+
+# --- the write -----------------------------------------------------------------------------------------------
+
+async def write(conn: asyncpg.Connection, settings: Settings, decision: Decision) -> MintedToken | None:
+    """Write the decision in one statement; None when its publishers changed meanwhile (nothing written)."""
+    verified = decision.verified
+    identity = verified.identity
+    token = tokens.generate()
+    token_id = str(uuid.uuid4())
+    binding = None
+    if decision.unbound:
+        binding = token_store.Binding([publisher.id for publisher, _ in decision.unbound],
+                                      identity.owner_id, identity.repository_id)
+    result = await token_store.mint(
+        conn, issuer_id=verified.issuer.id, jti=verified.jti, jti_expires_at=verified.exp + settings.leeway_seconds,
+        publisher_ids=decision.publisher_ids, binding=binding, token_id=uuid.UUID(token_id),
+        token_hash=tokens.hash_token(token), packages=decision.packages, permissions=decision.permissions,
+        ci=identity.ci(), repository_key=identity.repository_key, workflow=identity.workflow,
+        lifetime_seconds=decision.lifetime_seconds, events=events_of(decision, token_id), source=EXCHANGE_SOURCE,
+    )
+    if not result.publishers_ok:
+        return None
+    if result.issued_at is None or result.expires_at is None:
+        raise Problem("token_reused", TOKEN_REUSED)
+    return MintedToken(token, token_id, decision.packages, decision.permissions, decision.publisher_ids,
+                       result.issued_at, result.expires_at)
+
+
+async def mint(conn: asyncpg.Connection, settings: Settings, verified: VerifiedToken, cache: CandidateCache,
+               admit: Callable[[Decision], None] | None = None) -> MintedToken:
+    """Decide on the (possibly cached) candidates, then write; `admit` may refuse the first decision
+    before anything is written (the per-publisher rate limit)."""
+    issuer_id, repository_key = verified.issuer.id, verified.identity.repository_key
+    candidates, fresh = await cache.get(conn, issuer_id, repository_key)
+    for _attempt in range(MAX_ATTEMPTS):
+        try:
+            decision = decide(verified, candidates, settings)
+        except Problem:
+            if fresh:
+                raise
+            candidates, fresh = await cache.read(conn, issuer_id, repository_key), True
+            continue
+        if admit is not None:
+            admit(decision)
+            admit = None
+        minted = await write(conn, settings, decision)
+        if minted is not None:
+            return minted
+        candidates, fresh = await cache.read(conn, issuer_id, repository_key), True
+    raise Problem("unavailable", "the matching publishers changed during this exchange again and again; retry shortly",
+                  retry_after=1)
+
+
+# --- explain and denials -------------------------------------------------------------------------------------
+
 async def explain(conn: asyncpg.Connection, verified: VerifiedToken) -> list[PublisherEvaluation]:
     candidates = await publisher_store.candidates(conn, verified.issuer.id, verified.identity.repository_key)
     return evaluate_candidates(verified, candidates)
 
 
-def _lifetime(settings: Settings, matched: list[PublisherEvaluation]) -> int:
-    ttl = min(e.publisher.token_ttl_seconds or settings.token_ttl_seconds for e in matched)
-    return min(ttl, settings.token_ttl_max_seconds)
-
-
-async def _bind(conn: asyncpg.Connection, verified: VerifiedToken, matched: list[PublisherEvaluation]) -> tuple[list[PublisherEvaluation], list[Event]]:
-    """Bind unset ids race-free: the UPDATE locks the row, and COALESCE keeps whatever won first."""
-    kept: list[PublisherEvaluation] = []
-    events: list[Event] = []
-    identity = verified.identity
-    for evaluation in matched:
-        publisher = evaluation.publisher
-        wanted = verified.provider.bindings(identity, publisher)
-        if not wanted:
-            kept.append(evaluation)
-            continue
-        owner_id, name_id = await publisher_store.bind_ids(conn, publisher.id, wanted.get("owner_id"), wanted.get("name_id"))
-        if owner_id != identity.owner_id or name_id != identity.repository_id:
-            continue  # a concurrent exchange bound other ids first; this publisher no longer matches
-        kept.append(evaluation)
-        events.append(Event(event_types.PUBLISHER_BOUND, subject=publisher.id, data={
-            "publisher_id": publisher.id,
-            "package": publisher.package,
-            "bound": {API_FIELDS[publisher.provider][field]: value for field, value in wanted.items()},
-            "ci": identity.ci(),
-        }))
-    return kept, events
-
-
-_TOKEN_REUSED = ("this ID token was already exchanged; request a fresh ID token from your CI provider for each "
-                 "exchange")
-
-# The whole hot path in one statement (its own implicit transaction): enter the mint gate, check
-# with a fresh snapshot that the matched publishers still exist (a deletion takes the gate
-# exclusively, so none can commit between this check and our commit), claim the JTI, insert the
-# token stamped after the gate, and its events. Each step runs only if the previous one succeeded,
-# so a refusal writes nothing.
-_MINT = """
-WITH gate AS MATERIALIZED (SELECT pg_advisory_xact_lock_shared($1)),
-alive AS MATERIALIZED (SELECT tpx_publishers_alive($2::uuid[]) AS n FROM gate),
-claim AS (
-    INSERT INTO used_jtis (issuer_id, jti, expires_at)
-    SELECT $3, $4, to_timestamp($5) FROM alive WHERE alive.n = $6
-    ON CONFLICT DO NOTHING
-    RETURNING clock_timestamp() AS now),
-token AS (
-    INSERT INTO tokens (id, token_hash, issuer_id, packages, permissions, publisher_ids, ci, repository_key,
-                        workflow, issued_at, expires_at)
-    SELECT $7, $8, $3, $9, $10, $2::uuid[], $11, $12, $13, claim.now, claim.now + make_interval(secs => $14)
-    FROM claim
-    RETURNING issued_at, expires_at),
-events AS (
-    INSERT INTO outbox (event_id, type, source, subject, time, data)
-    SELECT e.id, e.type, e.source, e.subject, token.issued_at,
-           CASE WHEN e.type = 'dev.tpx.token.issued'
-                THEN e.data || jsonb_build_object(
-                    'issued_at', to_char(token.issued_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'),
-                    'expires_at', to_char(token.expires_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'))
-                ELSE e.data END
-    FROM unnest($15::uuid[], $16::text[], $17::text[], $18::text[], $19::jsonb[]) AS e(id, type, source, subject, data),
-         token)
-SELECT (SELECT n FROM alive) AS alive, (SELECT issued_at FROM token) AS issued_at,
-       (SELECT expires_at FROM token) AS expires_at
-"""
-
-
-def _grant(matched: list[PublisherEvaluation]) -> tuple[list[str], dict[str, list[str]], list[str]]:
-    permissions: dict[str, set[str]] = {}
-    for evaluation in matched:
-        permissions.setdefault(evaluation.publisher.package, set()).update(evaluation.publisher.permissions)
-    packages = sorted(permissions)
-    return packages, {package: sorted(permissions[package]) for package in packages}, [e.publisher.id for e in matched]
-
-
-def _notices(identity, matched: list[PublisherEvaluation], token_id: str, ci: dict[str, Any]) -> list[Event]:
-    """Owner-facing notice: a token carried an environment that its publisher does not require."""
-    return [Event(event_types.EXCHANGE_ENVIRONMENT_UNPINNED, subject=e.publisher.id, data={
-        "publisher_id": e.publisher.id,
-        "package": e.publisher.package,
-        "token_id": token_id,
-        "environment": identity.environment,
-        "advice": f"the token came from the environment {identity.environment!r} but the publisher accepts any; "
-                  "pin it with \"environments\" so a workflow outside that environment cannot publish",
-        "ci": ci,
-    }) for e in matched if identity.environment and not e.publisher.environments]
-
-
-def _issued_event(token_id: str, packages, granted, publisher_ids, ci, issued_at=None, expires_at=None) -> Event:
-    data: dict[str, Any] = {"token_id": token_id, "packages": packages, "permissions": granted,
-                            "publisher_ids": publisher_ids, "ci": ci}
-    if issued_at is not None:
-        data.update(issued_at=_rfc3339(issued_at), expires_at=_rfc3339(expires_at))
-    return Event(event_types.TOKEN_ISSUED, subject=token_id, data=data)
-
-
-async def mint(conn: asyncpg.Connection, settings: Settings, verified: VerifiedToken,
-               limits: RateLimits | None = None, cache: CandidateCache | None = None) -> MintedToken:
-    """Match, then mint. Publishers whose ids are all pinned take the one-statement path; a first
-    exchange that binds ids (or a publisher deleted meanwhile) takes the transactional path."""
-    identity = verified.identity
-    if cache is not None:
-        candidates = await cache.get(conn, verified.issuer.id, identity.repository_key)
-        matched = [e for e in evaluate_candidates(verified, candidates) if e.matched]
-        if not matched:  # never refuse on cached rows: a publisher may have been added just now
-            candidates = await cache.read(conn, verified.issuer.id, identity.repository_key)
-    else:
-        candidates = await publisher_store.candidates(conn, verified.issuer.id, identity.repository_key)
-    evaluations = evaluate_candidates(verified, candidates)
-    matched = [e for e in evaluations if e.matched]
-    if not matched:
-        raise denial(identity, evaluations)
-    if limits is not None:
-        for evaluation in matched:
-            limits.take_publisher(evaluation.publisher.id, evaluation.publisher.package)
-    if any(verified.provider.bindings(identity, e.publisher) for e in matched):
-        return await _mint_in_transaction(conn, settings, verified)
-    minted = await _mint_pinned(conn, settings, verified, matched)
-    return minted if minted is not None else await _mint_in_transaction(conn, settings, verified)
-
-
-async def _mint_pinned(conn: asyncpg.Connection, settings: Settings, verified: VerifiedToken,
-                       matched: list[PublisherEvaluation]) -> MintedToken | None:
-    """The hot path: one statement. None when a matched publisher was deleted meanwhile."""
-    identity = verified.identity
-    token = tokens.generate()
-    token_id = str(uuid.uuid4())
-    ttl = _lifetime(settings, matched)
-    packages, granted, publisher_ids = _grant(matched)
-    ci = identity.ci()
-    events = [*_notices(identity, matched, token_id, ci), _issued_event(token_id, packages, granted, publisher_ids, ci)]
-    ids, types, sources, subjects, _times, datas = event_columns(events, SOURCE)
-    row = await conn.fetchrow(
-        _MINT, MINT_GATE_LOCK, publisher_ids, verified.issuer.id, verified.jti, verified.exp + settings.leeway_seconds,
-        len(publisher_ids), uuid.UUID(token_id), tokens.hash_token(token), packages, granted, ci,
-        identity.repository_key, identity.workflow, float(ttl), ids, types, sources, subjects, datas,
-    )
-    if row["alive"] != len(publisher_ids):
-        return None
-    if row["issued_at"] is None:
-        raise Problem("token_reused", _TOKEN_REUSED)
-    return MintedToken(token, token_id, packages, granted, publisher_ids, row["issued_at"], row["expires_at"])
-
-
-async def _mint_in_transaction(conn: asyncpg.Connection, settings: Settings, verified: VerifiedToken) -> MintedToken:
-    """The general path, for first exchanges that bind ids: every step in one explicit transaction."""
-    identity = verified.identity
-    async with conn.transaction():
-        # Enter the mint gate (shared with every other mint, exclusive with a revocation fixing its
-        # cutoff), claim the JTI, and read the clock only after the gate.
-        claim = await conn.fetchrow(
-            """WITH gate AS (SELECT pg_advisory_xact_lock_shared($4)),
-                    claim AS (INSERT INTO used_jtis (issuer_id, jti, expires_at)
-                              VALUES ($1, $2, to_timestamp($3)) ON CONFLICT DO NOTHING RETURNING 1)
-               SELECT (SELECT count(*) FROM claim) AS claimed, clock_timestamp() AS now FROM gate""",
-            verified.issuer.id, verified.jti, verified.exp + settings.leeway_seconds, MINT_GATE_LOCK,
-        )
-        now = claim["now"]
-        if not claim["claimed"]:
-            raise Problem("token_reused", _TOKEN_REUSED)
-        candidates = await publisher_store.candidates(conn, verified.issuer.id, identity.repository_key)
-        evaluations = evaluate_candidates(verified, candidates)
-        matched = [e for e in evaluations if e.matched]
-        if not matched:
-            raise denial(identity, evaluations)
-        matched, bound_events = await _bind(conn, verified, matched)
-        if not matched:
-            raise denial(identity, evaluate_candidates(
-                verified, await publisher_store.candidates(conn, verified.issuer.id, identity.repository_key)))
-        token = tokens.generate()
-        token_id = str(uuid.uuid4())
-        expires_at = now + timedelta(seconds=_lifetime(settings, matched))
-        packages, granted, publisher_ids = _grant(matched)
-        ci = identity.ci()
-        events = [*bound_events, *_notices(identity, matched, token_id, ci),
-                  _issued_event(token_id, packages, granted, publisher_ids, ci, now, expires_at)]
-        await token_store.insert_with_events(
-            conn, token_id=uuid.UUID(token_id), token_hash=tokens.hash_token(token), issuer_id=verified.issuer.id,
-            packages=packages, permissions=granted, publisher_ids=publisher_ids, ci=ci,
-            repository_key=identity.repository_key, workflow=identity.workflow, issued_at=now, expires_at=expires_at,
-            events=events, source=SOURCE,
-        )
-    return MintedToken(token, token_id, packages, granted, publisher_ids, now, expires_at)
-
-
 async def record_denial(conn: asyncpg.Connection, verified: VerifiedToken, problem: Problem) -> None:
     """Tell the repository's owners (through the event stream) that a verified identity was refused."""
-    failed = []
-    for publisher in problem.checks or []:
-        failed.append({
-            "publisher_id": publisher["id"],
-            "package": publisher["package"],
-            "failed_checks": [c["check"] for c in publisher["checks"] if not c["passed"]],
-        })
-    await add_events(conn, [Event(event_types.EXCHANGE_DENIED, subject=verified.identity.repository, data={
-        "code": problem.code,
-        "reason": problem.detail,
-        "publishers": failed,
-        "ci": verified.identity.ci(),
-    })], source=SOURCE)
+    identity = verified.identity
+    await outbox.add_events(conn, [builders.exchange_denied(identity.repository, identity.ci(), problem.code,
+                                                            problem.detail, problem.checks)],
+                            source=EXCHANGE_SOURCE)

@@ -20,6 +20,7 @@ from typing import Iterable
 
 from tpx.core.errors import Problem
 from tpx.core.metrics import RATE_LIMITED
+from tpx.core.providers.base import Publisher
 
 
 class TokenBuckets:
@@ -104,9 +105,11 @@ class RateLimits:
     def record_failure(self, address: str) -> None:
         self.failures.take(address)
 
-    def take_publisher(self, publisher_id: str, package: str) -> None:
-        retry = self.publishers.take(publisher_id)
-        if retry is not None:
-            RATE_LIMITED.labels("exchanges_per_publisher").inc()
-            raise Problem("rate_limited", f"too many exchanges for the publisher of package {package!r}; "
-                                          f"retry after {retry} s", retry_after=retry)
+    def take_publishers(self, publishers: Iterable[Publisher]) -> None:
+        """One exchange from each publisher an exchange matched; refused if any has no budget left."""
+        for publisher in publishers:
+            retry = self.publishers.take(publisher.id)
+            if retry is not None:
+                RATE_LIMITED.labels("exchanges_per_publisher").inc()
+                raise Problem("rate_limited", f"too many exchanges for the publisher of package {publisher.package!r}; "
+                                              f"retry after {retry} s", retry_after=retry)

@@ -9,9 +9,9 @@ from tpx.core.db.migrate import check_schema
 from tpx.core.db.pool import connect
 from tpx.core.logging import get_logger
 from tpx.core.metrics import DRAINING
+from tpx.core.serving.server import Server, bind, uvicorn_config
 
 from tpx.exchange.app import create_app
-from tpx.core.serving.server import ExchangeServer, bind, uvicorn_config
 
 log = get_logger("tpx.exchange")
 
@@ -24,7 +24,7 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
         await conn.close()
     sock = bind(settings.host, settings.port)
     app = create_app(settings)
-    server = ExchangeServer(uvicorn_config(app, settings))
+    server = Server(uvicorn_config(app, settings))
 
     def draining() -> None:
         context = getattr(app.state, "tpx", None)

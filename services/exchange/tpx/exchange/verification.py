@@ -13,9 +13,10 @@ from typing import Any
 from tpx.core.config import Settings
 from tpx.core.errors import Problem
 from tpx.core.jose import parse_compact, verify
-from tpx.exchange.keycache import IssuerEntry, KeyCache
 from tpx.core.providers import get_provider
 from tpx.core.providers.base import Identity, Provider
+
+from tpx.exchange.keycache import IssuerEntry, KeyCache
 
 
 @dataclass(frozen=True)

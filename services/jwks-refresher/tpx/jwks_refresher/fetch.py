@@ -44,6 +44,7 @@ from urllib.parse import SplitResult, urlsplit, urlunsplit
 import httpx
 
 from tpx.core.errors import Problem
+from tpx.core.issuers import is_loopback_host
 from tpx.core.jose.strict_json import loads_object, quote
 
 MAX_DOCUMENT_BYTES = 256 * 1024
@@ -170,15 +171,6 @@ def _json(body: bytes, what: str) -> dict[str, Any]:
 
 
 # -- URL and address rules ----------------------------------------------------------
-
-
-def is_loopback_host(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _target(url: object, what: str, allow_loopback: bool) -> _Target:

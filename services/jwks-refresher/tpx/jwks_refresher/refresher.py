@@ -28,28 +28,29 @@ last good set keeps serving (fail soft), `last_error` says what went wrong and
 from __future__ import annotations
 
 import asyncio
-import random
 import uuid
 from typing import Any, Iterable
 
 import asyncpg
 
+from tpx.core.backoff import exponential
 from tpx.core.config import Settings
+from tpx.core.db import issuers as issuer_store
+from tpx.core.db.listener import Listener
+from tpx.core.db.outbox import add_events
 from tpx.core.db.pool import UNAVAILABLE_ERRORS
-from tpx.core.events.outbox import Event, OutboxSignal, add_events
-from tpx.core.events.types import ISSUER_KEYS_ROTATED
+from tpx.core.events import builders
+from tpx.core.events.types import JWKS_REFRESHER_SOURCE
 from tpx.core.jose import KeyRejected, parse_jwk, parse_jwks
 from tpx.core.jose.strict_json import quote
-from tpx.jwks_refresher.fetch import FetchError, FetchResult, Resolver, fetch_jwks
-from tpx.core.db.issuers import replace_issuer_keys
 from tpx.core.logging import get_logger
 from tpx.core.metrics import JWKS_FETCHES, KEYS_ROTATED
+from tpx.core.relay.signal import OutboxSignal
+
+from tpx.jwks_refresher.fetch import FetchError, FetchResult, Resolver, fetch_jwks
 
 log = get_logger("tpx.jwks_refresher")
 
-SOURCE = "urn:tpx:jwks-refresher"
-REQUEST_CHANNEL = "tpx_jwks_refresh"
-ISSUERS_CHANNEL = "tpx_issuers"
 PERIODIC = "periodic"
 REQUEST = "request"
 
@@ -64,47 +65,6 @@ MIN_SCAN_SECONDS = 1.0
 MAX_SCAN_SECONDS = 60.0
 SCAN_BATCH = 100
 MAX_PENDING_REQUESTS = 1000
-LISTEN_CHECK_SECONDS = 15.0
-# Two-int advisory locks ("tpxJ", issuer hash) live apart from the one-bigint
-# locks of the migrations and the relay, so they can never collide with them.
-LOCK_CLASS = 0x7470_784A
-
-_DUE = """(next_refresh_at IS NULL OR next_refresh_at <= now()
-           OR refresh_requested_at > coalesce(refresh_attempted_at, '-infinity'))"""
-
-_CLAIM = f"""
-UPDATE issuers SET refresh_attempted_at = now()
-WHERE id = $1 AND enabled
-  AND (refresh_attempted_at IS NULL OR refresh_attempted_at <= now() - make_interval(secs => $2))
-  AND (NOT $3 OR {_DUE})
-RETURNING url, jwks_hosts, consecutive_failures
-"""
-
-_DUE_ISSUERS = f"""
-SELECT id FROM issuers WHERE enabled AND {_DUE}
-ORDER BY next_refresh_at NULLS FIRST LIMIT $1
-"""
-
-_SECONDS_TO_NEXT = "SELECT extract(epoch FROM min(next_refresh_at) - now())::float8 FROM issuers WHERE enabled"
-
-_SUCCEEDED = """
-UPDATE issuers SET jwks_uri = $2, consecutive_failures = 0,
-       next_refresh_at = now() + make_interval(secs => $3)
-WHERE id = $1
-"""
-
-_FAILED = """
-UPDATE issuers SET last_error = $2, consecutive_failures = consecutive_failures + 1,
-       next_refresh_at = now() + make_interval(secs => $3)
-WHERE id = $1
-"""
-
-
-def lock_key(issuer_id: uuid.UUID) -> int:
-    """A stable int4 per issuer, the same in every replica (never Python's salted `hash`)."""
-    raw = issuer_id.bytes
-    folded = bytes(a ^ b ^ c ^ d for a, b, c, d in zip(raw[0:4], raw[4:8], raw[8:12], raw[12:16]))
-    return int.from_bytes(folded, "big", signed=True)
 
 
 def refresh_interval(max_age: int | None, default: int) -> int:
@@ -116,8 +76,7 @@ def refresh_interval(max_age: int | None, default: int) -> int:
 
 def retry_delay(failures_before: int, ceiling: float) -> float:
     """Back-off after a failure: 5 s doubling up to the refresh interval, +-20 % jitter."""
-    base = min(FIRST_RETRY_SECONDS * 2 ** min(failures_before, 20), ceiling)
-    return base * random.uniform(1 - JITTER, 1 + JITTER)
+    return exponential(failures_before, first=FIRST_RETRY_SECONDS, maximum=ceiling, spread=JITTER)
 
 
 class JwksRefresher:
@@ -126,9 +85,9 @@ class JwksRefresher:
     Counters for metrics: `fetches_total` (fetches started), `failures_total`
     (fetches that kept the old keys), `rotations_total` (key sets that changed),
     `requests_total` (refresh requests heard), `skipped_total` (refreshes another
-    replica or the cooldown answered), `scans_total` (schedule scans) and
-    `listen_sessions` (LISTEN connections made; more than one means reconnects).
-    `listening` is set while requests can be heard.
+    replica or the cooldown answered) and `scans_total` (schedule scans);
+    `listener` follows the refresh requests and issuer changes (its `healthy`
+    is set while requests can be heard, its `sessions` counts connections).
 
     `resolver` replaces DNS for the address checks (tests); `concurrency`
     bounds parallel fetches, each of which holds one pooled connection.
@@ -155,14 +114,16 @@ class JwksRefresher:
         self._fetching: set[uuid.UUID] = set()
         self._wake = asyncio.Event()
         self._scan_wanted = True
-        self.listening = asyncio.Event()
+        # Catching up after a reconnect is a scan: every issuer added, enabled or due meanwhile is found by it.
+        self.listener = Listener(settings.database_url, {issuer_store.REFRESH_CHANNEL: self._on_request,
+                                                         issuer_store.CHANGED_CHANNEL: self._on_issuers_changed},
+                                 name="jwks-refresher", on_connect=self._catch_up)
         self.fetches_total = 0
         self.failures_total = 0
         self.rotations_total = 0
         self.requests_total = 0
         self.skipped_total = 0
         self.scans_total = 0
-        self.listen_sessions = 0
 
     @property
     def idle(self) -> bool:
@@ -178,16 +139,16 @@ class JwksRefresher:
         anything else for a request (only the cooldown applies).
         """
         issuer_id = issuer_id if isinstance(issuer_id, uuid.UUID) else uuid.UUID(str(issuer_id))
-        key = lock_key(issuer_id)
         async with self._pool.acquire() as conn:
-            if not await conn.fetchval("SELECT pg_try_advisory_lock($1::int, $2::int)", LOCK_CLASS, key):
+            if not await issuer_store.try_lock_fetch(conn, issuer_id):
                 self.skipped_total += 1
                 if reason != PERIODIC:
                     await self._defer_request(conn, issuer_id)  # that fetch may predate the rotation
                 return False  # another replica (or task) is fetching this issuer right now
             try:
-                claim = await conn.fetchrow(_CLAIM, issuer_id, float(self._settings.jwks_refresh_cooldown_seconds),
-                                            reason == PERIODIC)
+                claim = await issuer_store.claim_fetch(conn, issuer_id,
+                                                       float(self._settings.jwks_refresh_cooldown_seconds),
+                                                       scheduled=reason == PERIODIC)
                 if claim is None:
                     self.skipped_total += 1
                     if reason != PERIODIC:
@@ -198,7 +159,7 @@ class JwksRefresher:
                 return True
             finally:
                 try:
-                    await conn.execute("SELECT pg_advisory_unlock($1::int, $2::int)", LOCK_CLASS, key)
+                    await issuer_store.unlock_fetch(conn, issuer_id)
                 except Exception:  # noqa: BLE001 - a broken session has released its locks anyway
                     pass
 
@@ -222,13 +183,12 @@ class JwksRefresher:
             log.warning("jwks.keys_skipped", issuer=url, skipped=skipped)
         interval = refresh_interval(result.max_age, self._settings.jwks_refresh_seconds)
         async with conn.transaction():
-            before = {row["kid"]: row["jwk"] for row in await conn.fetch(
-                "SELECT kid, jwk FROM issuer_keys WHERE issuer_id = $1 FOR UPDATE", issuer_id)}
-            changed = await replace_issuer_keys(conn, issuer_id, keys)
-            await conn.execute(_SUCCEEDED, issuer_id, result.jwks_uri, float(interval))
+            before, changed = await issuer_store.store_keys(conn, issuer_id, keys, jwks_uri=result.jwks_uri,
+                                                            next_refresh_seconds=interval)
             if changed:
-                await add_events(conn, [rotation_event(issuer_id, url, result.jwks_uri, before, keys, skipped)],
-                                 source=SOURCE)
+                await add_events(conn, [builders.issuer_keys_rotated(issuer_id, url, result.jwks_uri, before, keys,
+                                                                     skipped)],
+                                 source=JWKS_REFRESHER_SOURCE)
         if changed:
             KEYS_ROTATED.labels(url).inc()
             self.rotations_total += 1
@@ -241,7 +201,7 @@ class JwksRefresher:
         self.failures_total += 1
         JWKS_FETCHES.labels(url, "failed").inc()
         delay = retry_delay(failures_before, float(self._settings.jwks_refresh_seconds))
-        await conn.execute(_FAILED, issuer_id, message[:MAX_LAST_ERROR_CHARS], delay)
+        await issuer_store.record_fetch_failure(conn, issuer_id, message[:MAX_LAST_ERROR_CHARS], delay)
         log.warning("jwks.refresh_failed", issuer=url, error=message, consecutive_failures=failures_before + 1,
                     retry_in=round(delay, 1))
 
@@ -250,7 +210,7 @@ class JwksRefresher:
     async def run(self, stop: asyncio.Event) -> None:
         """Refresh on schedule and on request until `stop` is set; finish in-flight fetches, then return."""
         loop = asyncio.get_running_loop()
-        listener = asyncio.create_task(self._listen(), name="jwks-refresher-listen")
+        listener = asyncio.create_task(self.listener.run(), name="jwks-refresher-listen")
         stop_watch = asyncio.create_task(self._wake_on(stop), name="jwks-refresher-stop")
         next_scan = loop.time()
         last_scan = float("-inf")
@@ -307,9 +267,8 @@ class JwksRefresher:
         the IdP may have rotated right after the last fetch. Still at most one fetch per cooldown."""
         if issuer_id in self._deferred:
             return
-        remaining = await conn.fetchval(
-            "SELECT extract(epoch FROM refresh_attempted_at + make_interval(secs => $2) - now())::float8 "
-            "FROM issuers WHERE id = $1 AND enabled", issuer_id, float(self._settings.jwks_refresh_cooldown_seconds))
+        remaining = await issuer_store.cooldown_remaining(conn, issuer_id,
+                                                          float(self._settings.jwks_refresh_cooldown_seconds))
         if remaining is None:
             return
         self._deferred.add(issuer_id)
@@ -328,11 +287,11 @@ class JwksRefresher:
         """Start a periodic refresh for every due issuer; return seconds until the next scan."""
         self.scans_total += 1
         async with self._pool.acquire() as conn:
-            due = [row["id"] for row in await conn.fetch(_DUE_ISSUERS, SCAN_BATCH)]
+            due = await issuer_store.due(conn, SCAN_BATCH)
             self._dispatch(due, PERIODIC)
             if due:
                 return MIN_SCAN_SECONDS  # look again soon: some may have been claimed by another replica
-            seconds = await conn.fetchval(_SECONDS_TO_NEXT)
+            seconds = await issuer_store.seconds_to_next_refresh(conn)
         if seconds is None:
             return MAX_SCAN_SECONDS
         return min(max(seconds, MIN_SCAN_SECONDS), MAX_SCAN_SECONDS)
@@ -382,40 +341,11 @@ class JwksRefresher:
 
     # -- requests from exchange replicas ------------------------------------------------
 
-    async def _listen(self) -> None:
-        """LISTEN on a dedicated connection for as long as the refresher runs; reconnect on loss."""
-        failures = 0
-        while True:
-            conn: asyncpg.Connection | None = None
-            try:
-                conn = await asyncpg.connect(self._settings.database_url, timeout=5,
-                                             server_settings={"application_name": "tpx-jwks-refresher"})
-                lost = asyncio.Event()
-                conn.add_termination_listener(lambda _conn, lost=lost: lost.set())
-                await conn.add_listener(REQUEST_CHANNEL, self._on_request)
-                await conn.add_listener(ISSUERS_CHANNEL, self._on_issuers_changed)
-                self.listening.set()
-                self.listen_sessions += 1
-                failures = 0
-                self._on_issuers_changed()  # catch up on anything missed while not listening
-                while not lost.is_set():
-                    try:
-                        await asyncio.wait_for(lost.wait(), LISTEN_CHECK_SECONDS)
-                    except asyncio.TimeoutError:
-                        await conn.execute("SELECT 1", timeout=5)  # a half-open TCP connection shows up here
-                log.warning("jwks.listen_lost", reason="the connection closed")
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - keep listening whatever happened
-                self._log_loop_error("jwks.listen_failed", exc, None)
-            finally:
-                self.listening.clear()
-                if conn is not None and not conn.is_closed():
-                    conn.terminate()
-            failures += 1
-            await asyncio.sleep(min(2.0 ** (failures - 1), 10.0) * random.uniform(1 - JITTER, 1 + JITTER))
+    async def _catch_up(self) -> None:
+        """What a reconnected listener may have missed: issuer changes, found by the next scan."""
+        self._on_issuers_changed()
 
-    def _on_request(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
+    def _on_request(self, payload: str) -> None:
         try:
             issuer_id = uuid.UUID(payload)
         except (ValueError, TypeError, AttributeError):
@@ -423,7 +353,7 @@ class JwksRefresher:
             return
         self.request(issuer_id)
 
-    def _on_issuers_changed(self, *_args: Any) -> None:
+    def _on_issuers_changed(self, _payload: str = "") -> None:
         """Issuers were added, enabled or changed: look for due ones soon (at most once a second)."""
         self._scan_wanted = True
         self._wake.set()
@@ -462,23 +392,3 @@ def usable_keys(result: FetchResult) -> tuple[dict[str, dict[str, Any]], list[st
                 continue
             stored[kid] = entry
     return stored, skipped
-
-
-def rotation_event(issuer_id: uuid.UUID, url: str, jwks_uri: str, before: dict[str, Any],
-                   after: dict[str, dict[str, Any]], skipped: list[str]) -> Event:
-    """`dev.tpx.issuer.keys_rotated`: which kids came, went or changed; never key material."""
-    return Event(
-        ISSUER_KEYS_ROTATED,
-        subject=str(issuer_id),
-        data={
-            "issuer": url,
-            "issuer_id": str(issuer_id),
-            "jwks_uri": jwks_uri,
-            "added": sorted(set(after) - set(before)),
-            "removed": sorted(set(before) - set(after)),
-            "replaced": sorted(kid for kid in set(before) & set(after) if before[kid] != after[kid]),
-            "key_ids": sorted(after),
-            "skipped": skipped,
-        },
-    )
-

@@ -12,15 +12,16 @@ from __future__ import annotations
 
 import asyncio
 
+from tpx.core import metrics
 from tpx.core.config import Settings
 from tpx.core.db.migrate import check_schema
-from tpx.core import metrics
-from tpx.core.db.pool import UNAVAILABLE_ERRORS, create_pool
-from tpx.core.serving.ops import bind_ops_socket, serve_ops
-from tpx.core.events.outbox import OutboxSignal
-from tpx.core.events.relay import OutboxRelay
-from tpx.jwks_refresher.refresher import JwksRefresher
+from tpx.core.db.pool import create_pool, ping
 from tpx.core.logging import get_logger
+from tpx.core.relay.relay import OutboxRelay
+from tpx.core.relay.signal import OutboxSignal
+from tpx.core.serving.ops import bind_ops_socket, serve_ops
+
+from tpx.jwks_refresher.refresher import JwksRefresher
 
 log = get_logger("tpx.jwks_refresher.service")
 
@@ -43,11 +44,9 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
 
         async def readiness() -> tuple[bool, dict]:
             reasons = []
-            try:
-                await asyncio.wait_for(pool.fetchval("SELECT 1"), 2)
-            except UNAVAILABLE_ERRORS:
+            if not await ping(pool):
                 reasons.append("the database is unreachable")
-            if not refresher.listening.is_set():
+            if not refresher.listener.healthy.is_set():
                 reasons.append("not listening for refresh requests yet")
             return not reasons, {"reasons": reasons, "fetches": refresher.fetches_total,
                                  "failures": refresher.failures_total}

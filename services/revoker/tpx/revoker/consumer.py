@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import enum
 import json
-import random
 import uuid
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
@@ -28,21 +27,21 @@ import aio_pika
 import asyncpg
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 
+from tpx.core.backoff import Backoff, exponential
+from tpx.core.broker import BROKER_ERRORS
 from tpx.core.config import Settings
+from tpx.core.db import publishers as publisher_store
+from tpx.core.db import revocations as revocation_store
+from tpx.core.db.revocations import Progress
 from tpx.core.events import types as event_types
-from tpx.core.events.outbox import OutboxSignal
-from tpx.core.events.relay import BROKER_ERRORS
+from tpx.core.events.types import REVOKER_SOURCE
 from tpx.core.logging import get_logger
 from tpx.core.metrics import REVOCATION_LATENCY, TOKENS_REVOKED
-from tpx.core.db import revocations as revocation_store
-from tpx.core.db.revocations import Progress, Selector
-
-# The token.revoked event has one shape whoever revokes; it is built by the exchange's module.
-from tpx.exchange.routes.tokens import revoked_event
+from tpx.core.relay.signal import OutboxSignal
+from tpx.core.revocations import Selector
 
 log = get_logger("tpx.revoker.consumer")
 
-SOURCE = "urn:tpx:revoker"
 PREFETCH = 10
 CONCURRENCY = 4  # messages worked on at once; the rest of the prefetch waits its turn
 DELIVERY_LIMIT = 5
@@ -192,8 +191,8 @@ class RuleApplier:
                 if rule is None:
                     return None
                 was_done = rule.done
-                progress = await revocation_store.apply_batch(
-                    conn, rule, batch_size=self.batch_size, revoked_event=revoked_event, source=SOURCE)
+                progress = await revocation_store.apply_batch(conn, rule, batch_size=self.batch_size,
+                                                              source=REVOKER_SOURCE)
         if was_done:
             return progress
         self.batches += 1
@@ -221,10 +220,8 @@ class RuleApplier:
         """
         async with self._pool.acquire() as conn:
             async with conn.transaction():
-                # Two deliveries of one deletion must not both create a rule.
-                await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
-                                   f"tpx.revoker.publisher:{publisher_id}")
-                if await conn.fetchval("SELECT EXISTS (SELECT 1 FROM publishers WHERE id = $1)", publisher_id):
+                await revocation_store.lock_publisher_deletion(conn, publisher_id)
+                if await publisher_store.exists(conn, publisher_id):
                     log.warning("revoker.publisher_still_exists", publisher_id=str(publisher_id))
                     return []
                 rules = await revocation_store.for_publisher(conn, publisher_id)
@@ -278,21 +275,19 @@ class RevocationConsumer:
         self.broker_failures = 0
 
     async def run(self) -> None:
-        delay = 0.5
+        backoff = Backoff(first=0.5, maximum=10.0)
         while not self._stopping.is_set():
             try:
                 await self._session()
-                delay = 0.5
+                backoff.reset()
             except (*BROKER_ERRORS, _ConnectionLost) as exc:
                 self.broker_failures += 1
-                wait = random.uniform(delay / 2, delay)
-                delay = min(delay * 2, 10.0)
+                wait = backoff.next()
                 log.warning("revoker.broker_unavailable", error=f"{type(exc).__name__}: {exc}"[:300],
                             retry_in=round(wait, 2))
                 await self._pause(wait)
             except Exception as exc:  # noqa: BLE001 - a background loop must outlive surprises
-                wait = random.uniform(delay / 2, delay)
-                delay = min(delay * 2, 10.0)
+                wait = backoff.next()
                 log.error("revoker.consumer_failed", error=f"{type(exc).__name__}: {exc}"[:300], retry_in=round(wait, 2))
                 await self._pause(wait)
 
@@ -368,7 +363,7 @@ class RevocationConsumer:
             except Exception as exc:  # noqa: BLE001 - transient or not, the delivery limit decides
                 self.requeued += 1
                 attempts = _delivery_count(message)
-                wait = min(self._retry_base * 2 ** attempts, self._retry_max) * random.uniform(0.5, 1.0)
+                wait = exponential(attempts, first=self._retry_base, maximum=self._retry_max, spread=0.5)
                 log.warning("revoker.job_failed", job=job.kind, target=str(job.target), attempt=attempts + 1,
                             error=f"{type(exc).__name__}: {exc}"[:300], retry_in=round(wait, 2))
                 await self._pause(wait)

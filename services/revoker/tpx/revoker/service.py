@@ -12,15 +12,17 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import aio_pika
+
+from tpx.core import metrics
 from tpx.core.config import Settings
 from tpx.core.db.migrate import check_schema
-from tpx.core import metrics
-from tpx.core.db.pool import UNAVAILABLE_ERRORS, create_pool
-from tpx.core.events.backlog import sample_forever
-from tpx.core.serving.ops import bind_ops_socket, serve_ops
-from tpx.core.events.outbox import OutboxSignal
-from tpx.core.events.relay import OutboxRelay
+from tpx.core.db.pool import create_pool, ping
 from tpx.core.logging import get_logger
+from tpx.core.relay.backlog import sample_forever
+from tpx.core.relay.relay import OutboxRelay
+from tpx.core.relay.signal import OutboxSignal
+from tpx.core.serving.ops import bind_ops_socket, serve_ops
 
 from tpx.revoker.consumer import PREFETCH, BatchHook, RevocationConsumer, RuleApplier
 from tpx.revoker.sweeper import STALE_RULE_SECONDS, Sweeper
@@ -91,9 +93,7 @@ class Revoker:
     def _readiness(self, pool):
         async def readiness() -> tuple[bool, dict]:
             reasons = []
-            try:
-                await asyncio.wait_for(pool.fetchval("SELECT 1"), 2)
-            except UNAVAILABLE_ERRORS:
+            if not await ping(pool):
                 reasons.append("the database is unreachable")
             if self.consumer is None or not self.consumer.consuming:
                 reasons.append("not consuming revocation work (is RabbitMQ reachable?)")
@@ -102,8 +102,6 @@ class Revoker:
 
     async def _sample_queue_depth(self, interval: float = 5.0) -> None:
         """Queue depths for the metrics, read with passive declares on a connection of its own."""
-        import aio_pika
-
         queues = (f"{self.settings.amqp_prefix}.revoker", f"{self.settings.amqp_prefix}.revoker.dead")
         while True:
             try:

@@ -18,21 +18,23 @@ long, and several revoker replicas split the work instead of repeating it.
 from __future__ import annotations
 
 import asyncio
-import random
 from typing import Awaitable, Callable
 
 import asyncpg
 
+from tpx.core.backoff import Backoff, jittered
 from tpx.core.config import Settings
+from tpx.core.db import outbox
+from tpx.core.db import revocations as revocation_store
+from tpx.core.db import tokens as token_store
 from tpx.core.db.pool import UNAVAILABLE_ERRORS
-from tpx.core.events import types as event_types
-from tpx.core.events.outbox import Event, OutboxSignal, add_events
+from tpx.core.events import builders
+from tpx.core.events.types import REVOKER_SOURCE
 from tpx.core.logging import get_logger
 from tpx.core.metrics import PURGED, TOKENS_EXPIRED
-from tpx.core.db import revocations as revocation_store
-from tpx.core.db.revocations import rfc3339
+from tpx.core.relay.signal import OutboxSignal
 
-from tpx.revoker.consumer import SOURCE, RuleApplier, RuleBusy
+from tpx.revoker.consumer import RuleApplier, RuleBusy
 
 log = get_logger("tpx.revoker.sweeper")
 
@@ -40,63 +42,6 @@ BATCH_SIZE = 1000
 STALE_RULE_SECONDS = 120.0
 STALE_RULES_PER_SWEEP = 10
 STALE_RULE_BATCHES_PER_SWEEP = 20
-
-_EXPIRE = """
-UPDATE tokens SET expired_at = now()
-WHERE id = ANY(ARRAY(
-    SELECT id FROM tokens
-    WHERE expires_at <= now() AND revoked_at IS NULL AND expired_at IS NULL
-    ORDER BY expires_at LIMIT $1 FOR UPDATE SKIP LOCKED))
-RETURNING id, packages, publisher_ids, ci, issued_at, expires_at
-"""
-
-_PURGE_JTIS = """
-DELETE FROM used_jtis
-WHERE ctid = ANY(ARRAY(
-    SELECT ctid FROM used_jtis WHERE expires_at < now()
-    ORDER BY expires_at LIMIT $1 FOR UPDATE SKIP LOCKED))
-"""
-
-# expires_at <= issued_at + the longest lifetime, so filtering on the issued_at index first is exact.
-_PURGE_TOKENS = """
-DELETE FROM tokens
-WHERE id = ANY(ARRAY(
-    SELECT id FROM tokens
-    WHERE issued_at < now() - make_interval(secs => $2) AND expires_at < now() - make_interval(secs => $2)
-    ORDER BY issued_at LIMIT $1 FOR UPDATE SKIP LOCKED))
-"""
-
-_PURGE_RULES = """
-DELETE FROM revocations
-WHERE id = ANY(ARRAY(
-    SELECT id FROM revocations
-    WHERE status = 'done' AND completed_at < now() - make_interval(secs => $2)
-    LIMIT $1 FOR UPDATE SKIP LOCKED))
-"""
-
-# Only the oldest `$1` rows by sequence are looked at: published rows form a prefix in sequence
-# order, so this stops at the first recent one instead of scanning the whole outbox.
-_PURGE_OUTBOX = """
-DELETE FROM outbox
-WHERE id = ANY(ARRAY(
-    SELECT oldest.id FROM (
-        SELECT id, sequence, published_at FROM outbox
-        WHERE sequence IS NOT NULL ORDER BY sequence LIMIT $1 FOR UPDATE SKIP LOCKED
-    ) oldest
-    WHERE oldest.published_at < now() - make_interval(secs => $2)
-      AND oldest.sequence < (SELECT max(sequence) FROM outbox)))
-"""
-
-
-def expired_event(row: asyncpg.Record) -> Event:
-    return Event(event_types.TOKEN_EXPIRED, subject=str(row["id"]), data={
-        "token_id": str(row["id"]),
-        "packages": list(row["packages"]),
-        "publisher_ids": [str(p) for p in row["publisher_ids"]],
-        "issued_at": rfc3339(row["issued_at"]),
-        "expires_at": rfc3339(row["expires_at"]),
-        "ci": row["ci"],
-    })
 
 
 class Sweeper:
@@ -123,16 +68,15 @@ class Sweeper:
         self._stopping.set()
 
     async def run(self) -> None:
-        delay = 0.5
+        backoff = Backoff(first=0.5, maximum=max(self._settings.revoker_sweep_seconds, 1.0))
         while not self._stopping.is_set():
             try:
                 await self.sweep_once()
-                delay = 0.5
-                wait = self._settings.revoker_sweep_seconds * random.uniform(0.9, 1.1)
+                backoff.reset()
+                wait = jittered(self._settings.revoker_sweep_seconds, 0.1)
             except Exception as exc:  # noqa: BLE001 - a background loop must outlive surprises
                 self.failures += 1
-                wait = random.uniform(delay / 2, delay)
-                delay = min(delay * 2, max(self._settings.revoker_sweep_seconds, 1.0))
+                wait = backoff.next()
                 level = log.warning if isinstance(exc, UNAVAILABLE_ERRORS) else log.error
                 level("sweeper.failed", error=f"{type(exc).__name__}: {exc}"[:300], retry_in=round(wait, 2))
             await self._pause(wait)
@@ -142,10 +86,13 @@ class Sweeper:
         retention = float(self._settings.token_retention_seconds)
         counts = {
             "tokens_expired": await self._batches(self._expire, announces=True),
-            "used_jtis_purged": await self._batches(lambda conn: self._delete(conn, _PURGE_JTIS)),
-            "tokens_purged": await self._batches(lambda conn: self._delete(conn, _PURGE_TOKENS, retention)),
-            "revocations_purged": await self._batches(lambda conn: self._delete(conn, _PURGE_RULES, retention)),
-            "outbox_purged": await self._batches(lambda conn: self._delete(conn, _PURGE_OUTBOX, retention)),
+            "used_jtis_purged": await self._batches(lambda conn: token_store.purge_used_jtis(conn, self._batch_size)),
+            "tokens_purged": await self._batches(
+                lambda conn: token_store.purge_old(conn, self._batch_size, retention)),
+            "revocations_purged": await self._batches(
+                lambda conn: revocation_store.purge_done(conn, self._batch_size, retention)),
+            "outbox_purged": await self._batches(
+                lambda conn: outbox.purge_published(conn, self._batch_size, retention)),
             "stale_revocations_resumed": await self._resume_stale_rules(),
         }
         self.sweeps += 1
@@ -173,13 +120,9 @@ class Sweeper:
                 return total
 
     async def _expire(self, conn: asyncpg.Connection) -> int:
-        rows = await conn.fetch(_EXPIRE, self._batch_size)
-        await add_events(conn, [expired_event(row) for row in rows], source=SOURCE)
+        rows = await token_store.mark_expired(conn, self._batch_size)
+        await outbox.add_events(conn, [builders.token_expired(row) for row in rows], source=REVOKER_SOURCE)
         return len(rows)
-
-    async def _delete(self, conn: asyncpg.Connection, sql: str, *args: float) -> int:
-        status = await conn.execute(sql, self._batch_size, *args)
-        return int(status.rsplit(" ", 1)[-1])
 
     async def _resume_stale_rules(self) -> int:
         """Work on pending rules nobody finished; the rule lock keeps this safe beside the consumer."""

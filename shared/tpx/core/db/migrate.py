@@ -15,7 +15,7 @@ from importlib import resources
 
 import asyncpg
 
-MIGRATION_LOCK_ID = 0x7470_7801  # "tpx" + 1, any fixed bigint shared by all replicas
+from tpx.core.db import locks
 
 
 @dataclass(frozen=True)
@@ -51,7 +51,7 @@ async def migrate(conn: asyncpg.Connection, progress=None) -> list[Migration]:
     """Apply every pending migration; return the ones this call applied."""
     applied: list[Migration] = []
     async with conn.transaction():
-        await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK_ID)
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", locks.MIGRATIONS)
         await conn.execute(
             """CREATE TABLE IF NOT EXISTS schema_migrations (
                    version integer PRIMARY KEY,

@@ -79,3 +79,17 @@ async def connect(settings: Settings) -> asyncpg.Connection:
             "check TPX_DATABASE_URL and that PostgreSQL is running") from None
     await _init_connection(conn)
     return conn
+
+
+async def ping(pool: asyncpg.Pool, timeout: float = 2.0) -> bool:
+    """Whether the database answers within `timeout` (readiness probes)."""
+    try:
+        await asyncio.wait_for(pool.fetchval("SELECT 1"), timeout)
+    except UNAVAILABLE_ERRORS:
+        return False
+    return True
+
+
+def affected(status: str) -> int:
+    """The row count of a command status such as `DELETE 42`."""
+    return int(status.rsplit(" ", 1)[-1])

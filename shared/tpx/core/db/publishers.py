@@ -1,13 +1,20 @@
-"""Publisher rows: plain, parameterised SQL with asyncpg."""
+"""The publishers table: trusted-publisher configurations.
+
+Any change NOTIFYs `tpx_publishers` (a statement trigger, migration 0005), so
+every exchange replica drops its cached candidates.
+"""
 
 from __future__ import annotations
 
-import json
+import uuid
 from typing import Any
 
 import asyncpg
 
-from tpx.core.publishers import Publisher
+from tpx.core.providers.base import Publisher
+from tpx.core.publishers import identity_key
+
+CHANGED_CHANNEL = "tpx_publishers"
 
 _COLUMNS = """p.id, p.package, p.provider, i.url AS issuer, p.owner, p.owner_id, p.name, p.name_id, p.workflow,
               p.environments, p.ref_patterns, p.allow_self_hosted_runners, p.require_protected_ref,
@@ -35,22 +42,8 @@ def from_row(row: asyncpg.Record) -> Publisher:
     )
 
 
-def identity_key(publisher: Publisher) -> str:
-    """What makes two publishers "the same": package, repository and workflow, names case-folded.
-
-    GitHub environment names are case-insensitive, GitLab's are not.
-    """
-    environments = (
-        sorted({e.lower() for e in publisher.environments})
-        if publisher.provider == "github"
-        else sorted(set(publisher.environments))
-    )
-    return json.dumps([
-        publisher.package.lower(), publisher.owner.lower(), publisher.name.lower(), publisher.workflow, environments,
-    ])
-
-
 async def candidates(conn: asyncpg.Connection, issuer_id: Any, repository_key: str) -> list[Publisher]:
+    """The publishers an identity of this issuer and repository may match (the exchange's lookup)."""
     rows = await conn.fetch(
         f"SELECT {_COLUMNS} FROM publishers p JOIN issuers i ON i.id = p.issuer_id "
         "WHERE p.issuer_id = $1 AND p.repository_key = $2 ORDER BY p.created_at, p.id",
@@ -91,16 +84,13 @@ async def insert(conn: asyncpg.Connection, publisher: Publisher, issuer_id: Any)
     return await get(conn, row["id"]) if row else None
 
 
-async def bind_ids(conn: asyncpg.Connection, publisher_id: str, owner_id: str | None, name_id: str | None) -> tuple[str | None, str | None]:
-    """Bind ids that are still unset; return the ids now stored (another exchange may have won the race)."""
-    row = await conn.fetchrow(
-        """UPDATE publishers SET owner_id = COALESCE(owner_id, $2), name_id = COALESCE(name_id, $3),
-                  bound_at = COALESCE(bound_at, now())
-           WHERE id = $1 RETURNING owner_id, name_id""",
-        publisher_id, owner_id, name_id,
-    )
-    return (row["owner_id"], row["name_id"]) if row else (None, None)
-
-
 async def delete(conn: asyncpg.Connection, publisher_id: Any) -> bool:
     return await conn.fetchval("DELETE FROM publishers WHERE id = $1 RETURNING true", publisher_id) is True
+
+
+async def exists(conn: asyncpg.Connection, publisher_id: uuid.UUID) -> bool:
+    return await conn.fetchval("SELECT EXISTS (SELECT 1 FROM publishers WHERE id = $1)", publisher_id)
+
+
+async def count_for_issuer(conn: asyncpg.Connection, issuer_id: uuid.UUID) -> int:
+    return await conn.fetchval("SELECT count(*) FROM publishers WHERE issuer_id = $1", issuer_id)

@@ -1,12 +1,6 @@
-"""Revocation rules: the one definition of "token t is matched by revocation r".
+"""The revocations table: revocation rules, and applying them to token rows in batches.
 
-A revocation is a rule first: while it is `pending`, introspection treats every
-token it matches as inactive (on every replica, since they all read the same
-table), so revoking is instant however many tokens it covers. The rule is then
-applied to token rows in short batches (the admin API does the first one, the
-revoker the rest) and marked `done` once no live token it matches is left.
-
-Both uses render their SQL from the same per-kind conditions (`_condition`):
+The one definition of "token t is matched by rule r" lives here (`_condition`):
 introspection joins the pending rules (`matched_by_pending_rule`), batch
 application binds one rule's values as parameters (`revoke_batch`), so the two
 can never disagree on what a rule covers.
@@ -15,21 +9,21 @@ can never disagree on what a rule covers.
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass, fields
-from datetime import datetime, timezone
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import asyncpg
 
-from tpx.core.events import types as event_types
-from tpx.core.events.outbox import Event, add_events
+from tpx.core.db import locks
+from tpx.core.db.outbox import add_events
+from tpx.core.db.pool import affected
+from tpx.core.events import builders
+from tpx.core.revocations import KINDS, Rule, Selector
 
 # Tokens revoked per transaction: large enough to finish typical revocations in the
 # admin call, small enough that no transaction holds row locks for long. Read at call
 # time (tests lower it with monkeypatch).
 BATCH_SIZE = 5000
-
-KINDS = ("token", "publisher", "package", "repository")
 
 # SQL type of every rule field a condition may read, for binding it as a parameter.
 _FIELD_TYPES = {
@@ -39,8 +33,6 @@ _FIELD_TYPES = {
 
 _COLUMNS = """id, kind, token_id, publisher_id, package, repository_key, workflow, issued_after, issued_before,
               cutoff, reason, actor, status, revoked, created_at, completed_at"""
-
-_TOKEN_RETURNING = "id, packages, publisher_ids, ci"
 
 
 def _condition(kind: str, field: Callable[[str], str], t: str) -> str:
@@ -79,107 +71,6 @@ def matched_by_pending_rule(t: str) -> str:
     return f"EXISTS (SELECT 1 FROM revocations pending_rule WHERE pending_rule.status = 'pending' AND {matches('pending_rule', t)})"
 
 
-@dataclass(frozen=True)
-class Selector:
-    """What a revocation covers: exactly one kind, with that kind's fields."""
-
-    kind: str
-    token_id: uuid.UUID | None = None
-    publisher_id: uuid.UUID | None = None
-    package: str | None = None
-    repository_key: str | None = None
-    workflow: str | None = None
-    issued_after: datetime | None = None
-    issued_before: datetime | None = None
-
-    def __post_init__(self) -> None:
-        if self.kind not in KINDS:
-            raise ValueError(f"unknown revocation kind {self.kind!r}")
-        required = {"token": "token_id", "publisher": "publisher_id", "package": "package",
-                    "repository": "repository_key"}[self.kind]
-        if getattr(self, required) is None:
-            raise ValueError(f"a {self.kind} revocation needs {required}")
-
-    def to_api(self) -> dict[str, Any]:
-        """The selector as the API and events show it (only the fields that apply)."""
-        if self.kind == "token":
-            return {"token_id": str(self.token_id)}
-        if self.kind == "publisher":
-            return {"publisher_id": str(self.publisher_id)}
-        if self.kind == "package":
-            return {"package": self.package}
-        out: dict[str, Any] = {"repository": self.repository_key}
-        if self.workflow is not None:
-            out["workflow"] = self.workflow
-        if self.issued_after is not None:
-            out["issued_after"] = rfc3339(self.issued_after)
-        if self.issued_before is not None:
-            out["issued_before"] = rfc3339(self.issued_before)
-        return out
-
-
-@dataclass(frozen=True)
-class Rule:
-    """A stored revocation rule."""
-
-    id: uuid.UUID
-    kind: str
-    token_id: uuid.UUID | None
-    publisher_id: uuid.UUID | None
-    package: str | None
-    repository_key: str | None
-    workflow: str | None
-    issued_after: datetime | None
-    issued_before: datetime | None
-    cutoff: datetime
-    reason: str
-    actor: str | None
-    status: str
-    revoked: int
-    created_at: datetime
-    completed_at: datetime | None
-
-    @classmethod
-    def from_row(cls, row: asyncpg.Record) -> "Rule":
-        return cls(**{f.name: row[f.name] for f in fields(cls)})
-
-    @property
-    def selector(self) -> Selector:
-        return Selector(self.kind, self.token_id, self.publisher_id, self.package, self.repository_key,
-                        self.workflow, self.issued_after, self.issued_before)
-
-    @property
-    def done(self) -> bool:
-        return self.status == "done"
-
-    def to_api(self) -> dict[str, Any]:
-        return {
-            "id": str(self.id),
-            "kind": self.kind,
-            "selector": self.selector.to_api(),
-            "token_id": str(self.token_id) if self.token_id else None,
-            "publisher_id": str(self.publisher_id) if self.publisher_id else None,
-            "package": self.package,
-            "repository": self.repository_key,
-            "workflow": self.workflow,
-            "issued_after": rfc3339(self.issued_after),
-            "issued_before": rfc3339(self.issued_before),
-            "cutoff": rfc3339(self.cutoff),
-            "reason": self.reason,
-            "actor": self.actor,
-            "status": self.status,
-            "revoked": self.revoked,
-            "created_at": rfc3339(self.created_at),
-            "completed_at": rfc3339(self.completed_at),
-        }
-
-
-def rfc3339(moment: datetime | None) -> str | None:
-    if moment is None:
-        return None
-    return moment.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
-
-
 def _bound(rule: Rule, t: str) -> tuple[str, list[Any]]:
     """The rule's condition on token `t` with its values as parameters $1..$n (only the ones it reads)."""
     names: list[str] = []
@@ -196,16 +87,15 @@ def _bound(rule: Rule, t: str) -> tuple[str, list[Any]]:
 
 # --- rules ---------------------------------------------------------------------------------------------------
 
-# Mints hold this advisory lock shared for their whole transaction; a revocation takes it
-# exclusively before it fixes its cutoff. So every mint that began before the cutoff has
-# committed (and its token is visible to the first batch), and every later mint stamps
-# `issued_at` after the cutoff: no token can slip between a rule and its completion.
-MINT_GATE_LOCK = 0x7470_7847
+async def enter_gate_alone(conn: asyncpg.Connection) -> None:
+    """Take the mint gate exclusively for this transaction: every mint that began earlier has committed,
+    and every later one stamps its token after this moment (docs/decisions.md)."""
+    await conn.execute("SELECT pg_advisory_xact_lock($1)", locks.MINT_GATE)
 
 
 async def insert(conn: asyncpg.Connection, selector: Selector, *, reason: str, actor: str | None) -> Rule:
     """Insert a pending rule once in-flight mints have committed; its cutoff is that moment."""
-    await conn.execute("SELECT pg_advisory_xact_lock($1)", MINT_GATE_LOCK)
+    await enter_gate_alone(conn)
     row = await conn.fetchrow(
         f"""INSERT INTO revocations (kind, token_id, publisher_id, package, repository_key, workflow,
                                      issued_after, issued_before, reason, actor, cutoff)
@@ -236,6 +126,12 @@ async def for_publisher(conn: asyncpg.Connection, publisher_id: uuid.UUID) -> li
     return [Rule.from_row(row) for row in rows]
 
 
+async def lock_publisher_deletion(conn: asyncpg.Connection, publisher_id: uuid.UUID) -> None:
+    """Serialise, for this transaction, the handling of one publisher's deletion (two deliveries of its
+    message must not both create a rule)."""
+    await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", f"tpx.revoker.publisher:{publisher_id}")
+
+
 async def stale_pending(conn: asyncpg.Connection | asyncpg.Pool, older_than_seconds: float, limit: int) -> list[uuid.UUID]:
     """Pending rules created a while ago: their message may have been lost or dead-lettered."""
     rows = await conn.fetch(
@@ -245,6 +141,17 @@ async def stale_pending(conn: asyncpg.Connection | asyncpg.Pool, older_than_seco
         older_than_seconds, limit,
     )
     return [row["id"] for row in rows]
+
+
+async def purge_done(conn: asyncpg.Connection, limit: int, older_than_seconds: float) -> int:
+    """Delete rules that finished longer ago than the retention."""
+    return affected(await conn.execute(
+        """DELETE FROM revocations
+           WHERE id = ANY(ARRAY(
+               SELECT id FROM revocations
+               WHERE status = 'done' AND completed_at < now() - make_interval(secs => $2)
+               LIMIT $1 FOR UPDATE SKIP LOCKED))""",
+        limit, older_than_seconds))
 
 
 # --- applying a rule -----------------------------------------------------------------------------------------
@@ -259,7 +166,7 @@ async def revoke_batch(conn: asyncpg.Connection, rule: Rule, limit: int) -> list
                 SELECT t.id FROM tokens t
                 WHERE {condition} AND t.revoked_at IS NULL AND t.expires_at > now()
                 LIMIT ${n + 1} FOR UPDATE SKIP LOCKED))
-            RETURNING {_TOKEN_RETURNING}""",
+            RETURNING id, packages, publisher_ids, ci""",
         *args, limit, rule.reason,
     )
 
@@ -296,60 +203,35 @@ class Progress:
         return self.rule.done
 
 
-RevokedEvent = Callable[[asyncpg.Record, str], Event]
-
-
-async def apply_batch(
-    conn: asyncpg.Connection, rule: Rule, *, batch_size: int, revoked_event: RevokedEvent, source: str,
-) -> Progress:
+async def apply_batch(conn: asyncpg.Connection, rule: Rule, *, batch_size: int, source: str) -> Progress:
     """Apply one batch of a pending rule inside the caller's transaction, with its events.
 
     The caller holds the rule row (it inserted it, or `lock`ed it). When the batch
     was not full and no matching live token is left, the rule is marked done and
-    one `revocation.completed` event is written. `revoked_event` builds the
-    `token.revoked` event of one token row (the exchange's builder, so the event
-    has one shape whoever revokes).
+    one `revocation.completed` event is written.
     """
     if rule.done:
         return Progress(rule, 0)
     rows = await revoke_batch(conn, rule, batch_size)
-    events = [_with_revocation(revoked_event(row, rule.reason), rule.id) for row in rows]
+    events = [builders.token_revoked(row, rule.reason, rule.id) for row in rows]
     complete = len(rows) < batch_size and not await has_remaining(conn, rule)
     if rows or complete:
         rule = await _record(conn, rule.id, len(rows), complete=complete)
     if complete:
-        events.append(completed_event(rule))
+        events.append(builders.revocation_completed(rule))
     await add_events(conn, events, source=source)
     return Progress(rule, len(rows))
 
 
-def _with_revocation(event: Event, rule_id: uuid.UUID) -> Event:
-    """Tie a token.revoked event to the rule that caused it, so consumers can correlate."""
-    return Event(event.type, data={**event.data, "revocation_id": str(rule_id)}, subject=event.subject,
-                 id=event.id, time=event.time)
+async def start(conn: asyncpg.Connection, selector: Selector, *, reason: str, actor: str, source: str) -> Progress:
+    """Inside the caller's transaction: commit the rule, apply its first batch, announce what is left.
 
-
-def requested_event(rule: Rule) -> Event:
-    return Event(event_types.REVOCATION_REQUESTED, subject=str(rule.id), data={
-        "revocation_id": str(rule.id),
-        "kind": rule.kind,
-        "selector": rule.selector.to_api(),
-        "reason": rule.reason,
-        "actor": rule.actor,
-        "cutoff": rfc3339(rule.cutoff),
-        "revoked": rule.revoked,
-    })
-
-
-def completed_event(rule: Rule) -> Event:
-    return Event(event_types.REVOCATION_COMPLETED, subject=str(rule.id), data={
-        "revocation_id": str(rule.id),
-        "kind": rule.kind,
-        "selector": rule.selector.to_api(),
-        "reason": rule.reason,
-        "actor": rule.actor,
-        "revoked": rule.revoked,
-        "cutoff": rfc3339(rule.cutoff),
-        "created_at": rfc3339(rule.created_at),
-        "completed_at": rfc3339(rule.completed_at),
-    })
+    A rule still pending after the first batch gets a `revocation.requested`
+    event, which wakes the revoker; until then introspection already treats
+    every token it matches as inactive.
+    """
+    rule = await insert(conn, selector, reason=reason, actor=actor)
+    progress = await apply_batch(conn, rule, batch_size=BATCH_SIZE, source=source)
+    if not progress.done:
+        await add_events(conn, [builders.revocation_requested(progress.rule)], source=source)
+    return progress

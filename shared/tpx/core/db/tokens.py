@@ -1,4 +1,4 @@
-"""Token rows. Only the SHA-256 of a token is stored; rows carry no personal data.
+"""The tokens and used_jtis tables: minted tokens (their SHA-256 only, no personal data) and spent ID tokens.
 
 Two notions of "live": `LIVE` is the row's own state (not revoked, not expired)
 and is what revoking updates; `ACTIVE` adds "no pending revocation rule matches
@@ -8,37 +8,129 @@ effect on every replica the moment its rule commits, before its rows are updated
 
 from __future__ import annotations
 
+import uuid
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Sequence
 
 import asyncpg
 
-from tpx.core.events.outbox import OUTBOX_UNNEST, Event, event_columns
-
+from tpx.core.db import locks
+from tpx.core.db.outbox import event_columns
+from tpx.core.db.pool import affected
 from tpx.core.db.revocations import matched_by_pending_rule
+from tpx.core.events.types import TOKEN_ISSUED, Event
 
 LIVE = "revoked_at IS NULL AND expires_at > now()"
 # For queries that read `FROM tokens` without an alias: the rule check names the table.
 ACTIVE = f"{LIVE} AND NOT {matched_by_pending_rule('tokens')}"
 
 
-async def insert_with_events(
-    conn: asyncpg.Connection, *, token_id: Any, token_hash: bytes, issuer_id: Any, packages: list[str],
-    permissions: dict[str, list[str]], publisher_ids: list[str], ci: dict[str, Any], repository_key: str,
-    workflow: str, issued_at: datetime, expires_at: datetime, events: list[Event], source: str,
-) -> None:
-    """Insert the token row and its outbox events in one statement (one round trip on the hot path)."""
-    await conn.execute(
-        f"""WITH token AS (
-                INSERT INTO tokens (id, token_hash, issuer_id, packages, permissions, publisher_ids, ci,
-                                    repository_key, workflow, issued_at, expires_at)
-                VALUES ($7, $8, $9, $10, $11, $12::uuid[], $13, $14, $15, $16, $17))
-            INSERT INTO outbox (event_id, type, source, subject, time, data) {OUTBOX_UNNEST}""",
-        *event_columns(events, source),
-        token_id, token_hash, issuer_id, packages, permissions, publisher_ids, ci, repository_key, workflow,
-        issued_at, expires_at,
-    )
+def _rfc3339_seconds(column: str) -> str:
+    """SQL rendering an instant as tpx.core.times.rfc3339(..., seconds=True) does."""
+    return f"""to_char({column} AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"')"""
 
+
+# --- minting -------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Binding:
+    """Pin the token's ids on publishers that have none yet (the first exchange of each)."""
+
+    publisher_ids: list[str]
+    owner_id: str
+    name_id: str
+
+
+@dataclass(frozen=True)
+class MintResult:
+    """`publishers_ok` is False when a matched publisher was deleted, or bound to other ids, after the
+    decision (nothing was written: decide again); otherwise `issued_at` is None when the JTI was spent."""
+
+    publishers_ok: bool
+    issued_at: datetime | None
+    expires_at: datetime | None
+
+
+# The claim, the token and its events, written only if the publishers check (`checked.ok`) held after the
+# mint gate. The token is stamped with the clock read after the gate, so a revocation that fixed its cutoff
+# while this mint waited always covers it or never does (docs/decisions.md, "A gate between mints and
+# revocation cutoffs"); it expires `lifetime` seconds later, computed here and nowhere else.
+_CLAIM_TOKEN_EVENTS = f"""
+claim AS (
+    INSERT INTO used_jtis (issuer_id, jti, expires_at)
+    SELECT $3, $4, to_timestamp($5) FROM checked WHERE checked.ok
+    ON CONFLICT DO NOTHING
+    RETURNING clock_timestamp() AS now),
+token AS (
+    INSERT INTO tokens (id, token_hash, issuer_id, packages, permissions, publisher_ids, ci, repository_key,
+                        workflow, issued_at, expires_at)
+    SELECT $6, $7, $3, $8, $9, $2::uuid[], $10, $11, $12, claim.now, claim.now + make_interval(secs => $13)
+    FROM claim
+    RETURNING issued_at, expires_at),
+events AS (
+    INSERT INTO outbox (event_id, type, source, subject, time, data)
+    SELECT e.id, e.type, e.source, e.subject, token.issued_at,
+           CASE WHEN e.type = '{TOKEN_ISSUED}'
+                THEN e.data || jsonb_build_object('issued_at', {_rfc3339_seconds('token.issued_at')},
+                                                  'expires_at', {_rfc3339_seconds('token.expires_at')})
+                ELSE e.data END
+    FROM unnest($14::uuid[], $15::text[], $16::text[], $17::text[], $18::jsonb[]) AS e(id, type, source, subject, data),
+         token)
+SELECT (SELECT ok FROM checked) AS publishers_ok, (SELECT issued_at FROM token) AS issued_at,
+       (SELECT expires_at FROM token) AS expires_at
+"""
+
+# Every matched publisher pins its ids already (every exchange but a publisher's first): check with a fresh
+# snapshot that they all still exist (a VOLATILE function, migration 0004; no row locks, which would cost a
+# multixact per concurrent mint of one publisher).
+_MINT = f"""
+WITH gate AS MATERIALIZED (SELECT pg_advisory_xact_lock_shared($1)),
+checked AS MATERIALIZED (SELECT tpx_publishers_alive($2::uuid[]) = cardinality($2::uuid[]) AS ok FROM gate),
+{_CLAIM_TOKEN_EVENTS}"""
+
+# Some matched publisher has no ids yet: lock the matched rows after the gate (the same order as a
+# deletion), check that each still exists and pins nothing but the token's ids, and pin those. A
+# concurrent first exchange with other ids wins or loses on the row lock; the loser writes nothing.
+_MINT_BINDING = f"""
+WITH gate AS MATERIALIZED (SELECT pg_advisory_xact_lock_shared($1)),
+locked AS MATERIALIZED (
+    SELECT p.id, p.owner_id, p.name_id FROM publishers p
+    WHERE p.id = ANY($2::uuid[]) AND (SELECT true FROM gate)
+    FOR UPDATE OF p),
+checked AS MATERIALIZED (
+    SELECT count(*) = cardinality($2::uuid[])
+           AND coalesce(bool_and(coalesce(owner_id, $19) = $19 AND coalesce(name_id, $20) = $20), false) AS ok
+    FROM locked),
+bind AS (
+    UPDATE publishers p SET owner_id = coalesce(p.owner_id, $19), name_id = coalesce(p.name_id, $20),
+                            bound_at = coalesce(p.bound_at, now())
+    FROM checked WHERE checked.ok AND p.id = ANY($21::uuid[])
+    RETURNING p.id),
+{_CLAIM_TOKEN_EVENTS}"""
+
+
+async def mint(conn: asyncpg.Connection, *, issuer_id: Any, jti: str, jti_expires_at: float,
+               publisher_ids: list[str], binding: Binding | None, token_id: uuid.UUID, token_hash: bytes,
+               packages: list[str], permissions: dict[str, list[str]], ci: dict[str, Any], repository_key: str,
+               workflow: str, lifetime_seconds: int, events: Sequence[Event], source: str) -> MintResult:
+    """Write one exchange in one statement (its own transaction): enter the mint gate, check (and, with
+    `binding`, pin) the matched publishers, claim the (issuer, jti) pair, insert the token and its events.
+
+    Each step runs only if the one before succeeded, so a refusal writes nothing.
+    """
+    ids, types, sources, subjects, _times, datas = event_columns(events, source)
+    args: list[Any] = [
+        locks.MINT_GATE, publisher_ids, issuer_id, jti, jti_expires_at, token_id, token_hash, packages,
+        permissions, ci, repository_key, workflow, float(lifetime_seconds), ids, types, sources, subjects, datas,
+    ]
+    if binding is not None:
+        args += [binding.owner_id, binding.name_id, binding.publisher_ids]
+    row = await conn.fetchrow(_MINT_BINDING if binding is not None else _MINT, *args)
+    return MintResult(bool(row["publishers_ok"]), row["issued_at"], row["expires_at"])
+
+
+# --- introspection, revocation by the holder, listings -------------------------------------------------------
 
 async def active_by_hash(conn: asyncpg.Connection | asyncpg.Pool, token_hash: bytes) -> asyncpg.Record | None:
     return await conn.fetchrow(
@@ -58,16 +150,6 @@ async def revoke_by_hash(conn: asyncpg.Connection, token_hash: bytes, reason: st
     )
 
 
-async def revoke_by_publisher(conn: asyncpg.Connection, publisher_id: Any, reason: str) -> list[asyncpg.Record]:
-    """Unbounded; prefer a 'publisher' revocation rule (tpx.core.db.revocations), which works in batches."""
-    return await conn.fetch(
-        f"""UPDATE tokens SET revoked_at = now(), revocation_reason = $2
-            WHERE publisher_ids @> ARRAY[$1::uuid] AND {LIVE}
-            RETURNING id, packages, publisher_ids, ci""",
-        publisher_id, reason,
-    )
-
-
 async def list_metadata(
     conn: asyncpg.Connection, *, package: str | None, publisher_id: Any | None, active: bool | None, limit: int,
 ) -> list[asyncpg.Record]:
@@ -81,3 +163,41 @@ async def list_metadata(
             ORDER BY issued_at DESC, id LIMIT $4""",
         package, publisher_id, active, limit,
     )
+
+
+# --- the revoker's sweep -------------------------------------------------------------------------------------
+
+async def mark_expired(conn: asyncpg.Connection, limit: int) -> list[asyncpg.Record]:
+    """Live tokens past `expires_at` get `expired_at` (once), oldest first; skips rows others hold."""
+    return await conn.fetch(
+        """UPDATE tokens SET expired_at = now()
+           WHERE id = ANY(ARRAY(
+               SELECT id FROM tokens
+               WHERE expires_at <= now() AND revoked_at IS NULL AND expired_at IS NULL
+               ORDER BY expires_at LIMIT $1 FOR UPDATE SKIP LOCKED))
+           RETURNING id, packages, publisher_ids, ci, issued_at, expires_at""",
+        limit)
+
+
+async def purge_used_jtis(conn: asyncpg.Connection, limit: int) -> int:
+    """Forget spent JTIs past their `expires_at` (exp + leeway: such an ID token no longer verifies)."""
+    return affected(await conn.execute(
+        """DELETE FROM used_jtis
+           WHERE ctid = ANY(ARRAY(
+               SELECT ctid FROM used_jtis WHERE expires_at < now()
+               ORDER BY expires_at LIMIT $1 FOR UPDATE SKIP LOCKED))""",
+        limit))
+
+
+async def purge_old(conn: asyncpg.Connection, limit: int, older_than_seconds: float) -> int:
+    """Delete token rows issued and expired longer ago than the retention.
+
+    expires_at <= issued_at + the longest lifetime, so filtering on the issued_at index first is exact.
+    """
+    return affected(await conn.execute(
+        """DELETE FROM tokens
+           WHERE id = ANY(ARRAY(
+               SELECT id FROM tokens
+               WHERE issued_at < now() - make_interval(secs => $2) AND expires_at < now() - make_interval(secs => $2)
+               ORDER BY issued_at LIMIT $1 FOR UPDATE SKIP LOCKED))""",
+        limit, older_than_seconds))

@@ -1,4 +1,15 @@
-"""Event types (api.md section 5). Routing key = type without the `dev.tpx.` prefix."""
+"""Events: what one is, and every type tpx emits (api.md section 5).
+
+The routing key is the type without the `dev.tpx.` prefix. Each type has a
+builder in `tpx.core.events.builders` and a JSON Schema in `schemas/`.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
 
 TYPE_PREFIX = "dev.tpx."
 
@@ -16,6 +27,22 @@ ISSUER_DELETED = "dev.tpx.issuer.deleted"
 ISSUER_KEYS_ROTATED = "dev.tpx.issuer.keys_rotated"
 REVOCATION_REQUESTED = "dev.tpx.revocation.requested"  # a rule left pending for the revoker to finish
 REVOCATION_COMPLETED = "dev.tpx.revocation.completed"
+
+# The `source` of events, by the component that writes them.
+EXCHANGE_SOURCE = "urn:tpx:exchange"
+JWKS_REFRESHER_SOURCE = "urn:tpx:jwks-refresher"
+REVOKER_SOURCE = "urn:tpx:revoker"
+
+
+@dataclass(frozen=True)
+class Event:
+    """An event before it enters the outbox; the relay adds `sequence` and the chain link."""
+
+    type: str
+    data: dict[str, Any]
+    subject: str | None = None
+    id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    time: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
 
 
 def routing_key(event_type: str) -> str:

@@ -1,14 +1,22 @@
-"""What every provider is: a typed identity built from verified claims, and a
-table of pure checks run against one publisher.
+"""What every provider is: a typed identity built from verified claims, the
+publisher configuration it is matched against, and a table of pure checks.
 
 The same `checks()` output drives the exchange decision, `POST /v1/explain` and
 the hints of `no_matching_publisher`, so the three can never disagree.
+
+A publisher is stored in provider-neutral fields (owner, name, workflow, ids)
+and shown with the provider's own field names (`Provider.fields`: GitHub's
+repository_owner, repository_name, workflow_filename; GitLab's namespace,
+project, workflow_filepath), so one table and one lookup serve every provider.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from datetime import datetime
+from typing import Any, Mapping, Protocol
+
+PERMISSIONS = ("publish-update", "publish-new")
 
 
 @dataclass(frozen=True)
@@ -94,14 +102,65 @@ class Identity:
         }
 
 
+@dataclass(frozen=True)
+class Publisher:
+    """A trusted-publisher configuration, in provider-neutral fields."""
+
+    id: str
+    package: str
+    provider: str
+    issuer: str
+    owner: str
+    name: str
+    workflow: str
+    owner_id: str | None = None
+    name_id: str | None = None
+    environments: tuple[str, ...] = ()
+    ref_patterns: tuple[str, ...] = ()
+    allow_self_hosted_runners: bool = False
+    require_protected_ref: bool = False
+    token_ttl_seconds: int | None = None
+    permissions: tuple[str, ...] = ("publish-update",)
+    created_at: datetime | None = None
+
+    @property
+    def repository(self) -> str:
+        return f"{self.owner}/{self.name}"
+
+
+@dataclass(frozen=True)
+class IdentityFields:
+    """The provider-specific part of a publisher, read from admin input by its provider."""
+
+    owner: str
+    name: str
+    workflow: str
+    owner_id: str | None
+    name_id: str | None
+    options: Mapping[str, bool] = field(default_factory=dict)
+
+
+
+
 class Provider(Protocol):
     name: str
+    # The issuer this provider's publishers use unless they name another (e.g. github.com's).
+    public_issuer: str
+    # Neutral publisher field -> the provider's own field name in the API and in events.
+    fields: Mapping[str, str]
+    # Boolean publisher options only this provider has (GitLab: require_protected_ref).
+    options: tuple[str, ...]
+    # Whether the forge compares environment names ignoring case (GitHub does, GitLab does not).
+    environments_ignore_case: bool
 
     def identity(self, claims: dict[str, Any], issuer_url: str) -> Identity:
         """Build the typed identity; raise Problem('malformed_token') on a missing or mistyped claim."""
 
-    def checks(self, identity: Identity, publisher: Any) -> list[CheckResult]:
+    def checks(self, identity: Identity, publisher: Publisher) -> list[CheckResult]:
         """Evaluate every row of the check table; pure, no I/O."""
 
-    def bindings(self, identity: Identity, publisher: Any) -> dict[str, str]:
+    def bindings(self, identity: Identity, publisher: Publisher) -> dict[str, str]:
         """Ids the publisher does not pin yet, to bind on a successful exchange."""
+
+    def publisher_fields(self, body: dict[str, Any], code: str) -> IdentityFields:
+        """Read and check this provider's publisher fields from admin input; refusals name the field."""

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import fnmatch
 
-from tpx.core.providers.base import CheckResult, Identity
+from tpx.core.providers.base import CheckResult, Identity, Publisher
 from tpx.core.providers.matching import ascii_iequal
-from tpx.core.publishers import Publisher
 
 
 def pinned_id(claim: str, actual: str, pinned: str | None, resurrection: str) -> CheckResult:

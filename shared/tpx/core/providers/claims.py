@@ -11,10 +11,10 @@ from typing import Any
 
 from tpx.core.errors import Problem
 
-
 # Shapes shared by the providers' claim tables. Printable ASCII (space to tilde) excludes NUL, CR,
 # LF, every other control character and everything outside ASCII.
 ID = re.compile(r"[0-9]{1,20}")
+ID_TEXT = "a string of 1 to 20 decimal digits"
 TEXT_1K = re.compile(r"[\x20-\x7e]{1,1024}")
 TEXT_255 = re.compile(r"[\x20-\x7e]{1,255}")
 TEXT_255_OR_EMPTY = re.compile(r"[\x20-\x7e]{0,255}")

@@ -12,15 +12,16 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from tpx.core import inputs
 from tpx.core.errors import Problem
+from tpx.core.providers.base import CheckResult, Identity, IdentityFields, Publisher
 from tpx.core.providers.checks import pinned_id, ref_patterns, repository_match, unbound_ids
 from tpx.core.providers.claims import (
-    ID, PRINTABLE_1K, PRINTABLE_1K_OR_EMPTY, PRINTABLE_255, PRINTABLE_255_OR_EMPTY, TEXT_1K, TEXT_1K_OR_EMPTY, TEXT_255, TEXT_255_OR_EMPTY, required_claim, string_claim,
+    ID, ID_TEXT, PRINTABLE_1K, PRINTABLE_1K_OR_EMPTY, PRINTABLE_255, PRINTABLE_255_OR_EMPTY, TEXT_1K,
+    TEXT_1K_OR_EMPTY, TEXT_255, TEXT_255_OR_EMPTY, required_claim, string_claim,
 )
-from tpx.core.providers.base import CheckResult, Identity
 from tpx.core.providers.matching import FORBIDDEN_TRIGGER, ascii_iequal
 from tpx.core.providers.workflow_ref import expected_workflow_ref, workflow_filename
-from tpx.core.publishers import Publisher
 
 # Triggers that run with the base repository's privileges on behalf of code or
 # events someone outside the repository controls (a fork's pull request, a
@@ -29,7 +30,13 @@ FORBIDDEN_EVENTS = frozenset({"pull_request_target", "workflow_run"})
 
 GITHUB_HOSTED = "github-hosted"
 
-_REPOSITORY = re.compile(r"(?P<owner>[A-Za-z0-9][A-Za-z0-9-]{0,38})/(?P<name>[A-Za-z0-9._-]{1,100})")
+# GitHub's own name rules, for the `repository` claim and for a publisher's fields alike.
+_OWNER = r"[A-Za-z0-9][A-Za-z0-9-]{0,38}"
+_NAME = r"[A-Za-z0-9._-]{1,100}"
+OWNER_RE = re.compile(_OWNER)
+NAME_RE = re.compile(_NAME)
+_REPOSITORY = re.compile(rf"(?P<owner>{_OWNER})/(?P<name>{_NAME})")
+WORKFLOW_FILE_RE = re.compile(r"[A-Za-z0-9._ -]{1,200}\.ya?ml")
 _EVENT = re.compile(r"[a-z_]{1,64}")
 
 
@@ -48,28 +55,32 @@ _OPTIONAL: dict[str, tuple[re.Pattern[str], str]] = {
 _EXTRA_CLAIMS = ("job_workflow_ref", "ref_type", "ref_protected", "repository_visibility", "run_attempt")
 
 
-
-
-
-
-
-
 class GitHubProvider:
     name = "github"
+    public_issuer = "https://token.actions.githubusercontent.com"
+    fields = {
+        "owner": "repository_owner",
+        "owner_id": "repository_owner_id",
+        "name": "repository_name",
+        "name_id": "repository_id",
+        "workflow": "workflow_filename",
+    }
+    options: tuple[str, ...] = ()
+    environments_ignore_case = True
 
     def identity(self, claims: dict[str, Any], issuer_url: str) -> Identity:
         if not isinstance(claims, dict):
             raise Problem("malformed_token", "the token payload is not a JSON object")
         repository = required_claim(claims, "repository", _REPOSITORY,
-                               "owner/name (owner: ASCII letters, digits and '-', at most 39; "
-                               "name: ASCII letters, digits, '.', '_' and '-', at most 100)")
+                                    "owner/name (owner: ASCII letters, digits and '-', at most 39; "
+                                    "name: ASCII letters, digits, '.', '_' and '-', at most 100)")
         owner, _, name = repository.partition("/")
         repository_owner = required_claim(claims, "repository_owner", TEXT_255, PRINTABLE_255)
         if repository_owner != owner:
             raise Problem("malformed_token",
                           "claim 'repository_owner' does not equal the owner part of claim 'repository'")
-        owner_id = required_claim(claims, "repository_owner_id", ID, "a string of 1 to 20 decimal digits")
-        repository_id = required_claim(claims, "repository_id", ID, "a string of 1 to 20 decimal digits")
+        owner_id = required_claim(claims, "repository_owner_id", ID, ID_TEXT)
+        repository_id = required_claim(claims, "repository_id", ID, ID_TEXT)
         workflow_ref = required_claim(claims, "workflow_ref", TEXT_1K, PRINTABLE_1K)
         ref = required_claim(claims, "ref", TEXT_1K, PRINTABLE_1K)
         sha = required_claim(claims, "sha", TEXT_255, PRINTABLE_255)
@@ -120,8 +131,19 @@ class GitHubProvider:
     def bindings(self, identity: Identity, publisher: Publisher) -> dict[str, str]:
         return unbound_ids(identity, publisher)
 
-
-
+    def publisher_fields(self, body: dict[str, Any], code: str) -> IdentityFields:
+        names = self.fields
+        return IdentityFields(
+            owner=inputs.required_text(body, names["owner"], OWNER_RE, "a GitHub user or organisation name", code),
+            name=inputs.required_text(body, names["name"], NAME_RE, "a GitHub repository name", code),
+            workflow=inputs.required_text(
+                body, names["workflow"], WORKFLOW_FILE_RE,
+                "the file name of a workflow in .github/workflows, e.g. release.yml (no directory)", code),
+            owner_id=inputs.text(body, names["owner_id"], ID, 'a numeric id given as a string, e.g. "65"', code,
+                                 required=False),
+            name_id=inputs.text(body, names["name_id"], ID, 'a numeric id given as a string, e.g. "74"', code,
+                                required=False),
+        )
 
 
 def _workflow(identity: Identity, publisher: Publisher) -> CheckResult:
@@ -168,8 +190,6 @@ def _environment(identity: Identity, publisher: Publisher) -> CheckResult:
     return CheckResult("environment", "environment", list(publisher.environments), env, passed, note=note)
 
 
-
-
 def _runner(identity: Identity, publisher: Publisher) -> CheckResult:
     actual = identity.runner_environment
     if publisher.allow_self_hosted_runners:
@@ -179,4 +199,3 @@ def _runner(identity: Identity, publisher: Publisher) -> CheckResult:
     note = None if passed else (
         "self-hosted runners are refused unless the publisher sets allow_self_hosted_runners")
     return CheckResult("runner", "runner_environment", GITHUB_HOSTED, actual, passed, note=note)
-

@@ -16,30 +16,34 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from tpx.core import inputs
 from tpx.core.errors import Problem
+from tpx.core.providers.base import CheckResult, Identity, IdentityFields, Publisher
 from tpx.core.providers.checks import pinned_id, ref_patterns, repository_match, unbound_ids
 from tpx.core.providers.claims import (
-    ID, PRINTABLE_1K, PRINTABLE_255_OR_EMPTY, TEXT_1K, TEXT_255_OR_EMPTY, json_type, required_claim, string_claim,
+    ID, ID_TEXT, PRINTABLE_1K, PRINTABLE_255_OR_EMPTY, TEXT_1K, TEXT_255_OR_EMPTY, json_type, required_claim,
+    string_claim,
 )
-from tpx.core.providers.base import CheckResult, Identity
 from tpx.core.providers.gitlab_ref import CiConfigRef, issuer_host, parse_ci_config_ref_uri
 from tpx.core.providers.matching import ascii_iequal
-from tpx.core.publishers import Publisher
 
 GITLAB_HOSTED = "gitlab-hosted"
 PROTECTED = "true"
 
 # group[/subgroup...]/project; '/' is outside the segment class, so the
 # repetition cannot backtrack. The 1024 total is checked before matching.
+# The same rules check a publisher's namespace and project.
 _SEGMENT = r"[A-Za-z0-9_.][A-Za-z0-9_.-]{0,254}"
 _PROJECT_PATH = re.compile(rf"{_SEGMENT}(?:/{_SEGMENT})+")
+NAMESPACE_RE = re.compile(rf"{_SEGMENT}(?:/{_SEGMENT}){{0,20}}")
+PROJECT_RE = re.compile(_SEGMENT)
+CI_FILE_RE = re.compile(r"[A-Za-z0-9._/ -]{1,1024}\.ya?ml")
 _PROJECT_PATH_MAX = 1024
 _WORD = re.compile(r"[a-z_]{1,64}")
 _RUNNER = re.compile(r"[a-z-]{1,64}")
 _BOOLEAN_STRING = re.compile(r"true|false")
 _SHA = re.compile(r"[0-9a-f]{40}(?:[0-9a-f]{24})?")
 
-_ID_TEXT = "a string of 1 to 20 decimal digits"
 _WORD_TEXT = "1 to 64 lower-case ASCII letters or '_'"
 _BOOLEAN_TEXT = "the string \"true\" or \"false\""
 _SHA_TEXT = "a commit sha of 40 (or 64) lower-case hex digits"
@@ -52,18 +56,12 @@ _OPTIONAL: dict[str, tuple[re.Pattern[str], str]] = {
     # the same shape is a refusal by the runner check (with a hint), not a
     # malformed token.
     "runner_environment": (_RUNNER, "1 to 64 lower-case ASCII letters or '-'"),
-    "pipeline_id": (ID, _ID_TEXT),
-    "job_id": (ID, _ID_TEXT),
+    "pipeline_id": (ID, ID_TEXT),
+    "job_id": (ID, ID_TEXT),
     "deployment_tier": (_WORD, _WORD_TEXT),
     "ci_config_sha": (_SHA, _SHA_TEXT),
 }
 _MAX_RUNNER_ID = 2**63 - 1
-
-
-
-
-
-
 
 
 def _project_path(claims: dict[str, Any]) -> str:
@@ -90,6 +88,16 @@ def _runner_id(claims: dict[str, Any]) -> None:
 
 class GitLabProvider:
     name = "gitlab"
+    public_issuer = "https://gitlab.com"
+    fields = {
+        "owner": "namespace",
+        "owner_id": "namespace_id",
+        "name": "project",
+        "name_id": "project_id",
+        "workflow": "workflow_filepath",
+    }
+    options = ("require_protected_ref",)
+    environments_ignore_case = False
 
     def identity(self, claims: dict[str, Any], issuer_url: str) -> Identity:
         if not isinstance(claims, dict):
@@ -100,8 +108,8 @@ class GitLabProvider:
         if namespace_path != namespace:
             raise Problem("malformed_token",
                           "claim 'namespace_path' does not equal the namespace part of claim 'project_path'")
-        namespace_id = required_claim(claims, "namespace_id", ID, _ID_TEXT)
-        project_id = required_claim(claims, "project_id", ID, _ID_TEXT)
+        namespace_id = required_claim(claims, "namespace_id", ID, ID_TEXT)
+        project_id = required_claim(claims, "project_id", ID, ID_TEXT)
         ci_config_ref_uri = required_claim(claims, "ci_config_ref_uri", TEXT_1K, PRINTABLE_1K)
         ref_path = required_claim(claims, "ref_path", TEXT_1K, PRINTABLE_1K)
         required_claim(claims, "ref", TEXT_1K, PRINTABLE_1K)
@@ -163,8 +171,21 @@ class GitLabProvider:
     def bindings(self, identity: Identity, publisher: Publisher) -> dict[str, str]:
         return unbound_ids(identity, publisher)
 
-
-
+    def publisher_fields(self, body: dict[str, Any], code: str) -> IdentityFields:
+        names = self.fields
+        return IdentityFields(
+            owner=inputs.required_text(body, names["owner"], NAMESPACE_RE,
+                                       "a GitLab group path, e.g. my-group/sub-group", code),
+            name=inputs.required_text(body, names["name"], PROJECT_RE, "a GitLab project path name", code),
+            workflow=inputs.required_text(body, names["workflow"], CI_FILE_RE,
+                                          "the path of the CI configuration in the project, e.g. .gitlab-ci.yml",
+                                          code),
+            owner_id=inputs.text(body, names["owner_id"], ID, 'a numeric id given as a string, e.g. "65"', code,
+                                 required=False),
+            name_id=inputs.text(body, names["name_id"], ID, 'a numeric id given as a string, e.g. "74"', code,
+                                required=False),
+            options={"require_protected_ref": inputs.boolean(body, "require_protected_ref", False, code)},
+        )
 
 
 def _ci_config(identity: Identity, publisher: Publisher) -> list[CheckResult]:
@@ -244,8 +265,6 @@ def _environment(identity: Identity, publisher: Publisher) -> CheckResult:
     elif not passed and any(ascii_iequal(env, allowed) for allowed in publisher.environments):
         note = "differs only in case; GitLab environment names are case-sensitive"
     return CheckResult("environment", "environment", list(publisher.environments), env, passed, note=note)
-
-
 
 
 def _protected_ref(identity: Identity, publisher: Publisher) -> CheckResult:

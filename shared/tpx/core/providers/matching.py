@@ -15,8 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable
 
 from tpx.core.errors import Problem
-from tpx.core.providers.base import CheckResult, Identity, Provider
-from tpx.core.publishers import API_FIELDS, Publisher
+from tpx.core.providers.base import CheckResult, Identity, Provider, Publisher
 
 _ASCII_LOWER = str.maketrans(string.ascii_uppercase, string.ascii_lowercase)
 
@@ -76,14 +75,10 @@ def evaluate(provider: Provider, identity: Identity, publishers: Iterable[Publis
     ]
 
 
-def matched(evaluations: Iterable[PublisherEvaluation]) -> list[PublisherEvaluation]:
-    return [e for e in evaluations if e.matched]
-
-
-def denial(identity: Identity, evaluations: list[PublisherEvaluation]) -> Problem:
+def denial(provider: Provider, identity: Identity, evaluations: list[PublisherEvaluation]) -> Problem:
     """The refusal for an identity no publisher matched, saying what to change."""
     if not evaluations:
-        return _no_candidates(identity)
+        return _no_candidates(provider, identity)
     checks = [e.as_explain() for e in evaluations]
     hints = [line for e in evaluations for line in _hint_lines(e)]
     trigger_failures = [_first(e, FORBIDDEN_TRIGGER) for e in evaluations]
@@ -112,15 +107,15 @@ def denial(identity: Identity, evaluations: list[PublisherEvaluation]) -> Proble
     )
 
 
-def _no_candidates(identity: Identity) -> Problem:
-    names = API_FIELDS.get(identity.provider, {})
+def _no_candidates(provider: Provider, identity: Identity) -> Problem:
+    names = provider.fields
     body = {
         "package": "<package>",
         "provider": identity.provider,
         "issuer": identity.issuer,
-        names.get("owner", "owner"): identity.owner,
-        names.get("name", "name"): identity.name,
-        names.get("workflow", "workflow"): identity.workflow,
+        names["owner"]: identity.owner,
+        names["name"]: identity.name,
+        names["workflow"]: identity.workflow,
     }
     return Problem(
         "no_matching_publisher",

@@ -1,50 +1,71 @@
 """The operations endpoints of the workers: /healthz, /readyz and /metrics on TPX_OPS_PORT.
 
 The exchange serves the same paths on its own port; the workers have no other
-HTTP surface, so they get this small app. Readiness is the worker's own
+HTTP surface, so they get this plain ASGI app (no web framework: a worker
+loads neither Starlette nor the exchange). Readiness is the worker's own
 judgement (database reachable, broker consumer attached, ...), passed in.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Awaitable, Callable
-
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+import json
+import socket
+from typing import Any, Awaitable, Callable
 
 from tpx.core.config import Settings
 from tpx.core.metrics import exposition
+from tpx.core.serving.server import Server, bind, uvicorn_config
 
 Readiness = Callable[[], Awaitable[tuple[bool, dict]]]
+Reply = tuple[int, bytes, str]
 
 
-def ops_app(readiness: Readiness, draining: Callable[[], bool]) -> Starlette:
-    async def healthz(_request: Request) -> JSONResponse:
-        return JSONResponse({"status": "ok"})
+def ops_app(readiness: Readiness, draining: Callable[[], bool]) -> Callable[..., Awaitable[None]]:
+    async def healthz() -> Reply:
+        return _json(200, {"status": "ok"})
 
-    async def readyz(_request: Request) -> JSONResponse:
+    async def readyz() -> Reply:
         ready, details = await readiness()
         reasons = list(details.get("reasons", []))
         if draining():
             ready = False
             reasons.append("the service is shutting down")
-        return JSONResponse({**details, "status": "ready" if ready else "not ready", "reasons": reasons},
-                            status_code=200 if ready else 503)
+        return _json(200 if ready else 503, {**details, "status": "ready" if ready else "not ready", "reasons": reasons})
 
-    async def metrics(_request: Request) -> Response:
+    async def metrics() -> Reply:
         body, content_type = exposition()
-        return Response(body, media_type=content_type)
+        return 200, body, content_type
 
-    return Starlette(routes=[Route("/healthz", healthz), Route("/readyz", readyz), Route("/metrics", metrics)])
+    routes = {"/healthz": healthz, "/readyz": readyz, "/metrics": metrics}
+
+    async def app(scope: dict[str, Any], receive: Callable[..., Awaitable[Any]],
+                  send: Callable[..., Awaitable[None]]) -> None:
+        if scope["type"] != "http":
+            return
+        route = routes.get(scope["path"])
+        headers: list[tuple[bytes, bytes]] = []
+        if route is None:
+            status, body, content_type = _json(404, {"detail": f"no endpoint at {scope['path'][:100]}; "
+                                                               "try /healthz, /readyz or /metrics"})
+        elif scope["method"] not in ("GET", "HEAD"):
+            status, body, content_type = _json(405, {"detail": f"{scope['method']} is not allowed; use GET"})
+            headers.append((b"allow", b"GET, HEAD"))
+        else:
+            status, body, content_type = await route()
+        headers += [(b"content-type", content_type.encode()), (b"content-length", str(len(body)).encode())]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else body})
+
+    return app
 
 
-def bind_ops_socket(settings: Settings):
+def _json(status: int, value: dict[str, Any]) -> Reply:
+    return status, json.dumps(value, separators=(",", ":")).encode(), "application/json"
+
+
+def bind_ops_socket(settings: Settings) -> socket.socket:
     """Bind the ops port before the worker starts, so a taken port stops the worker with a clear message."""
-    from tpx.core.serving.server import bind
-
     try:
         return bind(settings.host, settings.ops_port)
     except OSError as exc:
@@ -53,12 +74,10 @@ def bind_ops_socket(settings: Settings):
 
 
 async def serve_ops(settings: Settings, stop: asyncio.Event, readiness: Readiness, draining: Callable[[], bool],
-                    sock) -> None:
+                    sock: socket.socket) -> None:
     """Serve the ops endpoints on the bound `sock` until `stop`."""
-    from tpx.core.serving.server import ExchangeServer, uvicorn_config
-
-    server = ExchangeServer(uvicorn_config(ops_app(readiness, draining), settings, port=settings.ops_port,
-                                           lifespan="off", limit_concurrency=64))
+    server = Server(uvicorn_config(ops_app(readiness, draining), settings, port=settings.ops_port,
+                                   lifespan="off", limit_concurrency=64))
     try:
         await server.serve_until(stop, sockets=[sock])
     finally:

@@ -1,14 +1,16 @@
-"""Serving the exchange app with uvicorn, with limits chosen on purpose.
+"""Serving an ASGI app with uvicorn, with limits chosen on purpose: the exchange's API and the
+workers' ops endpoints alike.
 
-`ExchangeServer` leaves signal handling to its owner: in `tpx dev` one stop
-event drains all three services together, and uvicorn must not re-raise a
-captured SIGTERM before the workers have finished.
+`Server` leaves signal handling to its owner: in `tpx dev` one stop event
+drains all three services together, and uvicorn must not re-raise a captured
+SIGTERM before the workers have finished.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 from typing import Any, Iterator
 
 import uvicorn
@@ -35,10 +37,8 @@ def uvicorn_config(app: Any, settings: Settings, **overrides: Any) -> uvicorn.Co
     return uvicorn.Config(app, **options)
 
 
-def bind(host: str, port: int):
+def bind(host: str, port: int) -> socket.socket:
     """Bind the listening socket up front, so a taken port fails the start with an OSError that says so."""
-    import socket
-
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
@@ -49,7 +49,7 @@ def bind(host: str, port: int):
     return sock
 
 
-class ExchangeServer(uvicorn.Server):
+class Server(uvicorn.Server):
     """A uvicorn server that is stopped by its owner and tells when it is listening."""
 
     def __init__(self, config: uvicorn.Config) -> None:

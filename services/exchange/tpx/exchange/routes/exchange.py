@@ -49,7 +49,8 @@ async def exchange_token(ctx: ServiceContext, verified: VerifiedToken):
     """Mint for a verified token; shared by the native and compatibility routes."""
     async with ctx.pool.acquire() as conn:
         try:
-            minted = await mint(conn, ctx.settings, verified, ctx.limits, ctx.candidates)
+            minted = await mint(conn, ctx.settings, verified, ctx.candidates,
+                                admit=lambda decision: ctx.limits.take_publishers(e.publisher for e in decision.matched))
         except Problem as problem:
             if problem.code in ("no_matching_publisher", "forbidden_trigger"):
                 await record_denial(conn, verified, problem)

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
 from datetime import datetime, timezone
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from tpx.core.db.pool import UNAVAILABLE_ERRORS
+from tpx.core.db.pool import ping
 from tpx.core.metrics import exposition
+from tpx.core.times import rfc3339_or_none
 
 from tpx.exchange.context import context
 from tpx.exchange.openapi import OPENAPI
@@ -24,10 +24,8 @@ async def readyz(request: Request) -> JSONResponse:
     ctx = context(request)
     reasons: list[str] = []
     database = "ok"
-    try:
-        await asyncio.wait_for(ctx.pool.fetchval("SELECT 1"), timeout=2)
-    except UNAVAILABLE_ERRORS as exc:
-        database = f"unreachable ({type(exc).__name__})"
+    if not await ping(ctx.pool):
+        database = "unreachable"
         reasons.append("the database is unreachable")
     issuers = []
     now = datetime.now(timezone.utc)
@@ -46,7 +44,7 @@ async def readyz(request: Request) -> JSONResponse:
             usable += 1
         issuers.append({
             "url": entry.url, "kind": entry.kind, "enabled": entry.enabled, "key_count": len(entry.keys),
-            "key_ids": sorted(entry.keys), "keys_fetched_at": entry.keys_fetched_at.isoformat() if entry.keys_fetched_at else None,
+            "key_ids": sorted(entry.keys), "keys_fetched_at": rfc3339_or_none(entry.keys_fetched_at),
             "key_age_seconds": int(age) if age is not None else None, "last_error": entry.last_error,
             "state": state,
         })

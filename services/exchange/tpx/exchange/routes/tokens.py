@@ -8,16 +8,15 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from tpx.core import tokens
-from tpx.core.errors import Problem
-from tpx.core.events import types as event_types
-from tpx.core.events.outbox import Event, add_events
-from tpx.core.metrics import INTROSPECTIONS
 from tpx.core.db import tokens as token_store
+from tpx.core.db.outbox import add_events
+from tpx.core.errors import Problem
+from tpx.core.events import builders
+from tpx.core.events.types import EXCHANGE_SOURCE
+from tpx.core.metrics import INTROSPECTIONS
 
-from tpx.exchange.context import context
+from tpx.exchange.context import ServiceContext, context
 from tpx.exchange.http import read_object, reject_unknown
-
-SOURCE = "urn:tpx:exchange"
 
 
 def _bearer(request: Request) -> str | None:
@@ -42,24 +41,14 @@ async def revoke(request: Request) -> Response:
     return Response(status_code=204)
 
 
-async def revoke_token(ctx, token: str, reason: str) -> None:
+async def revoke_token(ctx: ServiceContext, token: str, reason: str) -> None:
     async with ctx.pool.acquire() as conn:
         async with conn.transaction():
             row = await token_store.revoke_by_hash(conn, tokens.hash_token(token), reason)
             if row is not None:
-                await add_events(conn, [revoked_event(row, reason)], source=SOURCE)
+                await add_events(conn, [builders.token_revoked(row, reason)], source=EXCHANGE_SOURCE)
     if row is not None:
         ctx.outbox_signal.notify()
-
-
-def revoked_event(row, reason: str) -> Event:
-    return Event(event_types.TOKEN_REVOKED, subject=str(row["id"]), data={
-        "token_id": str(row["id"]),
-        "packages": list(row["packages"]),
-        "publisher_ids": [str(p) for p in row["publisher_ids"]],
-        "reason": reason,
-        "ci": row["ci"],
-    })
 
 
 def introspection_body(row) -> dict[str, Any]:

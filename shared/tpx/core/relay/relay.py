@@ -1,8 +1,10 @@
 """The outbox relay: moves committed events from Postgres to RabbitMQ, in order, at least once.
 
 - One relay in the cluster publishes at a time, so events leave in a single order:
-  it holds a session-level advisory lock on its own connection. Standbys retry
-  every few seconds and take over when the leader's session ends.
+  it holds a session-level advisory lock on a connection of its own
+  (`tpx.core.db.listener.KeptConnection`). Standbys retry every few seconds and
+  take over when the leader's session ends; a leader whose session is lost
+  stops at once, since another may already lead.
 - Sequences are given in their own short transaction to committed rows only, so
   a rolled-back write never consumes a number and the sequence has no gaps.
 - A row is marked published only after the broker confirmed it. A crash or an
@@ -15,106 +17,37 @@
 from __future__ import annotations
 
 import asyncio
-import random
 from typing import Any, Iterable, Sequence
-from urllib.parse import urlsplit
 
 import aio_pika
 import aiormq
 import asyncpg
 
+from tpx.core.backoff import Backoff, jittered
+from tpx.core.broker import BROKER_ERRORS, address, declare_audit_stream, describe
 from tpx.core.config import Settings
+from tpx.core.db import outbox
+from tpx.core.db.listener import KeptConnection, Session
 from tpx.core.db.pool import UNAVAILABLE_ERRORS
 from tpx.core.events import chain
 from tpx.core.events.cloudevents import CONTENT_TYPE, encode, to_cloudevent
-from tpx.core.events.outbox import OutboxSignal
 from tpx.core.events.types import routing_key
 from tpx.core.logging import get_logger
 from tpx.core.metrics import EVENTS_PUBLISHED, RELAY_FAILURES
+from tpx.core.relay.signal import OutboxSignal
 
-log = get_logger("tpx.core.events.relay")
-
-# Fixed bigints shared by every replica ("tpxR", "tpxS"); the migration lock is 0x74707801.
-RELAY_LOCK_ID = 0x7470_7852  # session-level: who is the leader
-SEQUENCE_LOCK_ID = 0x7470_7853  # transaction-level: guards sequence assignment even if two leaders overlap
+log = get_logger("tpx.core.relay")
 
 # Lets the server notice a vanished leader within about half a minute, so a standby takes over.
 _LOCK_SESSION_SETTINGS = {
-    "application_name": "tpx-outbox-relay",
     "tcp_keepalives_idle": "10",
     "tcp_keepalives_interval": "5",
     "tcp_keepalives_count": "3",
 }
 
-_UNSEQUENCED = """
-SELECT id, event_id, type, source, subject, time, data
-FROM outbox WHERE sequence IS NULL ORDER BY id LIMIT $1 FOR UPDATE
-"""
-
-_SELECT_PENDING = """
-SELECT event_id, type, source, subject, time, data, sequence, chainhash
-FROM outbox
-WHERE published_at IS NULL AND sequence IS NOT NULL
-ORDER BY sequence
-LIMIT $1
-"""
-
-_MARK_PUBLISHED = "UPDATE outbox SET published_at = now() WHERE sequence = ANY($1::bigint[])"
-
-# Failures of the broker side that a reconnect may cure.
-BROKER_ERRORS: tuple[type[BaseException], ...] = (
-    aiormq.exceptions.AMQPError,
-    aiormq.exceptions.ChannelInvalidStateError,
-    OSError,
-    asyncio.TimeoutError,
-)
-
 
 class BrokerUnavailable(Exception):
     """The broker could not take (part of) a batch; what it did not confirm stays unpublished."""
-
-
-class _Backoff:
-    """Exponential back-off with jitter, so replicas that failed together do not retry together."""
-
-    def __init__(self, first: float = 0.5, maximum: float = 10.0) -> None:
-        self._first = first
-        self._maximum = maximum
-        self._next = first
-
-    def next(self) -> float:
-        delay = self._next
-        self._next = min(delay * 2, self._maximum)
-        return random.uniform(delay / 2, delay)
-
-    def reset(self) -> None:
-        self._next = self._first
-
-
-def _address(url: str) -> str:
-    """Host, port and vhost of a URL, never its credentials: this is what logs may show."""
-    parts = urlsplit(url)
-    host = parts.hostname or "?"
-    return f"{host}:{parts.port}{parts.path}" if parts.port else f"{host}{parts.path}"
-
-
-def _describe(exc: BaseException, *urls: str) -> str:
-    """An error as one line, with any password from the configured URLs blanked out."""
-    text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-    for url in urls:
-        password = urlsplit(url).password
-        if password:
-            text = text.replace(password, "***")
-    return text[:500]
-
-
-async def _close_quietly(conn: asyncpg.Connection | None) -> None:
-    if conn is None or conn.is_closed():
-        return
-    try:
-        await asyncio.wait_for(conn.close(), 5)
-    except Exception:  # noqa: BLE001 - a dead connection cannot be closed politely
-        conn.terminate()
 
 
 class _Broker:
@@ -159,7 +92,7 @@ class _Broker:
             await asyncio.shield(self._close_connection(connection))
             raise
         self._connection, self._channel, self._exchange = connection, channel, exchange
-        log.info("relay.broker_connected", broker=_address(self._url), exchange=self._exchange_name)
+        log.info("relay.broker_connected", broker=address(self._url), exchange=self._exchange_name)
 
     async def publish(self, rows: Sequence[asyncpg.Record],
                       bodies: dict[str, bytes] | None = None) -> tuple[int, BaseException | None]:
@@ -199,32 +132,17 @@ class _Broker:
             pass
 
 
-async def declare_audit_stream(connection: aio_pika.abc.AbstractConnection, settings: Settings,
-                               exchange: aio_pika.abc.AbstractExchange, *, timeout: float) -> None:
-    """The replayable audit stream, bound to every event before the first one is published.
-
-    Declared on its own channel: a stream whose retention was set differently
-    by an operator makes the declaration fail, which must not close the
-    publishing channel. Retention then stays as the operator set it.
-    """
-    channel = await connection.channel()
-    try:
-        stream = await channel.declare_queue(settings.audit_stream, durable=True, timeout=timeout, arguments={
-            "x-queue-type": "stream",
-            "x-max-age": settings.audit_max_age,
-            "x-max-length-bytes": settings.audit_max_bytes,
-        })
-        await stream.bind(exchange, routing_key="#", timeout=timeout)
-    except aiormq.exceptions.ChannelPreconditionFailed as exc:
-        log.warning("relay.audit_stream_differs", stream=settings.audit_stream, error=str(exc)[:200])
-    finally:
-        if not channel.is_closed:
-            await channel.close()
-
-
 def _message(row: asyncpg.Record, body: bytes | None = None) -> aio_pika.Message:
     """The AMQP message of an outbox row; `body` is the encoded event when the sequencing step of this
-    process already built it (the same bytes `encode(to_cloudevent(row))` gives)."""
+    process already built it (the same bytes `encode(to_cloudevent(row))` gives).
+
+    A kept body is used only if it carries the row's stored chain link: a sequencing
+    transaction that rolled back, or another leader that numbered the row, leaves a
+    body behind that this row no longer has.
+    """
+    if body is not None and row["chainhash"] is not None:
+        if not body.startswith(b'{"chainhash":"' + bytes(row["chainhash"]).hex().encode() + b'",'):
+            body = None
     return aio_pika.Message(
         body=body if body is not None else encode(to_cloudevent(row)),
         content_type=CONTENT_TYPE,
@@ -289,9 +207,12 @@ class OutboxRelay:
         self._signal = signal or OutboxSignal()
         self._batch_size = batch_size
         self._standby_retry_seconds = standby_retry_seconds
-        self._lock_check_seconds = lock_check_seconds
         self._connect_timeout = connect_timeout
         self._broker = _Broker(settings, connect_timeout=connect_timeout, publish_timeout=publish_timeout)
+        self._lock_session = KeptConnection(settings.database_url, name="outbox-relay",
+                                            keepalive_seconds=lock_check_seconds, connect_timeout=connect_timeout,
+                                            backoff=Backoff(first=0.5, maximum=10.0),
+                                            server_settings=_LOCK_SESSION_SETTINGS)
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[Any] | None = None
         self._leader = False
@@ -306,23 +227,14 @@ class OutboxRelay:
 
     async def backlog(self) -> int:
         """Committed events not yet confirmed by the broker (sequenced or not)."""
-        return await self._pool.fetchval("SELECT count(*) FROM outbox WHERE published_at IS NULL")
+        return (await outbox.backlog(self._pool))[0]
 
     async def run(self) -> None:
         if self._task is not None:
             raise RuntimeError("this relay is already running")
         self._task = asyncio.current_task()
         try:
-            while not self._stopping.is_set():
-                lock_conn = await self._become_leader()
-                if lock_conn is None:
-                    break
-                try:
-                    await self._lead(lock_conn)
-                finally:
-                    self._leader = False
-                    await self._broker.close()
-                    await _close_quietly(lock_conn)  # ends the session, which releases the lock
+            await self._lock_session.run(self._hold, self._stopping, finish_on_stop=True)
         finally:
             self._leader = False
             await self._broker.close()
@@ -346,69 +258,29 @@ class OutboxRelay:
 
     # -- leadership ---------------------------------------------------------------
 
-    async def _become_leader(self) -> asyncpg.Connection | None:
-        """Wait until this relay holds the lock; None when stopped first."""
-        backoff = _Backoff()
-        conn: asyncpg.Connection | None = None
+    async def _hold(self, session: Session) -> None:
+        """On one lock session: wait until this relay holds the lock, then relay until the session ends."""
+        session.conn.add_termination_listener(lambda _conn: self._signal.notify())
         told_standby = False
-        try:
-            while not self._stopping.is_set():
-                try:
-                    if conn is None or conn.is_closed():
-                        conn = await asyncpg.connect(
-                            self._settings.database_url,
-                            timeout=self._connect_timeout,
-                            server_settings=_LOCK_SESSION_SETTINGS,
-                        )
-                    if await conn.fetchval("SELECT pg_try_advisory_lock($1)", RELAY_LOCK_ID,
-                                           timeout=self._connect_timeout):
-                        log.info("relay.leader", lock_id=RELAY_LOCK_ID)
-                        taken, conn = conn, None
-                        return taken
-                    backoff.reset()
-                    if not told_standby:
-                        log.info("relay.standby", retry_seconds=self._standby_retry_seconds)
-                        told_standby = True
-                    delay = self._standby_retry_seconds * random.uniform(0.8, 1.2)
-                except UNAVAILABLE_ERRORS as exc:
-                    delay = backoff.next()
-                    log.warning("relay.database_unavailable", error=self._describe(exc), retry_in=round(delay, 2))
-                    await _close_quietly(conn)
-                    conn = None
-                except Exception as exc:  # noqa: BLE001 - a background loop must outlive surprises
-                    delay = backoff.next()
-                    log.error("relay.lock_failed", error=self._describe(exc), retry_in=round(delay, 2))
-                    await _close_quietly(conn)
-                    conn = None
-                await self._pause(delay)
-            return None
-        finally:
-            await _close_quietly(conn)
-
-    async def _lead(self, lock_conn: asyncpg.Connection) -> None:
-        """Relay while the lock session lives; return when it is lost or on stop."""
-        lost = asyncio.Event()
-
-        def on_terminate(_conn: asyncpg.Connection) -> None:
-            lost.set()
-            self._signal.notify()
-
-        lock_conn.add_termination_listener(on_terminate)
-        self._leader = True
-        loop = asyncio.get_running_loop()
-        next_check = loop.time() + self._lock_check_seconds
-        backoff = _Backoff()
-        while not self._stopping.is_set():
-            if lost.is_set() or lock_conn.is_closed():
-                log.warning("relay.leadership_lost", reason="the lock session ended")
+        while not await outbox.try_lead(session, self._connect_timeout):
+            if not told_standby:
+                log.info("relay.standby", retry_seconds=self._standby_retry_seconds)
+                told_standby = True
+            if await self._pause(jittered(self._standby_retry_seconds)):
                 return
-            if loop.time() >= next_check:
-                try:
-                    await lock_conn.fetchval("SELECT 1", timeout=self._connect_timeout)
-                except Exception as exc:  # noqa: BLE001 - any failure means the session, and so the lock, may be gone
-                    log.warning("relay.leadership_lost", reason=self._describe(exc))
-                    return
-                next_check = loop.time() + self._lock_check_seconds
+        log.info("relay.leader")
+        self._leader = True
+        session.ready()
+        try:
+            await self._lead(session)
+        finally:
+            self._leader = False
+            await self._broker.close()
+
+    async def _lead(self, session: Session) -> None:
+        """Relay batches while the lock session lives; return on stop."""
+        backoff = Backoff(first=0.5, maximum=10.0)
+        while not self._stopping.is_set() and not session.lost.is_set():
             try:
                 full = await self._relay_once()
             except BrokerUnavailable as exc:
@@ -417,7 +289,7 @@ class OutboxRelay:
                 await self._broker.close()
                 delay = backoff.next()
                 cause = f"{exc}; {self._describe(exc.__cause__)}" if exc.__cause__ else str(exc)
-                log.warning("relay.broker_unavailable", broker=_address(self._settings.amqp_url),
+                log.warning("relay.broker_unavailable", broker=address(self._settings.amqp_url),
                             error=cause, retry_in=round(delay, 2))
                 await self._pause(delay)
                 continue
@@ -444,8 +316,10 @@ class OutboxRelay:
             await self._broker.ensure()
         except BROKER_ERRORS as exc:
             raise BrokerUnavailable("cannot open a channel") from exc
-        assigned = await self._assign_sequences()
-        rows = await self._pool.fetch(_SELECT_PENDING, self._batch_size)
+        if len(self._bodies) > 10 * self._batch_size:
+            self._bodies.clear()  # rows another leader published; they are rebuilt if ever needed
+        assigned = await outbox.assign_sequences(self._pool, self._batch_size, self._link)
+        rows = await outbox.unpublished(self._pool, self._batch_size)
         if not rows:
             return assigned >= self._batch_size
         try:
@@ -454,7 +328,7 @@ class OutboxRelay:
             raise BrokerUnavailable("publishing failed") from exc
         if confirmed:
             done = rows[:confirmed]
-            await self._pool.execute(_MARK_PUBLISHED, [row["sequence"] for row in done])
+            await outbox.mark_published(self._pool, [row["sequence"] for row in done])
             self.published_total += confirmed
             EVENTS_PUBLISHED.inc(confirmed)
             self.last_published_sequence = done[-1]["sequence"]
@@ -462,44 +336,24 @@ class OutboxRelay:
             raise BrokerUnavailable(f"{confirmed} of {len(rows)} events confirmed") from failure
         return assigned >= self._batch_size or len(rows) >= self._batch_size
 
-    async def _assign_sequences(self) -> int:
-        """Give committed rows the next gap-free sequences and their hash-chain links, in `id` order."""
-        async with self._pool.acquire() as conn:
-            async with conn.transaction():
-                await conn.execute("SELECT pg_advisory_xact_lock($1)", SEQUENCE_LOCK_ID)
-                rows = await conn.fetch(_UNSEQUENCED, self._batch_size)
-                if not rows:
-                    return 0
-                if len(self._bodies) > 10 * self._batch_size:
-                    self._bodies.clear()  # rows another leader published; they are rebuilt if ever needed
-                head = await conn.fetchrow("SELECT sequence, chainhash FROM event_chain FOR UPDATE")
-                sequence, previous = head["sequence"], bytes(head["chainhash"])
-                updates = []
-                for row in rows:
-                    sequence += 1
-                    canonical = encode(to_cloudevent({**dict(row), "sequence": sequence}))
-                    previous = chain.link_encoded(previous, canonical)
-                    # "chainhash" sorts first among the attributes, so the published body is the
-                    # canonical bytes with that member put in front; kept for the publish step.
-                    self._bodies[str(row["event_id"])] = (
-                        b'{"chainhash":"' + previous.hex().encode() + b'",' + canonical[1:])
-                    updates.append((row["id"], sequence, previous))
-                await conn.execute(  # one statement for the batch, not one per row
-                    "UPDATE outbox o SET sequence = u.sequence, chainhash = u.chainhash "
-                    "FROM unnest($1::bigint[], $2::bigint[], $3::bytea[]) AS u(id, sequence, chainhash) "
-                    "WHERE o.id = u.id",
-                    [u[0] for u in updates], [u[1] for u in updates], [u[2] for u in updates])
-                await conn.execute("UPDATE event_chain SET sequence = $1, chainhash = $2", sequence, previous)
-        return len(rows)
+    def _link(self, previous: bytes, sequence: int, row: asyncpg.Record) -> bytes:
+        """The row's chain link; its encoded event is kept for the publish step, so it is encoded once."""
+        canonical = encode(to_cloudevent({**dict(row), "sequence": sequence}))
+        link = chain.link_encoded(previous, canonical)
+        # "chainhash" sorts first among the attributes, so the published body is the
+        # canonical bytes with that member put in front.
+        self._bodies[str(row["event_id"])] = b'{"chainhash":"' + link.hex().encode() + b'",' + canonical[1:]
+        return link
 
     # -- helpers ------------------------------------------------------------------
 
-    async def _pause(self, seconds: float) -> None:
-        """Sleep, but wake at once on stop."""
+    async def _pause(self, seconds: float) -> bool:
+        """Sleep, but wake at once on stop; True when stopping."""
         try:
             await asyncio.wait_for(self._stopping.wait(), seconds)
         except asyncio.TimeoutError:
             pass
+        return self._stopping.is_set()
 
-    def _describe(self, exc: BaseException) -> str:
-        return _describe(exc, self._settings.amqp_url, self._settings.database_url)
+    def _describe(self, exc: BaseException | None) -> str:
+        return describe(exc, self._settings.amqp_url, self._settings.database_url)

@@ -1,0 +1,117 @@
+"""The outbox table: events written with the change they describe, then sequenced, chained and published.
+
+An event is inserted with the same connection, inside the same transaction, as
+the change it describes: it commits with that change or not at all. The relay
+(`tpx.core.relay`) gives committed rows their gap-free sequence and hash-chain
+link in its own short transaction, publishes them in sequence order, and marks
+what the broker confirmed.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any, Callable, Sequence
+
+import asyncpg
+
+from tpx.core.db import locks
+from tpx.core.db.pool import affected
+from tpx.core.events.types import Event
+
+# The events of one write as parallel arrays, inserted by one statement however many there are.
+UNNEST = "unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::jsonb[])"
+
+
+def event_columns(events: Sequence[Event], source: str) -> tuple[list, list, list, list, list, list]:
+    """The events as the parallel arrays `UNNEST` reads ($1..$6)."""
+    return ([uuid.UUID(e.id) for e in events], [e.type for e in events], [source] * len(events),
+            [e.subject for e in events], [e.time for e in events], [e.data for e in events])
+
+
+async def add_events(conn: asyncpg.Connection, events: Sequence[Event], *, source: str) -> None:
+    if not events:
+        return
+    await conn.execute(f"INSERT INTO outbox (event_id, type, source, subject, time, data) SELECT * FROM {UNNEST}",
+                       *event_columns(events, source))
+
+
+# --- the relay -----------------------------------------------------------------------------------------------
+
+async def try_lead(conn: asyncpg.Connection, timeout: float) -> bool:
+    """Take the relay leadership on this (dedicated) session; False while another relay holds it."""
+    return await conn.fetchval("SELECT pg_try_advisory_lock($1)", locks.RELAY_LEADER, timeout=timeout)
+
+
+async def assign_sequences(pool: asyncpg.Pool, limit: int,
+                           link: Callable[[bytes, int, asyncpg.Record], bytes]) -> int:
+    """Give up to `limit` committed, unsequenced rows the next sequences and chain links, in `id` order.
+
+    `link(previous chainhash, sequence, row)` returns the row's chainhash. One
+    transaction under the sequence lock, so a rolled-back writer never takes a
+    number and two relays never interleave; returns how many rows it numbered.
+    """
+    async with pool.acquire() as conn:
+        async with conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", locks.SEQUENCE)
+            rows = await conn.fetch(
+                """SELECT id, event_id, type, source, subject, time, data
+                   FROM outbox WHERE sequence IS NULL ORDER BY id LIMIT $1 FOR UPDATE""", limit)
+            if not rows:
+                return 0
+            head = await conn.fetchrow("SELECT sequence, chainhash FROM event_chain FOR UPDATE")
+            sequence, previous = head["sequence"], bytes(head["chainhash"])
+            ids, sequences, hashes = [], [], []
+            for row in rows:
+                sequence += 1
+                previous = link(previous, sequence, row)
+                ids.append(row["id"])
+                sequences.append(sequence)
+                hashes.append(previous)
+            await conn.execute(  # one statement for the batch, not one per row
+                "UPDATE outbox o SET sequence = u.sequence, chainhash = u.chainhash "
+                "FROM unnest($1::bigint[], $2::bigint[], $3::bytea[]) AS u(id, sequence, chainhash) "
+                "WHERE o.id = u.id", ids, sequences, hashes)
+            await conn.execute("UPDATE event_chain SET sequence = $1, chainhash = $2", sequence, previous)
+    return len(rows)
+
+
+async def unpublished(pool: asyncpg.Pool, limit: int) -> list[asyncpg.Record]:
+    """Sequenced rows the broker has not confirmed yet, in sequence order."""
+    return await pool.fetch(
+        """SELECT event_id, type, source, subject, time, data, sequence, chainhash FROM outbox
+           WHERE published_at IS NULL AND sequence IS NOT NULL ORDER BY sequence LIMIT $1""", limit)
+
+
+async def mark_published(pool: asyncpg.Pool, sequences: list[int]) -> None:
+    await pool.execute("UPDATE outbox SET published_at = now() WHERE sequence = ANY($1::bigint[])", sequences)
+
+
+async def backlog(pool: asyncpg.Pool) -> tuple[int, float]:
+    """Events committed but not confirmed (sequenced or not), and the age in seconds of the oldest one.
+
+    Two partial-index scans (unsequenced, sequenced but unpublished) instead of a
+    scan of the whole outbox, which keeps published rows for the retention period.
+    """
+    row = await pool.fetchrow(
+        """SELECT count(*) AS backlog, coalesce(extract(epoch FROM now() - min(time)), 0) AS lag FROM (
+               SELECT time FROM outbox WHERE sequence IS NULL
+               UNION ALL
+               SELECT time FROM outbox WHERE published_at IS NULL AND sequence IS NOT NULL) AS pending""")
+    return row["backlog"], float(row["lag"])
+
+
+async def purge_published(conn: asyncpg.Connection, limit: int, older_than_seconds: float) -> int:
+    """Delete published rows older than the retention, oldest first; the row with the highest sequence
+    always stays (the relay numbers new events after it). Only the oldest `limit` rows by sequence are
+    looked at: published rows form a prefix in sequence order, so this stops at the first recent one."""
+    status = await conn.execute(
+        """DELETE FROM outbox
+           WHERE id = ANY(ARRAY(
+               SELECT oldest.id FROM (
+                   SELECT id, sequence, published_at FROM outbox
+                   WHERE sequence IS NOT NULL ORDER BY sequence LIMIT $1 FOR UPDATE SKIP LOCKED
+               ) oldest
+               WHERE oldest.published_at < now() - make_interval(secs => $2)
+                 AND oldest.sequence < (SELECT max(sequence) FROM outbox)))""",
+        limit, older_than_seconds)
+    return affected(status)

@@ -1,0 +1,169 @@
+"""Revocation rules: what a revocation covers, as the admin API takes and shows it.
+
+A revocation is a rule first: while it is `pending`, introspection treats every
+token it matches as inactive on every replica, so revoking is instant however
+many tokens it covers; the rule is then applied to token rows in batches
+(`tpx.core.db.revocations`) and marked `done`.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from dataclasses import dataclass, fields
+from datetime import datetime
+from typing import Any, Mapping
+
+from tpx.core import inputs
+from tpx.core.publishers import PACKAGE_RE, PACKAGE_TEXT
+from tpx.core.times import rfc3339, rfc3339_or_none
+
+KINDS = ("token", "publisher", "package", "repository")
+CODE = "invalid_request"
+SELECTORS = ("token_id", "publisher_id", "package", "repository")
+REPOSITORY_OPTIONS = ("workflow", "issued_after", "issued_before")
+FIELDS = {*SELECTORS, *REPOSITORY_OPTIONS, "reason"}
+DEFAULT_REASON = "revoked by an administrator"
+
+# owner/name (GitHub) or group/sub-group/project (GitLab); ASCII only, so lower() folds A-Z alone.
+REPOSITORY_RE = re.compile(r"[A-Za-z0-9_.-]{1,255}(?:/[A-Za-z0-9_.-]{1,255}){1,21}")
+WORKFLOW_RE = re.compile(r"[\x20-\x7e]{1,1024}")
+REASON_RE = re.compile(r"[^\x00-\x1f\x7f]{1,500}")
+
+
+@dataclass(frozen=True)
+class Selector:
+    """What a revocation covers: exactly one kind, with that kind's fields."""
+
+    kind: str
+    token_id: uuid.UUID | None = None
+    publisher_id: uuid.UUID | None = None
+    package: str | None = None
+    repository_key: str | None = None
+    workflow: str | None = None
+    issued_after: datetime | None = None
+    issued_before: datetime | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"unknown revocation kind {self.kind!r}")
+        required = {"token": "token_id", "publisher": "publisher_id", "package": "package",
+                    "repository": "repository_key"}[self.kind]
+        if getattr(self, required) is None:
+            raise ValueError(f"a {self.kind} revocation needs {required}")
+
+    def to_api(self) -> dict[str, Any]:
+        """The selector as the API and events show it (only the fields that apply)."""
+        if self.kind == "token":
+            return {"token_id": str(self.token_id)}
+        if self.kind == "publisher":
+            return {"publisher_id": str(self.publisher_id)}
+        if self.kind == "package":
+            return {"package": self.package}
+        out: dict[str, Any] = {"repository": self.repository_key}
+        if self.workflow is not None:
+            out["workflow"] = self.workflow
+        if self.issued_after is not None:
+            out["issued_after"] = rfc3339(self.issued_after)
+        if self.issued_before is not None:
+            out["issued_before"] = rfc3339(self.issued_before)
+        return out
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A stored revocation rule."""
+
+    id: uuid.UUID
+    kind: str
+    token_id: uuid.UUID | None
+    publisher_id: uuid.UUID | None
+    package: str | None
+    repository_key: str | None
+    workflow: str | None
+    issued_after: datetime | None
+    issued_before: datetime | None
+    cutoff: datetime
+    reason: str
+    actor: str | None
+    status: str
+    revoked: int
+    created_at: datetime
+    completed_at: datetime | None
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> "Rule":
+        return cls(**{f.name: row[f.name] for f in fields(cls)})
+
+    @property
+    def selector(self) -> Selector:
+        return Selector(self.kind, self.token_id, self.publisher_id, self.package, self.repository_key,
+                        self.workflow, self.issued_after, self.issued_before)
+
+    @property
+    def done(self) -> bool:
+        return self.status == "done"
+
+    def to_api(self) -> dict[str, Any]:
+        return {
+            "id": str(self.id),
+            "kind": self.kind,
+            "selector": self.selector.to_api(),
+            "token_id": str(self.token_id) if self.token_id else None,
+            "publisher_id": str(self.publisher_id) if self.publisher_id else None,
+            "package": self.package,
+            "repository": self.repository_key,
+            "workflow": self.workflow,
+            "issued_after": rfc3339_or_none(self.issued_after),
+            "issued_before": rfc3339_or_none(self.issued_before),
+            "cutoff": rfc3339(self.cutoff),
+            "reason": self.reason,
+            "actor": self.actor,
+            "status": self.status,
+            "revoked": self.revoked,
+            "created_at": rfc3339(self.created_at),
+            "completed_at": rfc3339_or_none(self.completed_at),
+        }
+
+    def summary(self) -> dict[str, Any]:
+        """What `POST /v1/admin/revocations` answers."""
+        return {"revocation_id": str(self.id), "status": self.status, "revoked": self.revoked}
+
+
+def parse_selector(body: dict[str, Any]) -> tuple[Selector, str]:
+    """`POST /v1/admin/revocations`'s body as a selector and a reason; refusals name the field (422 invalid_request)."""
+    inputs.reject_unknown(body, FIELDS, CODE)
+    given = [name for name in SELECTORS if body.get(name) is not None]
+    if not given:
+        raise inputs.invalid(CODE, "selector", "exactly one of token_id, publisher_id, package or repository "
+                                               "is required")
+    if len(given) > 1:
+        raise inputs.invalid(CODE, given[1], f"only one selector is allowed per revocation, and {given[0]} is "
+                                             "already given; send one request per selector")
+    kind = given[0]
+    if kind != "repository":
+        extra = [name for name in REPOSITORY_OPTIONS if body.get(name) is not None]
+        if extra:
+            raise inputs.invalid(CODE, extra[0], "is only allowed together with repository")
+    reason = body.get("reason")
+    if reason is None:
+        reason = DEFAULT_REASON
+    elif not isinstance(reason, str) or not REASON_RE.fullmatch(reason):
+        raise inputs.invalid(CODE, "reason", "must be a single line of text of at most 500 characters")
+
+    if kind == "token_id":
+        return Selector("token", token_id=inputs.uuid_field(body, kind, CODE)), reason
+    if kind == "publisher_id":
+        return Selector("publisher", publisher_id=inputs.uuid_field(body, kind, CODE)), reason
+    if kind == "package":
+        return Selector("package", package=inputs.required_text(body, "package", PACKAGE_RE, PACKAGE_TEXT, CODE)), reason
+    repository = inputs.required_text(body, "repository", REPOSITORY_RE,
+                                      "owner/name as the CI provider spells it, e.g. octo-org/octo-repo", CODE)
+    workflow = inputs.text(body, "workflow", WORKFLOW_RE,
+                           "a workflow file name such as release.yml (GitLab: the CI file path)", CODE, required=False)
+    issued_after = inputs.time_field(body, "issued_after", CODE)
+    issued_before = inputs.time_field(body, "issued_before", CODE)
+    if issued_after is not None and issued_before is not None and issued_after >= issued_before:
+        raise inputs.invalid(CODE, "issued_before", "must be later than issued_after")
+    return Selector("repository", repository_key=repository.lower(), workflow=workflow, issued_after=issued_after,
+                    issued_before=issued_before), reason
