@@ -9,7 +9,6 @@ import uuid
 from dataclasses import replace
 
 import asyncpg
-import httpx
 import pytest
 
 from tpx.core.config import Settings

@@ -29,9 +29,9 @@ import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
-from tpx.core.config import SECRET_VARIABLES, ConfigError, Settings
 
-ROOT = Path(__file__).resolve().parents[2]
+from tpx.core.config import SECRET_VARIABLES, ConfigError, Settings
+from tests.support.paths import ROOT
 DEPLOY = ROOT / "deploy"
 COMPOSE_FILE = DEPLOY / "compose.yaml"
 K8S = DEPLOY / "k8s"

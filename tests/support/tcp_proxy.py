@@ -3,7 +3,8 @@
 Tests put it between a client and a real server (RabbitMQ, PostgreSQL) to
 simulate an outage without stopping or reconfiguring the shared server: `cut()`
 behaves like the server vanishing (connections reset, new ones refused) and
-`restore()` like it coming back on the same address.
+`restore()` like it coming back on the same address; `partition()` like a
+network that drops everything while both ends still think the connection lives.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import socket
 from typing import Callable
+from urllib.parse import urlsplit, urlunsplit
 
 
 class _Link:
@@ -38,6 +40,7 @@ class TcpProxy:
         self._links: set[_Link] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._budget: int | None = None
+        self._partitioned = False
 
     async def start(self, port: int = 0) -> None:
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -59,8 +62,13 @@ class TcpProxy:
         """Cut once clients have sent `client_bytes` more bytes: an outage in the middle of a write."""
         self._budget = client_bytes
 
+    def partition(self) -> None:
+        """Drop every byte both ways but keep the connections open: a peer that vanished without a word."""
+        self._partitioned = True
+
     async def restore(self) -> None:
-        """Listen again on the same port."""
+        """Listen again on the same port, and forward again."""
+        self._partitioned = False
         if self._server is None:
             await self.start(self.port)
 
@@ -92,6 +100,9 @@ class TcpProxy:
         self._sever()
         return False
 
+    def _dropping(self) -> bool:
+        return self._partitioned
+
     async def _drain_tasks(self) -> None:
         tasks = set(self._tasks)
         if tasks:
@@ -112,8 +123,8 @@ class TcpProxy:
             try:
                 # When either direction ends, the whole connection ends (AMQP and PG never half-close).
                 pipes = {
-                    asyncio.create_task(_pipe(client_reader, upstream_writer, self._spend)),
-                    asyncio.create_task(_pipe(upstream_reader, client_writer, lambda size: True)),
+                    asyncio.create_task(_pipe(client_reader, upstream_writer, self._spend, self._dropping)),
+                    asyncio.create_task(_pipe(upstream_reader, client_writer, lambda size: True, self._dropping)),
                 }
                 _, pending = await asyncio.wait(pipes, return_when=asyncio.FIRST_COMPLETED)
                 for pipe in pending:
@@ -126,12 +137,23 @@ class TcpProxy:
             self._tasks.discard(task)
 
 
-async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, allow: Callable[[int], bool]) -> None:
+async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, allow: Callable[[int], bool],
+                dropping: Callable[[], bool]) -> None:
     try:
         while data := await reader.read(65536):
             if not allow(len(data)):
                 return
+            if dropping():
+                continue
             writer.write(data)
             await writer.drain()
     except (ConnectionError, OSError):
         pass
+
+
+def through(url: str, proxy: TcpProxy) -> str:
+    """`url` (postgresql:// or amqp://) with its host and port replaced by the proxy's."""
+    parts = urlsplit(url)
+    credentials = parts.netloc.rpartition("@")[0]
+    netloc = f"{credentials}@127.0.0.1:{proxy.port}" if credentials else f"127.0.0.1:{proxy.port}"
+    return urlunsplit(parts._replace(netloc=netloc))

@@ -16,7 +16,6 @@ import secrets
 import socket
 import sys
 import time
-from dataclasses import replace
 from typing import Any
 
 import aio_pika
@@ -25,7 +24,7 @@ import httpx
 
 from tpx.core.config import ConfigError, Settings
 from tpx.core.db import issuers as issuer_store
-from tpx.core.db.migrate import migrate
+from tpx.core.db.migrate import create_database, migrate
 from tpx.core.logging import configure
 from tpx.core.serving.server import Server, uvicorn_config
 
@@ -105,13 +104,10 @@ async def _prepare_database(settings: Settings, out: Printer) -> None:
             f"tpx demo: PostgreSQL does not answer at {base.rpartition('@')[2]} ({exc}).\n"
             "  Start it with: pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start") from None
     try:
-        if not await admin.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name):
-            await admin.execute(f'CREATE DATABASE "{name}"')
-            out.ok(f"created database {name}")
-        else:
-            out.ok(f"database {name} exists")
+        created = await create_database(admin, name)
     finally:
         await admin.close()
+    out.ok(f"created database {name}" if created else f"database {name} exists")
     conn = await asyncpg.connect(url)
     try:
         applied = await migrate(conn, progress=lambda line: out.info(line))

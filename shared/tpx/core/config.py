@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
@@ -58,7 +58,6 @@ class Settings:
     workers: int = 1
     audit_max_age: str = "365D"
     audit_max_bytes: int = 20 * 1024**3
-    extra: dict[str, str] = field(default_factory=dict)
 
     @property
     def events_exchange(self) -> str:

@@ -38,7 +38,6 @@ class IssuerEntry:
     keys: Mapping[str, VerificationKey]
     keys_fetched_at: datetime | None
     last_error: str | None
-    rejected_keys: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -55,7 +54,6 @@ class KeyCache:
         self.settings = settings
         self.pool = pool
         self.snapshot = Snapshot()
-        self.loaded_at: float | None = None
         self._parsed: dict[tuple[Any, str, str], VerificationKey] = {}
         self._changed = asyncio.Condition()
         self._reload_lock = asyncio.Lock()
@@ -72,7 +70,6 @@ class KeyCache:
             async with self.pool.acquire() as conn:
                 issuers, keys = await issuer_store.load_all(conn)
             by_issuer: dict[Any, dict[str, VerificationKey]] = {row["id"]: {} for row in issuers}
-            rejected: dict[Any, list[str]] = {}
             parsed: dict[tuple[Any, str, str], VerificationKey] = {}
             for row in keys:
                 cache_key = (row["issuer_id"], row["kid"], json.dumps(row["jwk"], sort_keys=True))
@@ -80,8 +77,9 @@ class KeyCache:
                 if key is None:
                     try:
                         key = parse_jwk(row["jwk"])
-                    except KeyRejected as exc:
-                        rejected.setdefault(row["issuer_id"], []).append(f"kid={row['kid']}: {exc}")
+                    except KeyRejected as exc:  # the refresher stores only usable keys: someone edited the table
+                        log.warning("keycache.stored_key_rejected", issuer_id=str(row["issuer_id"]), kid=row["kid"],
+                                    reason=exc.reason)
                         continue
                 parsed[cache_key] = key
                 by_issuer.setdefault(row["issuer_id"], {})[key.kid] = key
@@ -102,11 +100,9 @@ class KeyCache:
                     keys=by_issuer.get(row["id"], {}),
                     keys_fetched_at=row["keys_fetched_at"],
                     last_error=row["last_error"],
-                    rejected_keys=tuple(rejected.get(row["id"], ())),
                 )
             self._parsed = parsed
             self.snapshot = Snapshot(entries, self.snapshot.version + 1)
-            self.loaded_at = asyncio.get_running_loop().time()
         async with self._changed:
             self._changed.notify_all()
         return self.snapshot

@@ -24,6 +24,8 @@ from tpx.core.providers.base import Publisher
 
 
 class TokenBuckets:
+    """One bucket per key, refilled continuously at `per_minute`; `now` (monotonic seconds) is the clock."""
+
     def __init__(self, per_minute: int, *, burst: int | None = None, max_keys: int = 100_000) -> None:
         self.rate = per_minute / 60.0
         self.capacity = float(burst if burst is not None else per_minute)
@@ -38,20 +40,20 @@ class TokenBuckets:
         level, updated = self._buckets.get(key, (self.capacity, now))
         return min(self.capacity, level + (now - updated) * self.rate)
 
-    def retry_after(self, key: str) -> int | None:
+    def retry_after(self, key: str, now: float | None = None) -> int | None:
         """Seconds until one unit is available, or None if one is available now."""
         if not self.enabled:
             return None
-        level = self._level(key, time.monotonic())
+        level = self._level(key, time.monotonic() if now is None else now)
         if level >= 1:
             return None
         return max(1, int((1 - level) / self.rate + 0.999))
 
-    def take(self, key: str) -> int | None:
+    def take(self, key: str, now: float | None = None) -> int | None:
         """Take one unit; return None on success or the Retry-After seconds when empty."""
         if not self.enabled:
             return None
-        now = time.monotonic()
+        now = time.monotonic() if now is None else now
         level = self._level(key, now)
         if level < 1:
             return max(1, int((1 - level) / self.rate + 0.999))

@@ -7,8 +7,8 @@ Two things start a refresh:
   `next_refresh_at` follows the JWKS `Cache-Control: max-age`, clamped to
   [300 s, 3600 s], after a success, and an exponential back-off with jitter
   after a failure;
-- a request: an exchange that meets an unknown `kid` runs
-  `SELECT pg_notify('tpx_jwks_refresh', '<issuer uuid>')`; every replica hears it.
+- a request: an exchange that meets an unknown `kid` NOTIFYs `tpx_jwks_refresh`
+  with the issuer id (`tpx.core.db.issuers.request_refresh`); every replica hears it.
 
 Several replicas may run, so each fetch is claimed in Postgres first. A replica
 takes a session advisory lock keyed on the issuer (held for the fetch, so

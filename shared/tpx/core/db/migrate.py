@@ -47,6 +47,15 @@ def available_migrations() -> list[Migration]:
     return migrations
 
 
+async def create_database(maintenance: asyncpg.Connection, name: str) -> bool:
+    """Create the database `name` (connected to another database of the server) unless it exists; True if made."""
+    if await maintenance.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name):
+        return False
+    quoted = '"' + name.replace('"', '""') + '"'
+    await maintenance.execute(f"CREATE DATABASE {quoted}")
+    return True
+
+
 async def migrate(conn: asyncpg.Connection, progress=None) -> list[Migration]:
     """Apply every pending migration; return the ones this call applied."""
     applied: list[Migration] = []

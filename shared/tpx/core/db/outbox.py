@@ -10,7 +10,7 @@ what the broker confirmed.
 from __future__ import annotations
 
 import uuid
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 import asyncpg
 

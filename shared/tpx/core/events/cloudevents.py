@@ -10,8 +10,9 @@ consumers can compare sequences without parsing them.
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
 from typing import Any, Mapping
+
+from tpx.core.times import rfc3339
 
 SPEC_VERSION = "1.0"
 CONTENT_TYPE = "application/cloudevents+json"
@@ -23,13 +24,6 @@ def format_sequence(sequence: int) -> str:
     if sequence < 0:
         raise ValueError(f"an event sequence is never negative, got {sequence}")
     return f"{sequence:0{SEQUENCE_DIGITS}d}"
-
-
-def format_time(moment: datetime) -> str:
-    """RFC 3339 in UTC with a 'Z': one spelling per instant, whatever the source zone."""
-    if moment.tzinfo is None:
-        raise ValueError("an event time must be timezone-aware")
-    return moment.astimezone(timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
 def to_cloudevent(row: Mapping[str, Any]) -> dict[str, Any]:
@@ -44,7 +38,7 @@ def to_cloudevent(row: Mapping[str, Any]) -> dict[str, Any]:
         "id": str(row["event_id"]),
         "source": row["source"],
         "type": row["type"],
-        "time": format_time(row["time"]),
+        "time": rfc3339(row["time"]),
         "datacontenttype": DATA_CONTENT_TYPE,
         "data": data,
         "sequence": format_sequence(row["sequence"]),

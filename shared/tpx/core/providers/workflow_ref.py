@@ -40,21 +40,3 @@ def workflow_filename(workflow_ref: str, repository: str, ref: str) -> str | Non
     if "/" in filename:
         return None
     return filename
-
-
-def describe_workflow_ref(workflow_ref: str) -> dict[str, str | None]:
-    """A best-effort split for display when the anchored extraction failed.
-
-    Splits at the first workflows directory and the first `@` after it, which
-    is wrong for file names containing `@`; that is acceptable only because the
-    result is shown to people and never used to authorize anything.
-    """
-    repository, sep, rest = workflow_ref.partition(WORKFLOWS_DIR)
-    if not sep:
-        return {"repository": None, "filename": None, "ref": None}
-    filename, at, ref = rest.partition("@")
-    return {
-        "repository": repository or None,
-        "filename": filename or None,
-        "ref": ref if at else None,
-    }

@@ -15,7 +15,7 @@ from contextlib import asynccontextmanager
 from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from typing import Any, AsyncIterator
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import aio_pika
 import asyncpg
@@ -33,7 +33,7 @@ from tpx.core.db import tokens as token_store
 from tpx.core.db.revocations import Selector
 from tests.conftest import INTROSPECTION_TOKEN
 from tests.integration.conftest import ADMIN
-from tests.support.tcp_proxy import TcpProxy
+from tests.support.tcp_proxy import TcpProxy, through
 
 from tests.support.events import eventually
 
@@ -175,13 +175,6 @@ async def running(settings: Settings, **options: Any) -> AsyncIterator[tuple[Rev
     finally:
         stop.set()
         await asyncio.wait_for(asyncio.shield(task), 30)
-
-
-def through(url: str, proxy: TcpProxy) -> str:
-    parts = urlsplit(url)
-    credentials = parts.netloc.rpartition("@")[0]
-    netloc = f"{credentials}@127.0.0.1:{proxy.port}" if credentials else f"127.0.0.1:{proxy.port}"
-    return urlunsplit(parts._replace(netloc=netloc))
 
 
 # -- the admin API and instant effect ---------------------------------------------

@@ -13,7 +13,6 @@ import copy
 import json
 import uuid
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -36,6 +35,7 @@ from tpx.core.revocations import Rule
 from tpx.core.times import rfc3339
 from tpx.exchange import minting
 from tests.support.claims import github_claims
+from tests.support.paths import ROOT
 
 ISSUER = "https://token.actions.githubusercontent.com"
 GITLAB = "https://gitlab.com"
@@ -277,7 +277,7 @@ def test_the_packaged_schemas_are_the_default_and_load_from_a_folder(catalogue, 
 
 
 def test_the_readme_lists_every_type():
-    readme = (Path(__file__).resolve().parents[2] / "docs" / "events" / "README.md").read_text()
+    readme = (ROOT / "docs" / "events" / "README.md").read_text()
     for event_type in schemas.all_types():
         routing_key = event_type.removeprefix("dev.tpx.")
         assert f"`{routing_key}`" in readme, routing_key

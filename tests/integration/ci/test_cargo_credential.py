@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 
 from tpx.core import tokens
-from tests.integration.test_ci_client import ActionsTokenEndpoint, introspect
-from tests.support.servers import serve
+from tests.support.actions import ActionsTokenEndpoint
+from tests.support.api import introspect
 
 pytestmark = pytest.mark.integration
 
@@ -60,14 +60,6 @@ def publish(args: list[str], name: str = "demo") -> dict[str, Any]:
 def plain(kind: str, args: list[str], **extra: Any) -> dict[str, Any]:
     return {"v": 1, "kind": kind, "registry": {"index-url": "sparse+https://registry.example/index/"},
             "args": args, **extra}
-
-
-@pytest.fixture
-async def actions(repo):
-    endpoint = ActionsTokenEndpoint(repo)
-    async with serve(endpoint.app) as url:
-        endpoint.url = url
-        yield endpoint
 
 
 def github_env(actions: ActionsTokenEndpoint) -> dict[str, str]:

@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import os
-import secrets
 import sys
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 import httpx
 import pytest
@@ -23,11 +21,10 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from tpx.core import tokens
-from tests.conftest import INTROSPECTION_TOKEN
+from tests.support.api import introspect
 from tests.support.servers import serve
 
 pytestmark = pytest.mark.integration
-INTROSPECT = {"Authorization": f"Bearer {INTROSPECTION_TOKEN}"}
 
 
 @dataclass
@@ -49,51 +46,6 @@ async def run_ci(*args: str, env: dict[str, str], timeout: float = 60) -> Run:
     )
     stdout, stderr = await asyncio.wait_for(process.communicate(), timeout)
     return Run(process.returncode, stdout.decode(), stderr.decode())
-
-
-async def introspect(client, token: str) -> dict:
-    response = await client.post("/v1/introspect", json={"token": token}, headers=INTROSPECT)
-    assert response.status_code == 200, response.text
-    return response.json()
-
-
-@dataclass
-class ActionsTokenEndpoint:
-    """Stands in for the runner's ACTIONS_ID_TOKEN_REQUEST_URL (which already carries ?api-version=2.0)."""
-
-    repo: Any
-    claims: dict[str, Any] = field(default_factory=dict)
-    bearer: str = field(default_factory=lambda: secrets.token_urlsafe(24))
-    audiences: list[str] = field(default_factory=list)
-    issued: list[str] = field(default_factory=list)
-    url: str = ""
-
-    @property
-    def app(self) -> Starlette:
-        return Starlette(routes=[Route("/_apis/idtoken", self.token, methods=["GET"])])
-
-    async def token(self, request: Request) -> Response:
-        if request.headers.get("authorization", "").lower() != f"bearer {self.bearer}".lower():
-            return JSONResponse({"message": "bad runtime token"}, status_code=401)
-        if request.query_params.get("api-version") != "2.0" or "audience" not in request.query_params:
-            return JSONResponse({"message": "missing api-version or audience"}, status_code=400)
-        audience = request.query_params["audience"]
-        self.audiences.append(audience)
-        jwt = self.repo.token(audience=audience, **self.claims)
-        self.issued.append(jwt)
-        return JSONResponse({"value": jwt})
-
-    def env(self, tpx_url: str, **extra: str) -> dict[str, str]:
-        return {"GITHUB_ACTIONS": "true", "ACTIONS_ID_TOKEN_REQUEST_URL": f"{self.url}/_apis/idtoken?api-version=2.0",
-                "ACTIONS_ID_TOKEN_REQUEST_TOKEN": self.bearer, "TPX_URL": tpx_url, **extra}
-
-
-@pytest.fixture
-async def actions(repo):
-    endpoint = ActionsTokenEndpoint(repo)
-    async with serve(endpoint.app) as url:
-        endpoint.url = url
-        yield endpoint
 
 
 class FlakyProxy:

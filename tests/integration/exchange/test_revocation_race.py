@@ -19,7 +19,7 @@ from tpx.exchange.candidates import CandidateCache
 from tpx.exchange.minting import mint
 from tpx.exchange.verification import verify_id_token
 from tests.integration.conftest import ADMIN
-from tests.integration.test_exchange import introspect
+from tests.support.api import introspect
 
 pytestmark = pytest.mark.integration
 

@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from tests.conftest import ADMIN_TOKEN
-from tests.integration.test_exchange import introspect
+from tests.support.api import introspect
 
 pytestmark = pytest.mark.integration
 

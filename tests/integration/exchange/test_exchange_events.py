@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import uuid
 from dataclasses import replace
 
 import httpx
@@ -13,7 +12,7 @@ from tpx.core.events import chain
 from tpx.core.relay.signal import OutboxSignal
 from tpx.core.relay.relay import OutboxRelay
 from tpx.exchange.app import create_app
-from tests.integration.conftest import ADMIN, Repo
+from tests.integration.conftest import Repo
 from tests.support.events import Consumer, isolated, running, target_of, through
 from tests.support.servers import serve
 from tests.support.tcp_proxy import TcpProxy

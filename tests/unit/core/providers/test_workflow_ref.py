@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from tpx.core.providers.workflow_ref import describe_workflow_ref, expected_workflow_ref, workflow_filename
+from tpx.core.providers.workflow_ref import expected_workflow_ref, workflow_filename
 
 REPO = "octo-org/octo-repo"
 MAIN = "refs/heads/main"
@@ -81,37 +81,9 @@ def test_extraction_inverts_construction(repository: str, filename: str, ref: st
     assert workflow_filename(expected_workflow_ref(repository, filename, ref), repository, ref) == filename
 
 
-@pytest.mark.parametrize(
-    ("workflow_ref", "expected"),
-    [
-        pytest.param(f"{REPO}/.github/workflows/release.yml@{MAIN}",
-                     {"repository": REPO, "filename": "release.yml", "ref": MAIN}, id="plain"),
-        pytest.param(f"{REPO}/.github/workflows/basic.yml@refs/heads/misleading@branch.yml",
-                     {"repository": REPO, "filename": "basic.yml", "ref": "refs/heads/misleading@branch.yml"},
-                     id="at-in-ref"),
-        # Display only: the first '@' wins, which is wrong for '@' in a file name.
-        pytest.param(f"{REPO}/.github/workflows/nested@evil.yml@{MAIN}",
-                     {"repository": REPO, "filename": "nested", "ref": f"evil.yml@{MAIN}"}, id="at-in-filename"),
-        pytest.param(f"{REPO}/.github/workflows/release.yml",
-                     {"repository": REPO, "filename": "release.yml", "ref": None}, id="no-at"),
-        pytest.param("octo@org/repo/.github/workflows/a.yml@r",
-                     {"repository": "octo@org/repo", "filename": "a.yml", "ref": "r"}, id="at-before-directory"),
-        pytest.param(f"{REPO}/.github/workflows/a/.github/workflows/b.yml@r",
-                     {"repository": REPO, "filename": "a/.github/workflows/b.yml", "ref": "r"},
-                     id="directory-twice"),
-        pytest.param("release.yml@refs/heads/main", {"repository": None, "filename": None, "ref": None},
-                     id="no-directory"),
-        pytest.param("", {"repository": None, "filename": None, "ref": None}, id="empty"),
-    ],
-)
-def test_describe_workflow_ref(workflow_ref: str, expected: dict[str, str | None]) -> None:
-    assert describe_workflow_ref(workflow_ref) == expected
-
-
 def test_large_adversarial_inputs_are_handled() -> None:
     """Pathological '@' and '/' runs only cost prefix/suffix comparisons (no timing asserted)."""
     ats = "@" * 200_000
     slashes = "/.github/workflows/" * 10_000
     assert workflow_filename(f"{REPO}/.github/workflows/{ats}@{MAIN}", REPO, MAIN) == ats
     assert workflow_filename(f"{REPO}{slashes}x@{MAIN}", REPO, MAIN) is None
-    assert describe_workflow_ref(ats + slashes)["repository"] == ats

@@ -8,17 +8,10 @@ import uuid
 import pytest
 
 from tpx.core import tokens
-from tests.conftest import INTROSPECTION_TOKEN
 from tests.integration.conftest import ADMIN
+from tests.support.api import INTROSPECT, introspect
 
 pytestmark = pytest.mark.integration
-INTROSPECT = {"Authorization": f"Bearer {INTROSPECTION_TOKEN}"}
-
-
-async def introspect(client, token: str) -> dict:
-    response = await client.post("/v1/introspect", json={"token": token}, headers=INTROSPECT)
-    assert response.status_code == 200, response.text
-    return response.json()
 
 
 async def test_happy_path_token_is_active_and_scoped_to_matched_packages(repo, client, db):
