@@ -55,7 +55,9 @@ async def readyz(request: Request) -> JSONResponse:
     ready = not reasons
     return JSONResponse(
         {"status": "ready" if ready else "not ready", "reasons": reasons,
-         "dependencies": {"database": database}, "issuers": issuers},
+         "dependencies": {"database": database,
+                          "listener": "listening" if ctx.listener.healthy.is_set() else "reconnecting"},
+         "issuers": issuers},
         status_code=200 if ready else 503,
         headers={} if ready else {"Retry-After": "5"},
     )
