@@ -1,4 +1,4 @@
-"""Check rows that read the same for every provider: pinned ids and ref patterns."""
+"""Check rows that read the same for every provider: repository, pinned ids, ref patterns, runner."""
 
 from __future__ import annotations
 
@@ -41,3 +41,14 @@ def unbound_ids(identity: Identity, publisher: Publisher) -> dict[str, str]:
     if publisher.name_id is None:
         out["name_id"] = identity.repository_id
     return out
+
+
+def hosted_runner(identity: Identity, publisher: Publisher, hosted: str) -> CheckResult:
+    """Only the forge's own runners, unless the publisher allows self-hosted ones (which its owner controls)."""
+    actual = identity.runner_environment
+    if publisher.allow_self_hosted_runners:
+        return CheckResult("runner", "runner_environment", "any", actual, True,
+                           note="the publisher allows self-hosted runners")
+    passed = actual == hosted
+    note = None if passed else "self-hosted runners are refused unless the publisher sets allow_self_hosted_runners"
+    return CheckResult("runner", "runner_environment", hosted, actual, passed, note=note)

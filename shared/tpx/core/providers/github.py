@@ -15,7 +15,7 @@ from typing import Any
 from tpx.core import inputs
 from tpx.core.errors import Problem
 from tpx.core.providers.base import CheckResult, Identity, IdentityFields, Publisher
-from tpx.core.providers.checks import pinned_id, ref_patterns, repository_match, unbound_ids
+from tpx.core.providers.checks import hosted_runner, pinned_id, ref_patterns, repository_match, unbound_ids
 from tpx.core.providers.claims import (
     ID, ID_TEXT, PRINTABLE_1K, PRINTABLE_1K_OR_EMPTY, PRINTABLE_255, PRINTABLE_255_OR_EMPTY, TEXT_1K,
     TEXT_1K_OR_EMPTY, TEXT_255, TEXT_255_OR_EMPTY, required_claim, string_claim,
@@ -125,7 +125,7 @@ class GitHubProvider:
             _trigger(identity),
             _environment(identity, publisher),
             ref_patterns(identity, publisher, "ref"),
-            _runner(identity, publisher),
+            hosted_runner(identity, publisher, GITHUB_HOSTED),
         ]
 
     def bindings(self, identity: Identity, publisher: Publisher) -> dict[str, str]:
@@ -188,14 +188,3 @@ def _environment(identity: Identity, publisher: Publisher) -> CheckResult:
     elif passed and env not in publisher.environments:
         note = "matched ignoring case, as GitHub environment names are case-insensitive"
     return CheckResult("environment", "environment", list(publisher.environments), env, passed, note=note)
-
-
-def _runner(identity: Identity, publisher: Publisher) -> CheckResult:
-    actual = identity.runner_environment
-    if publisher.allow_self_hosted_runners:
-        return CheckResult("runner", "runner_environment", "any", actual, True,
-                           note="the publisher allows self-hosted runners")
-    passed = actual == GITHUB_HOSTED
-    note = None if passed else (
-        "self-hosted runners are refused unless the publisher sets allow_self_hosted_runners")
-    return CheckResult("runner", "runner_environment", GITHUB_HOSTED, actual, passed, note=note)

@@ -19,7 +19,7 @@ from typing import Any
 from tpx.core import inputs
 from tpx.core.errors import Problem
 from tpx.core.providers.base import CheckResult, Identity, IdentityFields, Publisher
-from tpx.core.providers.checks import pinned_id, ref_patterns, repository_match, unbound_ids
+from tpx.core.providers.checks import hosted_runner, pinned_id, ref_patterns, repository_match, unbound_ids
 from tpx.core.providers.claims import (
     ID, ID_TEXT, PRINTABLE_1K, PRINTABLE_255_OR_EMPTY, TEXT_1K, TEXT_255_OR_EMPTY, json_type, required_claim,
     string_claim,
@@ -165,7 +165,7 @@ class GitLabProvider:
             _environment(identity, publisher),
             ref_patterns(identity, publisher, "ref_path"),
             _protected_ref(identity, publisher),
-            _runner(identity, publisher),
+            hosted_runner(identity, publisher, GITLAB_HOSTED),
         ]
 
     def bindings(self, identity: Identity, publisher: Publisher) -> dict[str, str]:
@@ -276,14 +276,3 @@ def _protected_ref(identity: Identity, publisher: Publisher) -> CheckResult:
     note = None if passed else (
         "the publisher sets require_protected_ref; run the pipeline on a protected branch or tag")
     return CheckResult("protected_ref", "ref_protected", PROTECTED, actual, passed, note=note)
-
-
-def _runner(identity: Identity, publisher: Publisher) -> CheckResult:
-    actual = identity.runner_environment
-    if publisher.allow_self_hosted_runners:
-        return CheckResult("runner", "runner_environment", "any", actual, True,
-                           note="the publisher allows self-hosted runners")
-    passed = actual == GITLAB_HOSTED
-    note = None if passed else (
-        "self-hosted runners are refused unless the publisher sets allow_self_hosted_runners")
-    return CheckResult("runner", "runner_environment", GITLAB_HOSTED, actual, passed, note=note)
