@@ -10,6 +10,7 @@ import re
 from typing import Any
 
 from tpx.core.errors import Problem
+from tpx.core.jose.strict_json import json_type
 
 # Shapes shared by the providers' claim tables. Printable ASCII (space to tilde) excludes NUL, CR,
 # LF, every other control character and everything outside ASCII.
@@ -23,20 +24,6 @@ PRINTABLE_1K = "printable ASCII without control characters, 1 to 1024 characters
 PRINTABLE_255 = "printable ASCII without control characters, 1 to 255 characters"
 PRINTABLE_255_OR_EMPTY = "printable ASCII without control characters, at most 255 characters"
 PRINTABLE_1K_OR_EMPTY = "printable ASCII without control characters, at most 1024 characters"
-
-
-def json_type(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, (int, float)):
-        return "number"
-    if isinstance(value, list):
-        return "array"
-    if isinstance(value, dict):
-        return "object"
-    return type(value).__name__
 
 
 def string_claim(claims: dict[str, Any], name: str, pattern: re.Pattern[str], expected: str, *,

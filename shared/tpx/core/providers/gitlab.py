@@ -18,11 +18,11 @@ from typing import Any
 
 from tpx.core import inputs
 from tpx.core.errors import Problem
+from tpx.core.jose.strict_json import json_type
 from tpx.core.providers.base import CheckResult, Identity, IdentityFields, Publisher
 from tpx.core.providers.checks import hosted_runner, pinned_id, ref_patterns, repository_match, unbound_ids
 from tpx.core.providers.claims import (
-    ID, ID_TEXT, PRINTABLE_1K, PRINTABLE_255_OR_EMPTY, TEXT_1K, TEXT_255_OR_EMPTY, json_type, required_claim,
-    string_claim,
+    ID, ID_TEXT, PRINTABLE_1K, PRINTABLE_255_OR_EMPTY, TEXT_1K, TEXT_255_OR_EMPTY, required_claim, string_claim,
 )
 from tpx.core.providers.gitlab_ref import CiConfigRef, issuer_host, parse_ci_config_ref_uri
 from tpx.core.providers.matching import ascii_iequal

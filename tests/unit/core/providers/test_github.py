@@ -241,7 +241,7 @@ def test_identity_rejects_non_object_payload() -> None:
 @pytest.mark.parametrize(
     ("changes", "says"),
     [
-        pytest.param({"repository_owner_id": 65}, "JSON number", id="number"),
+        pytest.param({"repository_owner_id": 65}, "JSON integer", id="number"),
         pytest.param({"repository_id": True}, "JSON boolean", id="boolean"),
         pytest.param({"repository": []}, "JSON array", id="array"),
         pytest.param({"environment": None}, "JSON null", id="null"),

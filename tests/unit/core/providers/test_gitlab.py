@@ -259,10 +259,10 @@ def test_identity_rejects_non_object_payload() -> None:
 @pytest.mark.parametrize(
     ("changes", "phrase"),
     [
-        pytest.param({"namespace_id": 72}, "JSON number", id="number"),
+        pytest.param({"namespace_id": 72}, "JSON integer", id="number"),
         pytest.param({"ref_protected": True}, "JSON boolean", id="boolean"),
         pytest.param({"project_path": None}, "JSON null", id="null"),
-        pytest.param({"runner_id": "27"}, "JSON str", id="runner-id-string"),
+        pytest.param({"runner_id": "27"}, "JSON string", id="runner-id-string"),
     ],
 )
 def test_malformed_names_the_json_type(changes: dict[str, Any], phrase: str) -> None:
