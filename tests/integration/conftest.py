@@ -15,6 +15,7 @@ from tpx.core.jose import parse_jwks
 from tpx.core.db.issuers import store_keys
 from tests.conftest import ADMIN_TOKEN
 from tests.support.claims import github_claims
+from tests.support.oidc_issuer import LoopbackIssuer
 from tests.support.servers import serve
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
@@ -118,3 +119,33 @@ class Repo:
 @pytest.fixture
 def repo(issuer, client) -> Repo:
     return Repo(issuer, client)
+
+
+@dataclass
+class OwnIssuer:
+    """A loopback GitHub-shaped issuer of one test's own, registered and with its keys stored."""
+
+    issuer: LoopbackIssuer
+    id: uuid.UUID
+    client: httpx.AsyncClient
+
+    def repo(self) -> Repo:
+        return Repo(self.issuer, self.client)
+
+    async def set_enabled(self, enabled: bool) -> None:
+        response = await self.client.patch(f"/v1/admin/issuers/{self.id}", json={"enabled": enabled}, headers=ADMIN)
+        assert response.status_code == 200, response.text
+
+
+@pytest.fixture
+async def own_issuer(client, db, exchange_app):
+    """For tests that disable, rotate or otherwise change an issuer: never the session's shared one."""
+    issuer = LoopbackIssuer()
+    async with serve(issuer.app) as url:
+        issuer.url = url
+        response = await client.post("/v1/admin/issuers", json={"url": url, "kind": "github"}, headers=ADMIN)
+        assert response.status_code == 201, response.text
+        own = OwnIssuer(issuer, uuid.UUID(response.json()["issuer"]["id"]), client)
+        await publish_issuer_keys(db, exchange_app, own.id, issuer)
+        yield own
+        await own.set_enabled(False)  # its server stops now: no later test (or refresher) tries to reach it

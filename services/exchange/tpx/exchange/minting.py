@@ -156,12 +156,22 @@ async def write(conn: asyncpg.Connection, settings: Settings, decision: Decision
         binding = token_store.Binding([publisher.id for publisher, _ in decision.unbound],
                                       identity.owner_id, identity.repository_id)
     result = await token_store.mint(
-        conn, issuer_id=verified.issuer.id, jti=verified.jti, jti_expires_at=verified.exp + settings.leeway_seconds,
+        conn, issuer_id=verified.issuer.id, kid=verified.kid, jti=verified.jti, jti_expires_at=verified.exp + settings.leeway_seconds,
         publisher_ids=decision.publisher_ids, binding=binding, token_id=uuid.UUID(token_id),
         token_hash=tokens.hash_token(token), packages=decision.packages, permissions=decision.permissions,
         ci=identity.ci(), repository_key=identity.repository_key, workflow=identity.workflow,
         lifetime_seconds=decision.lifetime_seconds, events=events_of(decision, token_id), source=EXCHANGE_SOURCE,
     )
+    issuer = verified.issuer.url
+    if not result.issuer_ok:
+        raise Problem("unknown_issuer", f"the issuer {issuer} was disabled (or removed); tokens from it are not "
+                                        "accepted", hints=["an operator can enable it with PATCH /v1/admin/issuers/{id}"])
+    if not result.key_ok:
+        raise Problem("invalid_token", f"the key {verified.kid!r} that signed this token is no longer one of issuer "
+                                       f"{issuer}'s keys (it was removed from its JWKS); request a fresh ID token")
+    if not result.unexpired:
+        raise Problem("invalid_token", "the token has expired (its exp plus the allowed clock leeway has passed); "
+                                       "request a fresh ID token and exchange it at once")
     if not result.publishers_ok:
         return None
     if result.issued_at is None or result.expires_at is None:

@@ -25,6 +25,7 @@ class VerifiedToken:
     provider: Provider
     identity: Identity
     claims: dict[str, Any]
+    kid: str  # the key that verified it: the mint checks it is still stored
 
     @property
     def jti(self) -> str:
@@ -73,4 +74,4 @@ async def verify_id_token(value: object, keycache: KeyCache, settings: Settings,
     claims = verify(token, issuer.policy, issuer.keys.get(token.kid), now=moment, leeway=settings.leeway_seconds)
     provider = get_provider(issuer.kind)
     identity = provider.identity(claims, issuer.url)
-    return VerifiedToken(issuer, provider, identity, claims)
+    return VerifiedToken(issuer, provider, identity, claims, token.kid)

@@ -44,22 +44,39 @@ class Binding:
 
 @dataclass(frozen=True)
 class MintResult:
-    """`publishers_ok` is False when a matched publisher was deleted, or bound to other ids, after the
-    decision (nothing was written: decide again); otherwise `issued_at` is None when the JTI was spent."""
+    """What the mint statement found after the gate, and what it wrote.
 
+    Nothing is written unless every check holds: the issuer is still enabled, the
+    key that verified the token is still stored, the token is unexpired by the
+    database's clock, and the matched publishers still exist and pin nothing but
+    the token's ids (`publishers_ok` False: decide again). With every check held,
+    `issued_at` is None when the JTI was already spent.
+    """
+
+    issuer_ok: bool
+    key_ok: bool
+    unexpired: bool
     publishers_ok: bool
     issued_at: datetime | None
     expires_at: datetime | None
 
 
-# The claim, the token and its events, written only if the publishers check (`checked.ok`) held after the
-# mint gate. The token is stamped with the clock read after the gate, so a revocation that fixed its cutoff
-# while this mint waited always covers it or never does (docs/decisions.md, "A gate between mints and
-# revocation cutoffs"); it expires `lifetime` seconds later, computed here and nowhere else.
+# What a replica's caches may have missed, checked after the gate with the statement's own reads: the
+# issuer is enabled, the verifying key ($19) is stored, and the token's exp + leeway ($5) is still ahead
+# by this database's clock, the clock the spent-JTI purge uses (so no clock skew reopens a replay).
+_KILL_SWITCHES = """EXISTS (SELECT 1 FROM issuers WHERE id = $3 AND enabled) AS issuer_ok,
+       EXISTS (SELECT 1 FROM issuer_keys WHERE issuer_id = $3 AND kid = $19) AS key_ok,
+       to_timestamp($5) > clock_timestamp() AS unexpired"""
+
+# The claim, the token and its events, written only if every check held after the mint gate. The token
+# is stamped with the clock read after the gate, so a revocation that fixed its cutoff while this mint
+# waited always covers it or never does (docs/decisions.md, "A gate between mints and revocation
+# cutoffs"); it expires `lifetime` seconds later, computed here and nowhere else.
 _CLAIM_TOKEN_EVENTS = f"""
 claim AS (
     INSERT INTO used_jtis (issuer_id, jti, expires_at)
-    SELECT $3, $4, to_timestamp($5) FROM checked WHERE checked.ok
+    SELECT $3, $4, to_timestamp($5) FROM checked
+    WHERE checked.ok AND checked.issuer_ok AND checked.key_ok AND checked.unexpired
     ON CONFLICT DO NOTHING
     RETURNING clock_timestamp() AS now),
 token AS (
@@ -77,8 +94,9 @@ events AS (
                 ELSE e.data END
     FROM unnest($14::uuid[], $15::text[], $16::text[], $17::text[], $18::jsonb[]) AS e(id, type, source, subject, data),
          token)
-SELECT (SELECT ok FROM checked) AS publishers_ok, (SELECT issued_at FROM token) AS issued_at,
-       (SELECT expires_at FROM token) AS expires_at
+SELECT checked.issuer_ok, checked.key_ok, checked.unexpired, checked.ok AS publishers_ok,
+       (SELECT issued_at FROM token) AS issued_at, (SELECT expires_at FROM token) AS expires_at
+FROM checked
 """
 
 # Every matched publisher pins its ids already (every exchange but a publisher's first): check with a fresh
@@ -86,7 +104,8 @@ SELECT (SELECT ok FROM checked) AS publishers_ok, (SELECT issued_at FROM token) 
 # multixact per concurrent mint of one publisher).
 _MINT = f"""
 WITH gate AS MATERIALIZED (SELECT pg_advisory_xact_lock_shared($1)),
-checked AS MATERIALIZED (SELECT tpx_publishers_alive($2::uuid[]) = cardinality($2::uuid[]) AS ok FROM gate),
+checked AS MATERIALIZED (
+    SELECT tpx_publishers_alive($2::uuid[]) = cardinality($2::uuid[]) AS ok, {_KILL_SWITCHES} FROM gate),
 {_CLAIM_TOKEN_EVENTS}"""
 
 # Some matched publisher has no ids yet: lock the matched rows after the gate (the same order as a
@@ -100,22 +119,25 @@ locked AS MATERIALIZED (
     FOR UPDATE OF p),
 checked AS MATERIALIZED (
     SELECT count(*) = cardinality($2::uuid[])
-           AND coalesce(bool_and(coalesce(owner_id, $19) = $19 AND coalesce(name_id, $20) = $20), false) AS ok
+           AND coalesce(bool_and(coalesce(owner_id, $20) = $20 AND coalesce(name_id, $21) = $21), false) AS ok,
+           {_KILL_SWITCHES}
     FROM locked),
 bind AS (
-    UPDATE publishers p SET owner_id = coalesce(p.owner_id, $19), name_id = coalesce(p.name_id, $20),
+    UPDATE publishers p SET owner_id = coalesce(p.owner_id, $20), name_id = coalesce(p.name_id, $21),
                             bound_at = coalesce(p.bound_at, now())
-    FROM checked WHERE checked.ok AND p.id = ANY($21::uuid[])
+    FROM checked WHERE checked.ok AND checked.issuer_ok AND checked.key_ok AND checked.unexpired
+                       AND p.id = ANY($22::uuid[])
     RETURNING p.id),
 {_CLAIM_TOKEN_EVENTS}"""
 
 
-async def mint(conn: asyncpg.Connection, *, issuer_id: Any, jti: str, jti_expires_at: float,
+async def mint(conn: asyncpg.Connection, *, issuer_id: Any, kid: str, jti: str, jti_expires_at: float,
                publisher_ids: list[str], binding: Binding | None, token_id: uuid.UUID, token_hash: bytes,
                packages: list[str], permissions: dict[str, list[str]], ci: dict[str, Any], repository_key: str,
                workflow: str, lifetime_seconds: int, events: Sequence[Event], source: str) -> MintResult:
-    """Write one exchange in one statement (its own transaction): enter the mint gate, check (and, with
-    `binding`, pin) the matched publishers, claim the (issuer, jti) pair, insert the token and its events.
+    """Write one exchange in one statement (its own transaction): enter the mint gate, check the kill
+    switches and (pinning them, with `binding`) the matched publishers, claim the (issuer, jti) pair,
+    insert the token and its events.
 
     Each step runs only if the one before succeeded, so a refusal writes nothing.
     """
@@ -123,11 +145,13 @@ async def mint(conn: asyncpg.Connection, *, issuer_id: Any, jti: str, jti_expire
     args: list[Any] = [
         locks.MINT_GATE, publisher_ids, issuer_id, jti, jti_expires_at, token_id, token_hash, packages,
         permissions, ci, repository_key, workflow, float(lifetime_seconds), ids, types, sources, subjects, datas,
+        kid,
     ]
     if binding is not None:
         args += [binding.owner_id, binding.name_id, binding.publisher_ids]
     row = await conn.fetchrow(_MINT_BINDING if binding is not None else _MINT, *args)
-    return MintResult(bool(row["publishers_ok"]), row["issued_at"], row["expires_at"])
+    return MintResult(row["issuer_ok"], row["key_ok"], row["unexpired"], bool(row["publishers_ok"]),
+                      row["issued_at"], row["expires_at"])
 
 
 # --- introspection, revocation by the holder, listings -------------------------------------------------------
