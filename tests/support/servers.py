@@ -10,6 +10,9 @@ from typing import AsyncIterator
 
 import uvicorn
 
+from tpx.core.config import Settings
+from tpx.core.serving.server import uvicorn_config
+
 
 class _SignallingServer(uvicorn.Server):
     """A uvicorn server that tells the test when it is listening (no polling, no sleeps)."""
@@ -37,7 +40,9 @@ async def serve(app, *, port: int = 0, **config) -> AsyncIterator[str]:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", port))
     bound_port = sock.getsockname()[1]
-    server = _SignallingServer(uvicorn.Config(app, lifespan="on", log_level="warning", **config))
+    # The product's uvicorn settings (no proxy-header rewriting, header and concurrency limits), so what a
+    # test sees of a request is what production sees.
+    server = _SignallingServer(uvicorn_config(app, Settings(), **{"lifespan": "on", **config}))
     task = asyncio.create_task(server.serve(sockets=[sock]))
     ready = asyncio.create_task(server.ready.wait())
     done, _ = await asyncio.wait({task, ready}, return_when=asyncio.FIRST_COMPLETED, timeout=30)

@@ -6,21 +6,34 @@ import pytest
 
 from tpx.core.errors import Problem
 from tpx.core.providers.base import Publisher
-from tpx.exchange.ratelimit import RateLimits, TokenBuckets, client_address, parse_networks
+from tpx.exchange.ratelimit import RateLimits, TokenBuckets, client_address, client_key, parse_networks
 
 
 @pytest.mark.parametrize(("peer", "forwarded", "trusted", "expected"), [
-    ("10.0.0.5", "1.2.3.4", (), "10.0.0.5"),                              # no trusted proxies: the peer
-    ("10.0.0.5", "1.2.3.4", ("10.0.0.0/8",), "1.2.3.4"),                  # trusted proxy: its client
-    ("10.0.0.5", "6.6.6.6, 1.2.3.4", ("10.0.0.0/8",), "1.2.3.4"),         # spoofed left-most entry ignored
-    ("10.0.0.5", "1.2.3.4, 10.0.0.9", ("10.0.0.0/8",), "1.2.3.4"),        # chained trusted proxies skipped
-    ("192.0.2.1", "1.2.3.4", ("10.0.0.0/8",), "192.0.2.1"),               # untrusted peer cannot forward
-    ("10.0.0.5", "not-an-ip", ("10.0.0.0/8",), "10.0.0.5"),
-    ("10.0.0.5", None, ("10.0.0.0/8",), "10.0.0.5"),
-    (None, "1.2.3.4", ("10.0.0.0/8",), "unknown"),
+    ("10.0.0.5", ["1.2.3.4"], (), "10.0.0.5"),                            # no trusted proxies: the peer
+    ("10.0.0.5", ["1.2.3.4"], ("10.0.0.0/8",), "1.2.3.4"),                # trusted proxy: its client
+    ("10.0.0.5", ["6.6.6.6, 1.2.3.4"], ("10.0.0.0/8",), "1.2.3.4"),       # spoofed left-most entry ignored
+    ("10.0.0.5", ["1.2.3.4, 10.0.0.9"], ("10.0.0.0/8",), "1.2.3.4"),      # chained trusted proxies skipped
+    ("10.0.0.5", ["6.6.6.6", "1.2.3.4"], ("10.0.0.0/8",), "1.2.3.4"),     # the proxy's own line comes last
+    ("10.0.0.5", ["6.6.6.6", "1.2.3.4, 10.0.0.9"], ("10.0.0.0/8",), "1.2.3.4"),
+    ("192.0.2.1", ["1.2.3.4"], ("10.0.0.0/8",), "192.0.2.1"),             # untrusted peer cannot forward
+    ("10.0.0.5", ["not-an-ip"], ("10.0.0.0/8",), "10.0.0.5"),
+    ("10.0.0.5", [], ("10.0.0.0/8",), "10.0.0.5"),
+    (None, ["1.2.3.4"], ("10.0.0.0/8",), "unknown"),
 ])
 def test_client_address(peer, forwarded, trusted, expected):
     assert client_address(peer, forwarded, parse_networks(trusted)) == expected
+
+
+@pytest.mark.parametrize(("address", "key"), [
+    ("203.0.113.7", "203.0.113.7"),
+    ("2001:db8:1:2:aaaa:bbbb:cccc:dddd", "2001:db8:1:2::/64"),
+    ("2001:db8:1:2::1", "2001:db8:1:2::/64"),
+    ("::ffff:203.0.113.7", "203.0.113.7"),   # an IPv4 client seen through a dual-stack socket
+    ("unknown", "unknown"),
+])
+def test_client_key_groups_ipv6_by_64(address, key):
+    assert client_key(address) == key
 
 
 def test_token_bucket_refuses_when_empty_and_disabled_at_zero():
@@ -67,9 +80,28 @@ def test_failures_are_counted_per_address_and_refused_with_retry_after():
     limits.check_client("203.0.113.8")  # another address has its own budget
 
 
-def test_an_exchange_takes_one_unit_from_every_matched_publisher():
+def test_an_exchange_is_admitted_without_charge_and_charged_once_minted():
     limits = RateLimits(failed_per_minute=0, publisher_per_minute=1, trusted_proxies=())
-    limits.take_publishers([publisher("a"), publisher("b")])
+    for _ in range(5):  # refused exchanges (replays, denials) are admitted but never charged
+        limits.admit_publishers([publisher("a"), publisher("b")])
+    limits.charge_publishers(["id-a", "id-b"])
     with pytest.raises(Problem) as refused:
-        limits.take_publishers([publisher("c"), publisher("b")])
+        limits.admit_publishers([publisher("c"), publisher("b")])
     assert refused.value.code == "rate_limited" and "'b'" in refused.value.detail
+    limits.admit_publishers([publisher("c")])
+
+
+def test_ipv6_failures_share_their_64():
+    limits = RateLimits(failed_per_minute=2, publisher_per_minute=0, trusted_proxies=())
+    limits.record_failure("2001:db8::1")
+    limits.record_failure("2001:db8::2")
+    with pytest.raises(Problem):
+        limits.check_client("2001:db8::ffff")
+    limits.check_client("2001:db8:0:1::1")
+
+
+def test_spending_may_go_into_debt_but_not_beyond_one_bucket():
+    buckets = TokenBuckets(60)
+    for _ in range(500):
+        buckets.spend("a", now=0)
+    assert buckets.retry_after("a", now=0) == 61  # 60 units of debt plus the one wanted, at one a second

@@ -8,7 +8,14 @@ would cost every honest exchange a round trip. Memory is bounded: the least
 recently used buckets are dropped beyond `max_keys`.
 
 The client address is the TCP peer, unless that peer is a configured trusted
-proxy; then it is the right-most X-Forwarded-For entry that is not one.
+proxy; then it is the right-most X-Forwarded-For entry that is not one, read
+across every X-Forwarded-For header line in order (a proxy may add a line of its
+own after the client's). IPv6 clients are limited by their /64: one host gets a
+whole /64 to pick addresses from.
+
+A publisher is charged only for exchanges that minted: refusals (a replayed ID
+token, a denial) cost its budget nothing, so nobody can lock a publisher out
+by replaying a captured token.
 """
 
 from __future__ import annotations
@@ -16,7 +23,7 @@ from __future__ import annotations
 import ipaddress
 import time
 from collections import OrderedDict
-from typing import Iterable
+from typing import Iterable, Sequence
 
 from tpx.core.errors import Problem
 from tpx.core.metrics import RATE_LIMITED
@@ -49,6 +56,16 @@ class TokenBuckets:
             return None
         return max(1, int((1 - level) / self.rate + 0.999))
 
+    def spend(self, key: str, now: float | None = None) -> None:
+        """Take one unit whatever the level (down to one bucket's worth of debt): for work already done."""
+        if not self.enabled:
+            return
+        now = time.monotonic() if now is None else now
+        self._buckets[key] = (max(self._level(key, now) - 1, -self.capacity), now)
+        self._buckets.move_to_end(key)
+        while len(self._buckets) > self.max_keys:
+            self._buckets.popitem(last=False)
+
     def take(self, key: str, now: float | None = None) -> int | None:
         """Take one unit; return None on success or the Retry-After seconds when empty."""
         if not self.enabled:
@@ -68,7 +85,8 @@ def parse_networks(values: Iterable[str]) -> tuple[ipaddress._BaseNetwork, ...]:
     return tuple(ipaddress.ip_network(v.strip(), strict=False) for v in values if v.strip())
 
 
-def client_address(peer: str | None, forwarded_for: str | None, trusted: tuple) -> str:
+def client_address(peer: str | None, forwarded_for: Sequence[str], trusted: tuple) -> str:
+    """The client behind trusted proxies; `forwarded_for` holds every X-Forwarded-For header line, in order."""
     def is_trusted(address: str) -> bool:
         try:
             ip = ipaddress.ip_address(address)
@@ -80,7 +98,7 @@ def client_address(peer: str | None, forwarded_for: str | None, trusted: tuple) 
         return "unknown"
     if not trusted or not is_trusted(peer) or not forwarded_for:
         return peer
-    hops = [hop.strip() for hop in forwarded_for.split(",")[-20:]]
+    hops = [hop.strip() for hop in ",".join(forwarded_for).split(",")[-20:]]
     for hop in reversed(hops):
         if not is_trusted(hop):
             try:
@@ -90,6 +108,19 @@ def client_address(peer: str | None, forwarded_for: str | None, trusted: tuple) 
     return peer
 
 
+def client_key(address: str) -> str:
+    """What one client's failures are counted under: its IPv4 address, or its IPv6 /64."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
+    return str(ip)
+
+
 class RateLimits:
     def __init__(self, failed_per_minute: int, publisher_per_minute: int, trusted_proxies: tuple) -> None:
         self.failures = TokenBuckets(failed_per_minute)
@@ -97,7 +128,7 @@ class RateLimits:
         self.trusted_proxies = trusted_proxies
 
     def check_client(self, address: str) -> None:
-        retry = self.failures.retry_after(address)
+        retry = self.failures.retry_after(client_key(address))
         if retry is not None:
             RATE_LIMITED.labels("failed_exchanges_per_client").inc()
             raise Problem("rate_limited", "too many failed exchanges from this address; fix the cause of the earlier "
@@ -105,13 +136,18 @@ class RateLimits:
                           retry_after=retry)
 
     def record_failure(self, address: str) -> None:
-        self.failures.take(address)
+        self.failures.take(client_key(address))
 
-    def take_publishers(self, publishers: Iterable[Publisher]) -> None:
-        """One exchange from each publisher an exchange matched; refused if any has no budget left."""
+    def admit_publishers(self, publishers: Iterable[Publisher]) -> None:
+        """Refuse an exchange if a publisher it matched has no budget left; charges nothing."""
         for publisher in publishers:
-            retry = self.publishers.take(publisher.id)
+            retry = self.publishers.retry_after(publisher.id)
             if retry is not None:
                 RATE_LIMITED.labels("exchanges_per_publisher").inc()
                 raise Problem("rate_limited", f"too many exchanges for the publisher of package {publisher.package!r}; "
                                               f"retry after {retry} s", retry_after=retry)
+
+    def charge_publishers(self, publisher_ids: Iterable[str]) -> None:
+        """An exchange minted: one unit from each publisher it matched."""
+        for publisher_id in publisher_ids:
+            self.publishers.spend(publisher_id)

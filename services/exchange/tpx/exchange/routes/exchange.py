@@ -35,7 +35,7 @@ async def read_verified(request: Request, ctx: ServiceContext, member: str = "jw
 def client_failures_limited(ctx: ServiceContext, request: Request) -> Iterator[None]:
     """Refuse a client address that keeps failing; count this attempt if it fails on the client's side."""
     address = client_address(request.client.host if request.client else None,
-                             request.headers.get("x-forwarded-for"), ctx.limits.trusted_proxies)
+                             request.headers.getlist("x-forwarded-for"), ctx.limits.trusted_proxies)
     ctx.limits.check_client(address)
     try:
         yield
@@ -50,7 +50,7 @@ async def exchange_token(ctx: ServiceContext, verified: VerifiedToken):
     async with ctx.pool.acquire() as conn:
         try:
             minted = await mint(conn, ctx.settings, verified, ctx.candidates,
-                                admit=lambda decision: ctx.limits.take_publishers(e.publisher for e in decision.matched))
+                                admit=lambda decision: ctx.limits.admit_publishers(e.publisher for e in decision.matched))
         except Problem as problem:
             if problem.code in ("no_matching_publisher", "forbidden_trigger"):
                 await record_denial(conn, verified, problem)
@@ -59,6 +59,7 @@ async def exchange_token(ctx: ServiceContext, verified: VerifiedToken):
                      repository=verified.identity.repository, workflow=verified.identity.workflow)
             raise
     ctx.outbox_signal.notify()
+    ctx.limits.charge_publishers(minted.publisher_ids)
     log.info("exchange.issued", token_id=minted.token_id, packages=minted.packages,
              repository=verified.identity.repository, workflow=verified.identity.workflow)
     return minted
@@ -87,8 +88,11 @@ async def exchange(request: Request) -> JSONResponse:
 
 
 async def explain_route(request: Request) -> JSONResponse:
+    """A dry run; its refusals count against the same per-address failure budget as exchanges, since a
+    flood of bad tokens costs the same here (including the wait for a refresh on an unknown key)."""
     ctx = context(request)
-    verified = await read_verified(request, ctx)
+    with client_failures_limited(ctx, request):
+        verified = await read_verified(request, ctx)
     async with ctx.pool.acquire() as conn:
         evaluations = await explain(conn, verified)
     identity = verified.identity
