@@ -8,13 +8,11 @@ import uuid
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from typing import Any, AsyncIterator, Awaitable, Callable
-from urllib.parse import urlsplit, urlunsplit
 
 import aio_pika
 
 from tpx.core.config import Settings
 from tpx.core.relay.relay import OutboxRelay
-from tests.support.tcp_proxy import TcpProxy
 
 WAIT = 20.0  # upper bound for anything that should happen "soon" (covers a few back-off steps)
 
@@ -106,16 +104,3 @@ async def running(relay: OutboxRelay) -> AsyncIterator[asyncio.Task[None]]:
 def isolated(settings: Settings, **changes: Any) -> Settings:
     """The session settings with an exchange of this test's own."""
     return replace(settings, amqp_prefix=f"{settings.amqp_prefix}-relay-{uuid.uuid4().hex[:6]}", **changes)
-
-
-def through(url: str, proxy: TcpProxy) -> str:
-    """The same URL, but pointing at the proxy."""
-    parts = urlsplit(url)
-    credentials = parts.netloc.rpartition("@")[0]
-    netloc = f"{credentials}@127.0.0.1:{proxy.port}" if credentials else f"127.0.0.1:{proxy.port}"
-    return urlunsplit(parts._replace(netloc=netloc))
-
-
-def target_of(url: str, default_port: int) -> tuple[str, int]:
-    parts = urlsplit(url)
-    return parts.hostname or "127.0.0.1", parts.port or default_port

@@ -157,3 +157,9 @@ def through(url: str, proxy: TcpProxy) -> str:
     credentials = parts.netloc.rpartition("@")[0]
     netloc = f"{credentials}@127.0.0.1:{proxy.port}" if credentials else f"127.0.0.1:{proxy.port}"
     return urlunsplit(parts._replace(netloc=netloc))
+
+
+def target_of(url: str, default_port: int) -> tuple[str, int]:
+    """The host and port a URL points at: what a proxy in front of it forwards to."""
+    parts = urlsplit(url)
+    return parts.hostname or "127.0.0.1", parts.port or default_port

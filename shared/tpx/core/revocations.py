@@ -28,7 +28,7 @@ DEFAULT_REASON = "revoked by an administrator"
 # owner/name (GitHub) or group/sub-group/project (GitLab); ASCII only, so lower() folds A-Z alone.
 REPOSITORY_RE = re.compile(r"[A-Za-z0-9_.-]{1,255}(?:/[A-Za-z0-9_.-]{1,255}){1,21}")
 WORKFLOW_RE = re.compile(r"[\x20-\x7e]{1,1024}")
-REASON_RE = re.compile(r"[^\x00-\x1f\x7f]{1,500}")
+REASON_RE = re.compile(f"{inputs.LINE_OF_TEXT}{{1,500}}")
 
 
 @dataclass(frozen=True)

@@ -26,8 +26,8 @@ from tpx.core.events.types import Event
 from tpx.core.relay.signal import OutboxSignal
 from tpx.core.db.locks import RELAY_LEADER as RELAY_LOCK_ID
 from tpx.core.relay.relay import OutboxRelay
-from tests.support.events import Consumer, eventually, isolated, running, target_of, through
-from tests.support.tcp_proxy import TcpProxy
+from tests.support.events import Consumer, eventually, isolated, running
+from tests.support.tcp_proxy import TcpProxy, target_of, through
 
 pytestmark = pytest.mark.integration
 

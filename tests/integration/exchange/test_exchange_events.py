@@ -13,9 +13,9 @@ from tpx.core.relay.signal import OutboxSignal
 from tpx.core.relay.relay import OutboxRelay
 from tpx.exchange.app import create_app
 from tests.integration.conftest import Repo
-from tests.support.events import Consumer, isolated, running, target_of, through
+from tests.support.events import Consumer, isolated, running
 from tests.support.servers import serve
-from tests.support.tcp_proxy import TcpProxy
+from tests.support.tcp_proxy import TcpProxy, target_of, through
 
 pytestmark = pytest.mark.integration
 CE_ATTRIBUTES = {"specversion", "id", "source", "type", "time", "subject", "datacontenttype", "data", "sequence",

@@ -25,7 +25,7 @@ from tpx.core.errors import Problem
 from tpx.core.events import builders, types
 from tpx.core.events.types import EXCHANGE_SOURCE
 from tpx.core.issuers import issuer_changes, issuer_json
-from tpx.core.publishers import publisher_input, publisher_json
+from tpx.core.publishers import PACKAGE_RE, PACKAGE_TEXT, publisher_input, publisher_json
 from tpx.core.revocations import Selector
 from tpx.core.times import rfc3339_or_none
 
@@ -165,7 +165,7 @@ async def create_publisher(request: Request) -> JSONResponse:
 async def list_publishers(request: Request) -> JSONResponse:
     ctx = context(request)
     ctx.admin.authenticate(request)
-    package = request.query_params.get("package")
+    package = inputs.query_text(request.query_params, "package", PACKAGE_RE, PACKAGE_TEXT)
     async with ctx.pool.acquire() as conn:
         found = await publisher_store.list_(conn, package, MAX_LIST)
     return JSONResponse({"publishers": [publisher_json(p) for p in found]})
@@ -217,6 +217,7 @@ async def list_tokens(request: Request) -> JSONResponse:
     ctx = context(request)
     ctx.admin.authenticate(request)
     params = request.query_params
+    package = inputs.query_text(params, "package", PACKAGE_RE, PACKAGE_TEXT)
     publisher_id = params.get("publisher_id")
     active_text = params.get("active")
     if active_text not in (None, "true", "false"):
@@ -232,7 +233,7 @@ async def list_tokens(request: Request) -> JSONResponse:
             raise Problem("malformed_request", "publisher_id must be a publisher id (a UUID)") from None
     async with ctx.pool.acquire() as conn:
         rows = await token_store.list_metadata(
-            conn, package=params.get("package"), publisher_id=publisher_id,
+            conn, package=package, publisher_id=publisher_id,
             active=None if active_text is None else active_text == "true", limit=max(limit, 1))
     return JSONResponse({"tokens": [{
         "token_id": str(row["id"]), "active": row["active"], "packages": list(row["packages"]),
