@@ -12,7 +12,7 @@ from tpx.core.events import chain
 from tpx.core.relay.signal import OutboxSignal
 from tpx.core.relay.relay import OutboxRelay
 from tpx.exchange.app import create_app
-from tests.integration.conftest import Repo
+from tests.integration.conftest import ADMIN, Repo
 from tests.support.events import Consumer, isolated, running
 from tests.support.servers import serve
 from tests.support.tcp_proxy import TcpProxy, target_of, through
@@ -123,8 +123,11 @@ async def test_exchanges_work_while_the_broker_is_unreachable_and_events_arrive_
         await proxy.close()
 
 
-async def test_database_outage_gives_503_never_a_token(settings, oidc_issuer, issuer, db):
-    """A second exchange replica whose database connection goes through a proxy the test cuts."""
+async def test_database_outage_gives_503_never_a_token(settings, oidc_issuer, issuer, db, caplog):
+    """A second exchange replica whose database connection goes through a proxy the test cuts.
+
+    Every outage answer carries its request id (body and header), and no exception reaches uvicorn
+    (regression: each 503 came back with a null request id, and uvicorn logged a traceback for it)."""
     proxy = TcpProxy(*target_of(settings.database_url, 5432))
     await proxy.start()
     replica_settings = replace(settings, database_url=through(settings.database_url, proxy), db_pool_min=1,
@@ -141,6 +144,9 @@ async def test_database_outage_gives_503_never_a_token(settings, oidc_issuer, is
             assert response.json()["code"] == "unavailable"
             assert response.headers["retry-after"]
             assert "tpx_" not in response.text
+            assert response.json()["request_id"] and response.json()["request_id"] == response.headers["x-request-id"]
+            listing = await http.get("/v1/admin/publishers", headers=ADMIN)  # an outage outside the exchange route
+            assert listing.status_code == 503 and listing.json()["request_id"] == listing.headers["x-request-id"]
             ready = await http.get("/readyz")
             assert ready.status_code == 503
             assert "database" in ready.json()["reasons"][0]
@@ -149,3 +155,4 @@ async def test_database_outage_gives_503_never_a_token(settings, oidc_issuer, is
             assert recovered.status_code == 200, recovered.text
     finally:
         await proxy.close()
+    assert not [r for r in caplog.records if "Exception in ASGI application" in r.getMessage()]

@@ -25,7 +25,7 @@ from tpx.core.db import issuers as issuer_store
 from tpx.core.db import publishers as publisher_store
 from tpx.core.db.listener import Listener
 from tpx.core.db.migrate import check_schema
-from tpx.core.db.pool import UNAVAILABLE_ERRORS, create_pool
+from tpx.core.db.pool import create_pool
 from tpx.core.errors import Problem
 from tpx.core.logging import get_logger
 from tpx.core.relay.backlog import sample_forever
@@ -80,15 +80,6 @@ async def _http_error(request: Request, exc: Exception):
     if exc.status_code == 405:
         return problem_response(Problem("method_not_allowed", f"{request.method} is not allowed on {request.url.path}"))
     return problem_response(Problem("malformed_request", str(exc.detail)))
-
-
-async def _unexpected(request: Request, exc: Exception):
-    if isinstance(exc, UNAVAILABLE_ERRORS):
-        log.warning("dependency.unavailable", error=type(exc).__name__, path=request.url.path)
-        return problem_response(Problem("unavailable", "the database is not reachable right now; retry shortly",
-                                        retry_after=5))
-    log.exception("request.failed", path=request.url.path)
-    return problem_response(Problem("internal", "an unexpected error occurred; it has been logged with this request id"))
 
 
 def create_app(settings: Settings, *, run_relay: bool = True) -> Starlette:
@@ -155,6 +146,7 @@ def create_app(settings: Settings, *, run_relay: bool = True) -> Starlette:
     return Starlette(
         routes=route_list,
         middleware=[Middleware(RequestContextMiddleware, route_names=route_names)],
-        exception_handlers={Problem: _problem, HTTPException: _http_error, Exception: _unexpected},
+        # Exceptions no handler here takes are answered by RequestContextMiddleware, with the request id.
+        exception_handlers={Problem: _problem, HTTPException: _http_error},
         lifespan=lifespan,
     )

@@ -18,8 +18,12 @@ import structlog
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
+from tpx.core.db.pool import UNAVAILABLE_ERRORS
 from tpx.core.errors import Problem
+from tpx.core.logging import get_logger
+from tpx.core.metrics import HTTP_LATENCY
 
+log = get_logger("tpx.exchange.http")
 request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
 _REQUEST_ID_RE = re.compile(rb"[A-Za-z0-9._:-]{8,128}")
 JSON_TYPES = ("application/json",)
@@ -30,8 +34,10 @@ FORM_TYPE = "application/x-www-form-urlencoded"
 
 class RequestContextMiddleware:
     """Per request: a request id (a sane incoming X-Request-ID or a new one) bound to the logs and
-    echoed back, and the latency recorded by route template (never the raw path, which a client
-    controls), method and status. One middleware for both, since every layer costs on the hot path."""
+    echoed back, the latency recorded by route template (never the raw path, which a client
+    controls), method and status, and the last word on failures: an exception that escapes the app
+    (a bug, a dependency outage) becomes a problem answer with the request id, logged once, and never
+    reaches the server. One middleware for all of it, since every layer costs on the hot path."""
 
     def __init__(self, app, route_names: dict) -> None:
         self.app = app
@@ -41,23 +47,14 @@ class RequestContextMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        from tpx.core.metrics import HTTP_LATENCY
-
         started = time.perf_counter()
         headers = scope["headers"]
-        if len(headers) > MAX_HEADER_COUNT or sum(len(k) + len(v) for k, v in headers) > MAX_HEADER_BYTES:
-            # uvicorn's httptools parser has no header limit of its own: refuse before any route runs.
-            response = problem_response(Problem(
-                "headers_too_large", f"the request headers exceed {MAX_HEADER_COUNT} fields or {MAX_HEADER_BYTES} "
-                                     "bytes; send fewer or smaller headers"))
-            await response(scope, receive, send)
-            return
         incoming = next((v for k, v in headers if k == b"x-request-id"), None)
         request_id = incoming.decode() if incoming and _REQUEST_ID_RE.fullmatch(incoming) else uuid.uuid4().hex
         token = request_id_var.set(request_id)
         structlog.contextvars.bind_contextvars(request_id=request_id)
         header = (b"x-request-id", request_id.encode())
-        status = 500
+        status = 0
 
         async def send_with_context(message) -> None:
             nonlocal status
@@ -67,13 +64,35 @@ class RequestContextMiddleware:
             await send(message)
 
         try:
-            await self.app(scope, receive, send_with_context)
+            if len(headers) > MAX_HEADER_COUNT or sum(len(k) + len(v) for k, v in headers) > MAX_HEADER_BYTES:
+                # uvicorn's httptools parser has no header limit of its own: refuse before any route runs.
+                await problem_response(Problem(
+                    "headers_too_large", f"the request headers exceed {MAX_HEADER_COUNT} fields or "
+                                         f"{MAX_HEADER_BYTES} bytes; send fewer or smaller headers"),
+                )(scope, receive, send_with_context)
+                return
+            try:
+                await self.app(scope, receive, send_with_context)
+            except Exception as exc:  # noqa: BLE001 - the last word: answer, log once, never re-raise
+                problem = _unexpected(exc, scope)
+                if status == 0:
+                    await problem_response(problem)(scope, receive, send_with_context)
         finally:
             structlog.contextvars.unbind_contextvars("request_id")
             request_id_var.reset(token)
             route = self.route_names.get(scope.get("endpoint"), "unmatched")
-            HTTP_LATENCY.labels(route, scope["method"] if route != "unmatched" else "other", str(status)).observe(
+            HTTP_LATENCY.labels(route, scope["method"] if route != "unmatched" else "other", str(status or 500)).observe(
                 time.perf_counter() - started)
+
+
+def _unexpected(exc: Exception, scope) -> Problem:
+    """What an exception that escaped the app means for the client; logged here, once."""
+    path = scope.get("path", "")[:200]
+    if isinstance(exc, UNAVAILABLE_ERRORS):
+        log.warning("dependency.unavailable", error=type(exc).__name__, path=path)
+        return Problem("unavailable", "the database is not reachable right now; retry shortly", retry_after=5)
+    log.error("request.failed", path=path, exc_info=exc)
+    return Problem("internal", "an unexpected error occurred; it has been logged with this request id")
 
 
 class ProblemResponse(JSONResponse):

@@ -1,0 +1,81 @@
+"""Every answer carries a request id, in the body and the X-Request-ID header, and no exception escapes
+to the server: what the exchange's outermost middleware guarantees, on bare ASGI apps that fail.
+
+Regression: an exception outside the routes' own handling (a bug, a database outage) was rendered by
+Starlette's outermost error middleware, outside the request-id middleware, with `"request_id": null` and
+no header, and was then re-raised to uvicorn, which logged a traceback per request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import asyncpg
+import pytest
+
+from tpx.exchange.http import MAX_HEADER_BYTES, RequestContextMiddleware
+
+
+def run(app, headers: list[tuple[bytes, bytes]] | None = None) -> tuple[int, dict[bytes, bytes], dict[str, Any]]:
+    """One GET through the middleware; the status, headers and JSON body it sent."""
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "method": "GET", "path": "/x", "headers": headers or [], "query_string": b""}
+    asyncio.run(RequestContextMiddleware(app, route_names={})(scope, receive, send))
+    start = next(m for m in sent if m["type"] == "http.response.start")
+    body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    return start["status"], dict(start["headers"]), json.loads(body)
+
+
+async def bug(scope, receive, send):
+    raise RuntimeError("a bug")
+
+
+async def outage(scope, receive, send):
+    raise asyncpg.exceptions.ConnectionDoesNotExistError("connection was closed in the middle of operation")
+
+
+@pytest.mark.parametrize(("app", "status", "code"), [(bug, 500, "internal"), (outage, 503, "unavailable")])
+def test_an_exception_is_a_problem_with_the_request_id(app, status, code):
+    answered, headers, body = run(app)
+    assert (answered, body["code"]) == (status, code)
+    assert body["request_id"] and headers[b"x-request-id"] == body["request_id"].encode()
+    if status == 503:
+        assert headers[b"retry-after"] == b"5"
+
+
+def test_a_sane_incoming_request_id_is_kept():
+    _, headers, body = run(bug, [(b"x-request-id", b"ci-run-1234-step-5")])
+    assert body["request_id"] == "ci-run-1234-step-5" and headers[b"x-request-id"] == b"ci-run-1234-step-5"
+
+
+def test_oversized_headers_are_refused_with_a_request_id():
+    status, headers, body = run(bug, [(b"x-filler", b"a" * (MAX_HEADER_BYTES + 1))])
+    assert (status, body["code"]) == (431, "headers_too_large")
+    assert body["request_id"] and headers[b"x-request-id"] == body["request_id"].encode()
+
+
+def test_an_exception_after_the_answer_started_is_not_answered_twice():
+    async def half(scope, receive, send):
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        raise RuntimeError("failed while streaming")
+
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "method": "GET", "path": "/x", "headers": [], "query_string": b""}
+    asyncio.run(RequestContextMiddleware(half, route_names={})(scope, receive, send))  # does not raise
+    assert [m["type"] for m in sent] == ["http.response.start"]
