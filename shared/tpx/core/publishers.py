@@ -38,8 +38,8 @@ def publisher_input(body: dict[str, Any], *, ttl_max: int, allow_loopback: bool)
     if issuer != provider.public_issuer:
         issuer = issuer_url(issuer, allow_loopback, code=CODE, field="issuer")
     identity = provider.publisher_fields(body, CODE)
-    environments = inputs.text_list(body, "environments", _PRINTABLE_255,
-                                    "a printable ASCII environment name of at most 255 characters", CODE, 20)
+    environments = inputs.text_list(body, "environments", provider.environment_name, provider.environment_name_text,
+                                    CODE, 20)
     ref_patterns = inputs.text_list(body, "ref_patterns", _PRINTABLE_255, "a git ref or glob such as refs/tags/v*",
                                     CODE, 20)
     permissions = body.get("permissions", ["publish-update"])

@@ -91,6 +91,46 @@ def test_gitlab_refusals_name_the_field(change, field):
     assert refused({**GITLAB, **change}).extra == {"field": field}
 
 
+@pytest.mark.parametrize("name", [" lead", "trail ", "q'", 'dq"', "back`tick", "com,ma", "semi;", "back\\slash",
+                                  "tab\there", "x" * 256, ""])
+def test_github_environment_names_follow_githubs_rules(name):
+    assert refused({**GITHUB, "environments": [name]}).extra == {"field": "environments"}
+
+
+@pytest.mark.parametrize("name", ["production", "Prod", "staging-eu", "release/v1", "my env", "a" * 255, "ü"[:0] + "x"])
+def test_github_environment_names_that_can_match_are_kept(name):
+    assert read({**GITHUB, "environments": [name]}).environments == (name,)
+
+
+@pytest.mark.parametrize("workflow", [" release.yml", "release .yml ", "\trelease.yml"])
+def test_a_workflow_file_name_with_surrounding_whitespace_never_matches_and_is_refused(workflow):
+    assert refused({**GITHUB, "workflow_filename": workflow}).extra == {"field": "workflow_filename"}
+
+
+@pytest.mark.parametrize(("change", "field"), [
+    ({"namespace": "group.git"}, "namespace"),
+    ({"namespace": "group/sub.atom"}, "namespace"),
+    ({"namespace": "group.git/sub"}, "namespace"),
+    ({"project": "project.git"}, "project"),
+    ({"project": "project.atom"}, "project"),
+    ({"workflow_filepath": "/abs.yml"}, "workflow_filepath"),
+    ({"workflow_filepath": "/ci/release.yml"}, "workflow_filepath"),
+    ({"workflow_filepath": " ci.yml"}, "workflow_filepath"),
+    ({"environments": ["/prod"]}, "environments"),
+    ({"environments": ["prod/"]}, "environments"),
+    ({"environments": ["pr;od"]}, "environments"),
+])
+def test_gitlab_paths_and_environments_follow_gitlabs_rules(change, field):
+    assert refused({**GITLAB, **change}).extra == {"field": field}
+
+
+@pytest.mark.parametrize("change", [{"namespace": "group.github"}, {"project": "my.gitlab"}, {"project": "x.atomic"},
+                                    {"workflow_filepath": ".gitlab-ci.yml"}, {"workflow_filepath": "ci/a b.yaml"},
+                                    {"environments": ["review/feature-1", "prod eu", "${X}"]}])
+def test_gitlab_values_that_can_match_are_kept(change):
+    read({**GITLAB, **change})
+
+
 def test_the_ttl_ceiling_is_the_operators():
     assert read({**GITHUB, "token_ttl_seconds": 600}, ttl_max=600).token_ttl_seconds == 600
     assert refused({**GITHUB, "token_ttl_seconds": 601}, ttl_max=600).extra == {"field": "token_ttl_seconds"}

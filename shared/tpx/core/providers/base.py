@@ -12,6 +12,7 @@ project, workflow_filepath), so one table and one lookup serve every provider.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Mapping, Protocol
@@ -152,6 +153,9 @@ class Provider(Protocol):
     options: tuple[str, ...]
     # Whether the forge compares environment names ignoring case (GitHub does, GitLab does not).
     environments_ignore_case: bool
+    # The environment names the forge allows (a publisher naming another could never match), and in words.
+    environment_name: re.Pattern[str]
+    environment_name_text: str
 
     def identity(self, claims: dict[str, Any], issuer_url: str) -> Identity:
         """Build the typed identity; raise Problem('malformed_token') on a missing or mistyped claim."""

@@ -36,7 +36,12 @@ _NAME = r"[A-Za-z0-9._-]{1,100}"
 OWNER_RE = re.compile(_OWNER)
 NAME_RE = re.compile(_NAME)
 _REPOSITORY = re.compile(rf"(?P<owner>{_OWNER})/(?P<name>{_NAME})")
-WORKFLOW_FILE_RE = re.compile(r"[A-Za-z0-9._ -]{1,200}\.ya?ml")
+# A file in .github/workflows: no directory, no surrounding space (such a publisher could never match).
+WORKFLOW_FILE_RE = re.compile(r"[A-Za-z0-9._-][A-Za-z0-9._ -]{0,199}\.ya?ml")
+# GitHub's rules for environment names, within the printable ASCII the `environment` claim may hold:
+# at most 255 characters, no leading or trailing space, none of ' " ` , ; \
+_ENVIRONMENT_CHAR = r"\x21\x23-\x26\x28-\x2b\x2d-\x3a\x3c-\x5b\x5d-\x5f\x61-\x7e"
+ENVIRONMENT_RE = re.compile(rf"[{_ENVIRONMENT_CHAR}](?:[ {_ENVIRONMENT_CHAR}]{{0,253}}[{_ENVIRONMENT_CHAR}])?")
 _EVENT = re.compile(r"[a-z_]{1,64}")
 
 
@@ -67,6 +72,9 @@ class GitHubProvider:
     }
     options: tuple[str, ...] = ()
     environments_ignore_case = True
+    environment_name = ENVIRONMENT_RE
+    environment_name_text = ("a GitHub environment name: printable ASCII, at most 255 characters, no leading or "
+                             "trailing space, none of ' \" ` , ; \\")
 
     def identity(self, claims: dict[str, Any], issuer_url: str) -> Identity:
         if not isinstance(claims, dict):
@@ -138,7 +146,8 @@ class GitHubProvider:
             name=inputs.required_text(body, names["name"], NAME_RE, "a GitHub repository name", code),
             workflow=inputs.required_text(
                 body, names["workflow"], WORKFLOW_FILE_RE,
-                "the file name of a workflow in .github/workflows, e.g. release.yml (no directory)", code),
+                "the file name of a workflow in .github/workflows, e.g. release.yml (no directory, no surrounding "
+                "space)", code),
             owner_id=inputs.text(body, names["owner_id"], ID, 'a numeric id given as a string, e.g. "65"', code,
                                  required=False),
             name_id=inputs.text(body, names["name_id"], ID, 'a numeric id given as a string, e.g. "74"', code,

@@ -35,9 +35,16 @@ PROTECTED = "true"
 # The same rules check a publisher's namespace and project.
 _SEGMENT = r"[A-Za-z0-9_.][A-Za-z0-9_.-]{0,254}"
 _PROJECT_PATH = re.compile(rf"{_SEGMENT}(?:/{_SEGMENT})+")
-NAMESPACE_RE = re.compile(rf"{_SEGMENT}(?:/{_SEGMENT}){{0,20}}")
-PROJECT_RE = re.compile(_SEGMENT)
-CI_FILE_RE = re.compile(r"[A-Za-z0-9._/ -]{1,1024}\.ya?ml")
+# GitLab refuses group and project paths ending in .git or .atom; a publisher naming one could never match.
+_NAME_SEGMENT = rf"{_SEGMENT}(?<!\.git)(?<!\.atom)"
+NAMESPACE_RE = re.compile(rf"{_NAME_SEGMENT}(?:/{_NAME_SEGMENT}){{0,20}}")
+PROJECT_RE = re.compile(_NAME_SEGMENT)
+# The CI configuration's path inside the project: relative, no surrounding space.
+CI_FILE_RE = re.compile(r"[A-Za-z0-9._-][A-Za-z0-9._/ -]{0,1023}\.ya?ml")
+# GitLab's rules for environment names: letters, digits, spaces and - _ / $ { } . ; not starting or ending
+# with '/' (nor, since the names GitLab puts in tokens are trimmed, with a space); at most 255.
+_ENVIRONMENT_EDGE = r"A-Za-z0-9_.${}\-"
+ENVIRONMENT_RE = re.compile(rf"[{_ENVIRONMENT_EDGE}](?:[{_ENVIRONMENT_EDGE}/ ]{{0,253}}[{_ENVIRONMENT_EDGE}])?")
 _PROJECT_PATH_MAX = 1024
 _WORD = re.compile(r"[a-z_]{1,64}")
 _RUNNER = re.compile(r"[a-z-]{1,64}")
@@ -98,6 +105,9 @@ class GitLabProvider:
     }
     options = ("require_protected_ref",)
     environments_ignore_case = False
+    environment_name = ENVIRONMENT_RE
+    environment_name_text = ("a GitLab environment name: letters, digits, spaces and - _ / $ { } . , at most 255 "
+                             "characters, not starting or ending with '/' or a space")
 
     def identity(self, claims: dict[str, Any], issuer_url: str) -> Identity:
         if not isinstance(claims, dict):
@@ -175,11 +185,13 @@ class GitLabProvider:
         names = self.fields
         return IdentityFields(
             owner=inputs.required_text(body, names["owner"], NAMESPACE_RE,
-                                       "a GitLab group path, e.g. my-group/sub-group", code),
-            name=inputs.required_text(body, names["name"], PROJECT_RE, "a GitLab project path name", code),
+                                       "a GitLab group path, e.g. my-group/sub-group (no part ending in .git or "
+                                       ".atom)", code),
+            name=inputs.required_text(body, names["name"], PROJECT_RE,
+                                      "a GitLab project path name (not ending in .git or .atom)", code),
             workflow=inputs.required_text(body, names["workflow"], CI_FILE_RE,
-                                          "the path of the CI configuration in the project, e.g. .gitlab-ci.yml",
-                                          code),
+                                          "the relative path of the CI configuration in the project, e.g. "
+                                          ".gitlab-ci.yml or ci/release.yml", code),
             owner_id=inputs.text(body, names["owner_id"], ID, 'a numeric id given as a string, e.g. "65"', code,
                                  required=False),
             name_id=inputs.text(body, names["name_id"], ID, 'a numeric id given as a string, e.g. "74"', code,
