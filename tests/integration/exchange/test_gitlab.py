@@ -335,3 +335,16 @@ async def test_a_publisher_cannot_cross_provider_and_issuer_kind(twins, client):
     response = await client.post("/v1/admin/publishers", json=body, headers=ADMIN)
     assert response.status_code == 422 and response.json()["code"] == "invalid_publisher", response.text
     await twins.gitlab.add_publisher(issuer=twins.github_issuer.url, expect=422)
+
+
+async def test_a_merge_request_pipeline_from_a_fork_never_publishes(gitlab, db):
+    """GitLab names the fork in project_* and the project the job runs in in job_project_*: whichever a
+    publisher names, such a token is refused, the claims named, and no JTI spent."""
+    await gitlab.add_publisher()
+    claims = gitlab.claims(pipeline_source="merge_request_event", job_project_id=_id(),
+                           job_project_path=f"{_name('upstream')}/{gitlab.project}")
+    refused = problem(await gitlab.exchange(gitlab.issuer.mint(claims)), 403, "no_matching_publisher")
+    assert "job_project" in refused["detail"] and "fork" in " ".join(refused["hints"])
+    assert await db.fetchval("SELECT count(*) FROM used_jtis WHERE jti = $1", claims["jti"]) == 0
+    same = gitlab.claims(job_project_id=gitlab.project_id, job_project_path=gitlab.path)
+    assert (await gitlab.exchange(gitlab.issuer.mint(same))).status_code == 200

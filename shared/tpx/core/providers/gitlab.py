@@ -67,18 +67,28 @@ _OPTIONAL: dict[str, tuple[re.Pattern[str], str]] = {
     "job_id": (ID, ID_TEXT),
     "deployment_tier": (_WORD, _WORD_TEXT),
     "ci_config_sha": (_SHA, _SHA_TEXT),
+    # Merge request pipelines from forks (GitLab 18.3 and later): job_* name the project the job runs
+    # in, source_* the merge request's source project, while project_* name the fork.
+    "job_project_id": (ID, ID_TEXT),
+    "job_namespace_id": (ID, ID_TEXT),
+    "job_namespace_path": (TEXT_1K, PRINTABLE_1K),
+    "source_project_id": (ID, ID_TEXT),
+    "source_namespace_id": (ID, ID_TEXT),
+    "source_namespace_path": (TEXT_1K, PRINTABLE_1K),
 }
+_PROJECT_PATH_CLAIMS = ("job_project_path", "source_project_path")
+_OTHER_PROJECT_CLAIMS = ("job_project_id", "job_project_path", "source_project_id", "source_project_path")
 _MAX_RUNNER_ID = 2**63 - 1
 
 
-def _project_path(claims: dict[str, Any]) -> str:
+def _project_path(claims: dict[str, Any], name: str = "project_path", *, required: bool = True) -> str | None:
     expected = (f"group[/subgroup...]/project, at most {_PROJECT_PATH_MAX} characters; each part ASCII letters, "
                 "digits, '_', '.' and '-', not starting with '-', at most 255")
-    value = claims.get("project_path")
+    value = claims.get(name)
     # The length cap comes first so the pattern only ever sees bounded input.
     if isinstance(value, str) and len(value) > _PROJECT_PATH_MAX:
-        raise Problem("malformed_token", f"claim 'project_path' is not {expected}")
-    return required_claim(claims, "project_path", _PROJECT_PATH, expected)
+        raise Problem("malformed_token", f"claim {name!r} is not {expected}")
+    return string_claim(claims, name, _PROJECT_PATH, expected, required=required)
 
 
 def _runner_id(claims: dict[str, Any]) -> None:
@@ -113,6 +123,7 @@ class GitLabProvider:
         if not isinstance(claims, dict):
             raise Problem("malformed_token", "the token payload is not a JSON object")
         project_path = _project_path(claims)
+        assert project_path is not None
         namespace, _, project = project_path.rpartition("/")
         namespace_path = required_claim(claims, "namespace_path", TEXT_1K, PRINTABLE_1K)
         if namespace_path != namespace:
@@ -131,6 +142,7 @@ class GitLabProvider:
             claim: string_claim(claims, claim, pattern, expected, required=False) or None
             for claim, (pattern, expected) in _OPTIONAL.items()
         }
+        optional.update({claim: _project_path(claims, claim, required=False) for claim in _PROJECT_PATH_CLAIMS})
         _runner_id(claims)
         parsed = parse_ci_config_ref_uri(ci_config_ref_uri)
         return Identity(
@@ -159,6 +171,7 @@ class GitLabProvider:
                 "environment_protected": optional["environment_protected"],
                 "deployment_tier": optional["deployment_tier"],
                 "ref_type": ref_type,
+                **{claim: optional[claim] for claim in _OTHER_PROJECT_CLAIMS},
             },
         )
 
@@ -171,6 +184,7 @@ class GitLabProvider:
                        "the group may have been deleted and its path re-registered by someone else"),
             pinned_id("project_id", identity.repository_id, publisher.name_id,
                        "the project may have been deleted and re-created under the same path"),
+            _job_project(identity),
             *_ci_config(identity, publisher),
             _environment(identity, publisher),
             ref_patterns(identity, publisher, "ref_path"),
@@ -198,6 +212,33 @@ class GitLabProvider:
                                 required=False),
             options={"require_protected_ref": inputs.boolean(body, "require_protected_ref", False, code)},
         )
+
+
+def _job_project(identity: Identity) -> CheckResult:
+    """The job runs in the token's own project: never a merge request pipeline from a fork.
+
+    For such a pipeline GitLab names the fork in project_* (what publishers are matched
+    on) and the project the job runs in, with that project's CI/CD settings and
+    secrets, in job_project_*. Neither may publish for the other: the fork's owner did
+    not run the job, and the target project did not write the code. A token without
+    job_* or source_* claims (older GitLab) is judged by project_* alone, as before.
+    """
+    differing = []
+    for claim in _OTHER_PROJECT_CLAIMS:
+        value = identity.extra.get(claim)
+        expected = identity.repository_id if claim.endswith("_id") else identity.repository
+        if value is not None and not (value == expected if claim.endswith("_id") else ascii_iequal(value, expected)):
+            differing.append((claim, expected, value))
+    if not differing:
+        return CheckResult("job_project", "job_project_id", identity.repository_id,
+                           identity.extra.get("job_project_id") or identity.repository_id, True)
+    claim, expected, value = differing[0]
+    shown = ", ".join(f"{name} {actual!r}" for name, _, actual in differing)
+    return CheckResult(
+        "job_project", claim, expected, value, False,
+        note=(f"the token's project is {identity.repository!r} (id {identity.repository_id}) but it carries {shown}: "
+              "a merge request pipeline from a fork, which never publishes; run the release pipeline in the "
+              "project itself"))
 
 
 def _ci_config(identity: Identity, publisher: Publisher) -> list[CheckResult]:

@@ -22,7 +22,7 @@ SHA = "714a629c0b401fdce83e847fc9589983fc6f46bc"
 OTHER_SHA = "0" * 40
 URI = f"gitlab.com/{PROJECT}//.gitlab-ci.yml@refs/heads/main"
 PROVIDER = GitLabProvider()
-CHECK_ORDER = ["project", "namespace_id", "project_id", "ci_config_host", "ci_config_project", "workflow",
+CHECK_ORDER = ["project", "namespace_id", "project_id", "job_project", "ci_config_host", "ci_config_project", "workflow",
                "ci_config_ref", "environment", "ref", "protected_ref", "runner"]
 PERSONAL = ("user_id", "user_login", "user_email", "user_access_level", "groups_direct")
 DELETE = object()
@@ -119,7 +119,8 @@ def test_identity_from_fixture() -> None:
         ref="refs/heads/main", sha=SHA, run_id="574", actor=None, event_name="push",
         runner_environment="gitlab-hosted",
         extra={"ref_protected": "true", "ci_config_sha": SHA, "job_id": "302", "environment_protected": "true",
-               "deployment_tier": "production", "ref_type": "branch"},
+               "deployment_tier": "production", "ref_type": "branch", "job_project_id": None,
+               "job_project_path": None, "source_project_id": None, "source_project_path": None},
     )
 
 
@@ -393,12 +394,25 @@ def test_personal_claims_never_reach_checks_or_denials() -> None:
                      id="self-hosted-allowed"),
         pytest.param({"runner_environment": DELETE}, {"allow_self_hosted_runners": True}, ISSUER, set(),
                      id="runner-missing-allowed"),
+        # Merge request pipelines from forks: project_* name the fork, job_project_* the project the job runs
+        # in. A token whose two differ never publishes, whichever of the two a publisher names.
+        pytest.param({"job_project_id": "20", "job_project_path": PROJECT, "job_namespace_id": "72",
+                      "job_namespace_path": "my-group"}, {}, ISSUER, set(), id="job-project-same"),
+        pytest.param({"job_project_id": "21", "job_project_path": "upstream/my-project"}, {}, ISSUER,
+                     {"job_project"}, id="fork-pipeline-in-another-project"),
+        pytest.param({"job_project_path": "upstream/my-project"}, {}, ISSUER, {"job_project"},
+                     id="fork-pipeline-path-only"),
+        pytest.param({"source_project_id": "99", "source_project_path": "fork/my-project"}, {}, ISSUER,
+                     {"job_project"}, id="merge-request-from-another-project"),
+        pytest.param({"job_project_id": "21"}, {"allow_self_hosted_runners": True, "owner_id": "72", "name_id": "20"},
+                     ISSUER, {"job_project"}, id="fork-pipeline-pinned-publisher"),
+        pytest.param({"job_project_path": "MY-GROUP/my-project"}, {}, ISSUER, set(), id="job-project-path-case"),
         # Several at once: every row is still evaluated.
         pytest.param({"ref_protected": "false", "runner_environment": "self-hosted",
                       **uri(host="evil.example", project="x/y", file="a.yml", ref="refs/heads/x")},
                      {"owner_id": "1", "name_id": "2", "environments": ("release",), "ref_patterns": ("refs/tags/*",),
                       "require_protected_ref": True},
-                     ISSUER, set(CHECK_ORDER) - {"project"}, id="everything-fails"),
+                     ISSUER, set(CHECK_ORDER) - {"project", "job_project"}, id="everything-fails"),
     ],
 )
 def test_checks(claims: dict[str, Any], config: dict[str, Any], issuer: str, failed: set[str]) -> None:
@@ -532,8 +546,8 @@ def test_evaluate_and_explain() -> None:
     assert [e.matched for e in evaluations] == [True, False]
     explain = evaluations[1].as_explain()
     assert [c["check"] for c in explain["checks"]] == CHECK_ORDER
-    assert explain["checks"][7]["check"] == "environment"
-    assert explain["checks"][7]["passed"] is False
+    environment = explain["checks"][CHECK_ORDER.index("environment")]
+    assert environment["check"] == "environment" and environment["passed"] is False
 
 
 @pytest.mark.parametrize(
@@ -601,3 +615,19 @@ def test_denial_hints_name_the_differing_part(claims: dict[str, Any], config: di
 def test_registered() -> None:
     assert isinstance(get_provider("gitlab"), GitLabProvider)
     assert PROVIDERS["gitlab"].name == "gitlab"
+
+
+@pytest.mark.parametrize("claims", [{"job_project_id": 21}, {"job_project_path": "a//b"}, {"source_project_id": "x"},
+                                    {"job_project_path": "not-a-path"}])
+def test_job_and_source_project_claims_are_read_strictly(claims):
+    with pytest.raises(Problem) as refused:
+        identity_with(**claims)
+    assert refused.value.code == "malformed_token"
+
+
+def test_a_fork_pipeline_denial_names_the_claims():
+    identity = identity_with(job_project_id="21", job_project_path="upstream/my-project")
+    problem = denial(PROVIDER, identity, evaluate(PROVIDER, identity, [publisher()]))
+    assert problem.code == "no_matching_publisher"
+    text = problem.detail + " ".join(problem.hints)
+    assert "job_project_id" in text and "upstream/my-project" in text and "fork" in text
