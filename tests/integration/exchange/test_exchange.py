@@ -34,7 +34,10 @@ async def test_happy_path_token_is_active_and_scoped_to_matched_packages(repo, c
     assert info["active"] is True
     assert info["token_id"] == body["token_id"]
     assert sorted(info["packages"]) == sorted(body["packages"])
-    assert info["scope"] == "publish-update publish-new"
+    # `permissions` (per package) is authoritative; `scope` holds only what holds for every package:
+    # bar may be created (publish-new), foo may not, so the token's scope is publish-update alone.
+    assert info["permissions"] == body["permissions"]
+    assert info["scope"] == "publish-update"
     assert info["exp"] - info["iat"] == 1800
     assert info["ci"]["repository"] == repo.repository
     assert info["ci"]["workflow"] == "release.yml"
@@ -290,6 +293,13 @@ async def test_admin_tokens_listing_never_shows_secrets(repo, client):
     inactive = await client.get("/v1/admin/tokens", params={"publisher_id": publisher["id"], "active": "false"},
                                 headers=ADMIN)
     assert inactive.json()["tokens"] == []
+
+
+async def test_scope_is_what_every_package_of_the_token_allows(repo, client):
+    await repo.add_publisher(permissions=["publish-new", "publish-update"])
+    await repo.add_publisher(permissions=["publish-update", "publish-new"])
+    info = await introspect(client, (await repo.exchange(repo.token())).json()["token"])
+    assert info["scope"] == "publish-update publish-new"
 
 
 async def test_environment_unpinned_notice_is_an_event(repo, db):

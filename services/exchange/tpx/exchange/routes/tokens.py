@@ -14,6 +14,7 @@ from tpx.core.errors import Problem
 from tpx.core.events import builders
 from tpx.core.events.types import EXCHANGE_SOURCE
 from tpx.core.metrics import INTROSPECTIONS
+from tpx.core.providers.base import PERMISSIONS
 
 from tpx.exchange.context import ServiceContext, context
 from tpx.exchange.http import read_object, reject_unknown
@@ -52,8 +53,12 @@ async def revoke_token(ctx: ServiceContext, token: str, reason: str) -> None:
 
 
 def introspection_body(row) -> dict[str, Any]:
+    """RFC 7662's answer. `permissions` (per package) is authoritative; `scope` holds only the
+    permissions every package of the token has, so a registry reading `scope` alone never grants
+    one package what only another may do."""
     permissions = row["permissions"]
-    scope = sorted({p for granted in permissions.values() for p in granted}, key=("publish-update", "publish-new").index)
+    common = set.intersection(*(set(granted) for granted in permissions.values())) if permissions else set()
+    scope = [p for p in PERMISSIONS if p in common]
     return {
         "active": True,
         "token_id": str(row["id"]),
