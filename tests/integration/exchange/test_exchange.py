@@ -412,3 +412,16 @@ async def test_a_publisher_added_after_a_cached_exchange_is_seen(repo, exchange_
     await eventually(lambda: cache.generation > generation, "the publishers NOTIFY to reach the exchange", timeout=5)
     packages = (await repo.exchange(repo.token())).json()["packages"]
     assert sorted(packages) == sorted([first["package"], second["package"]])
+
+
+async def test_a_resurrected_owner_cannot_bind_through_an_unpinned_sibling(repo, db):
+    first = await repo.add_publisher()
+    assert (await repo.exchange(repo.token())).status_code == 200  # pins the repository's ids on `first`
+    sibling = await repo.add_publisher()  # added later: pins nothing yet
+    resurrected = await repo.exchange(repo.token(owner_id="424242"))
+    assert resurrected.status_code == 403, resurrected.text
+    hints = " ".join(resurrected.json()["hints"])
+    assert f"publisher {sibling['id']}" in hints and "repository_pins" in hints and repo.owner_id in hints
+    row = await db.fetchrow("SELECT owner_id FROM publishers WHERE id = $1", uuid.UUID(sibling["id"]))
+    assert row["owner_id"] is None
+    assert first["id"] in hints

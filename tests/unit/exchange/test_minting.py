@@ -122,3 +122,20 @@ def test_an_environment_the_publisher_does_not_require_is_noticed():
 def test_candidates_of_another_issuer_never_match():
     with pytest.raises(Problem):
         decide(verified(), [publisher(issuer="https://ghes.example.com/_services/token")], SETTINGS)
+
+
+def test_an_unpinned_publisher_never_binds_ids_another_publisher_of_the_repository_pins():
+    """Regression: a resurrected owner (same name, new id) failed the pinned publisher but bound its new
+    ids through a still-unpinned sibling of the same repository, and minted."""
+    pinned = publisher("pinned")  # owner 65, repository 74
+    sibling = publisher("sibling", owner_id=None, name_id=None)
+    with pytest.raises(Problem) as refused:
+        decide(verified(owner_id="666"), [pinned, sibling], SETTINGS)
+    hints = " ".join(refused.value.hints)
+    assert "publisher id-sibling" in hints and "repository_owner_id" in hints and "65" in hints
+
+
+def test_an_unpinned_publisher_binds_the_ids_its_siblings_pin():
+    decision = decide(verified(), [publisher("pinned"), publisher("sibling", owner_id=None, name_id=None)], SETTINGS)
+    assert decision.packages == ["pinned", "sibling"]
+    assert [wanted for _, wanted in decision.unbound] == [{"owner_id": "65", "name_id": "74"}]

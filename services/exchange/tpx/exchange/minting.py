@@ -94,13 +94,39 @@ def issuer_scope_check(verified: VerifiedToken, evaluation: PublisherEvaluation)
     )
 
 
+def sibling_pins_check(verified: VerifiedToken, evaluation: PublisherEvaluation,
+                       candidates: list[Publisher]) -> CheckResult | None:
+    """A publisher with ids still unpinned binds only the ids its repository's other publishers pin.
+
+    The candidates are all the publishers of this issuer and repository: when one of them
+    pins the owner or repository id, that is the repository's id, and a token carrying
+    another (an account or repository deleted and re-created under the same name) must not
+    bind it through a sibling that happens to be unpinned.
+    """
+    publisher, identity = evaluation.publisher, verified.identity
+    wanted = verified.provider.bindings(identity, publisher)
+    if not wanted:
+        return None
+    names = verified.provider.fields
+    for field, value in wanted.items():
+        pinned = sorted({getattr(p, field) for p in candidates if p.id != publisher.id and getattr(p, field)})
+        if pinned and pinned != [value]:
+            return CheckResult(
+                check="repository_pins", claim=names[field], expected=pinned, actual=value, passed=False,
+                note=(f"another publisher of {identity.repository} pins {names[field]} {', '.join(pinned)}; the "
+                      "account or repository may have been deleted and its name re-registered by someone else"))
+    return CheckResult(check="repository_pins", claim=names["owner_id"], expected="the ids other publishers pin",
+                       actual=identity.owner_id, passed=True)
+
+
 def evaluate_candidates(verified: VerifiedToken, candidates: list[Publisher]) -> list[PublisherEvaluation]:
-    """Every check of every candidate: the provider's table, then the issuer's package limits."""
+    """Every check of every candidate: the provider's table, then the issuer's package limits and, for an
+    unpinned publisher, the ids its siblings pin."""
     evaluations = evaluate(verified.provider, verified.identity, candidates)
     for evaluation in evaluations:
-        extra = issuer_scope_check(verified, evaluation)
-        if extra is not None:
-            evaluation.results.append(extra)
+        for extra in (issuer_scope_check(verified, evaluation), sibling_pins_check(verified, evaluation, candidates)):
+            if extra is not None:
+                evaluation.results.append(extra)
     return evaluations
 
 
