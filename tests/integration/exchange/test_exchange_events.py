@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 from dataclasses import replace
 
@@ -12,6 +14,7 @@ from tpx.core.events import chain
 from tpx.core.relay.signal import OutboxSignal
 from tpx.core.relay.relay import OutboxRelay
 from tpx.exchange.app import create_app
+from tests.conftest import ADMIN_TOKEN
 from tests.integration.conftest import ADMIN, Repo
 from tests.support.events import Consumer, isolated, running
 from tests.support.servers import serve
@@ -51,7 +54,10 @@ async def test_events_arrive_with_documented_fields_and_no_secret(repo, settings
 
     created = [e for e in events["dev.tpx.publisher.created"] if e["data"]["target"] == publisher["id"]]
     assert created and created[0]["data"]["after"]["package"] == publisher["package"]
-    assert created[0]["data"]["actor"].startswith("credential:")
+    # The actor is an HMAC of the admin credential under the database's own secret, not a bare hash of it.
+    key = bytes(await db.fetchval("SELECT value FROM server_secrets WHERE name = 'actor_fingerprint'"))
+    assert created[0]["data"]["actor"] == "credential:" + hmac.new(key, ADMIN_TOKEN.encode(), hashlib.sha256).hexdigest()[:12]
+    assert created[0]["data"]["actor"] != "credential:" + hashlib.sha256(ADMIN_TOKEN.encode()).hexdigest()[:12]
 
     [issued] = [e for e in events["dev.tpx.token.issued"] if e["data"]["token_id"] == minted["token_id"]]
     assert set(issued) == CE_ATTRIBUTES

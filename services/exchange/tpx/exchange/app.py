@@ -23,6 +23,7 @@ from tpx.core import metrics
 from tpx.core.config import Settings
 from tpx.core.db import issuers as issuer_store
 from tpx.core.db import publishers as publisher_store
+from tpx.core.db import secrets as server_secrets
 from tpx.core.db.listener import Listener
 from tpx.core.db.migrate import check_schema
 from tpx.core.db.pool import create_pool
@@ -89,6 +90,7 @@ def create_app(settings: Settings, *, run_relay: bool = True) -> Starlette:
         try:
             async with pool.acquire() as conn:
                 await check_schema(conn)
+                fingerprint_key = await server_secrets.get(conn, server_secrets.ACTOR_FINGERPRINT)
             candidates = CandidateCache()
             keycache = KeyCache(settings, pool)
             await keycache.reload()
@@ -103,9 +105,10 @@ def create_app(settings: Settings, *, run_relay: bool = True) -> Starlette:
             signal = OutboxSignal()
             ctx = ServiceContext(
                 settings=settings, pool=pool, keycache=keycache, outbox_signal=signal,
-                admin=Credentials(settings.admin_tokens, "admin token", "TPX_ADMIN_TOKENS"),
+                admin=Credentials(settings.admin_tokens, "admin token", "TPX_ADMIN_TOKENS",
+                                  fingerprint_key=fingerprint_key),
                 introspection=Credentials(settings.introspection_tokens, "introspection credential",
-                                          "TPX_INTROSPECTION_TOKENS"),
+                                          "TPX_INTROSPECTION_TOKENS", fingerprint_key=fingerprint_key),
                 limits=RateLimits(settings.rate_failed_per_minute, settings.rate_publisher_per_minute,
                                   parse_networks(settings.trusted_proxies)),
                 candidates=candidates,

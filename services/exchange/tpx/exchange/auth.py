@@ -2,7 +2,8 @@
 
 Credentials are compared as SHA-256 digests so neither their content nor their
 length leaks through timing. The actor recorded in admin events is a short
-fingerprint of the credential, never the credential.
+HMAC of the credential under a server secret (`server_secrets`), never the
+credential, and nothing a reader of the events can test guesses against.
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ from tpx.core.errors import Problem
 
 
 class Credentials:
-    def __init__(self, tokens: tuple[str, ...], what: str, variable: str) -> None:
+    def __init__(self, tokens: tuple[str, ...], what: str, variable: str, *, fingerprint_key: bytes) -> None:
         self._digests = [hashlib.sha256(t.encode()).digest() for t in tokens]
+        self._fingerprint_key = fingerprint_key
         self.what = what
         self.variable = variable
 
@@ -27,11 +29,12 @@ class Credentials:
         scheme, _, credential = header.partition(" ")
         if scheme.lower() != "bearer" or not credential.strip():
             raise Problem("unauthorized", f"this endpoint needs `Authorization: Bearer <{self.what}>`")
-        digest = hashlib.sha256(credential.strip().encode("utf-8", "surrogateescape")).digest()
+        presented = credential.strip().encode("utf-8", "surrogateescape")
+        digest = hashlib.sha256(presented).digest()
         matched = False
         for known in self._digests:  # no early exit: same time whichever credential matches
             matched |= hmac.compare_digest(digest, known)
         if not matched:
             hint = "" if self._digests else f" (none is configured: set {self.variable})"
             raise Problem("unauthorized", f"the {self.what} is not valid{hint}")
-        return "credential:" + digest.hex()[:12]
+        return "credential:" + hmac.new(self._fingerprint_key, presented, hashlib.sha256).hexdigest()[:12]
