@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from tests.support.events import eventually
+
 pytestmark = pytest.mark.integration
 
 
@@ -14,9 +16,30 @@ async def test_healthz_and_readyz(client, issuer):
     body = ready.json()
     assert body["status"] == "ready" and body["dependencies"]["database"] == "ok"
     [entry] = [i for i in body["issuers"] if i["url"] == issuer.url]
-    assert entry["state"] == "ready" and entry["key_count"] >= 1
+    assert entry["state"] == "ready"
     public = [i for i in body["issuers"] if i["url"] == "https://token.actions.githubusercontent.com"]
     assert public and public[0]["state"] == "no usable keys"
+
+
+async def test_readiness_details_are_for_operators_only(client, db, own_issuer, admin_headers):
+    """Regression: the unauthenticated /readyz showed each issuer's last_error, which can carry internal
+    addresses. The public answer says each issuer's state; the detail needs the admin credential."""
+    secret = "connect to 10.20.30.40:8443 refused (internal-jwks.corp.example)"
+    await db.execute("UPDATE issuers SET last_error = $2 WHERE id = $1", own_issuer.id, secret)
+
+    async def entry(headers: dict[str, str]) -> dict:
+        body = (await client.get("/readyz", headers=headers)).json()
+        return next(i for i in body["issuers"] if i["url"] == own_issuer.issuer.url)
+
+    public = await entry({})
+    assert set(public) == {"url", "kind", "state"} and secret not in str(public)
+    public_text = (await client.get("/readyz")).text
+    assert "10.20.30.40" not in public_text and "last_error" not in public_text
+    async def detailed() -> bool:  # the key cache reloads on the issuers NOTIFY
+        shown = await entry(admin_headers)
+        return shown["last_error"] == secret and shown["key_count"] >= 1 and bool(shown["key_ids"])
+
+    await eventually(detailed, "the operator's view to show the issuer's last error", timeout=5)
 
 
 async def test_metrics_use_bounded_labels_and_never_carry_tokens(repo, client):

@@ -112,8 +112,8 @@ class Stack:
         return response.json()
 
     async def ready_issuer(self, client: httpx.AsyncClient) -> dict[str, Any] | None:
-        """This exchange's own view (its in-memory key cache, through /readyz) of the loopback issuer."""
-        response = await client.get("/readyz")
+        """This exchange's own view (its in-memory key cache, through the operator's /readyz) of the loopback issuer."""
+        response = await client.get("/readyz", headers=self.admin_headers)
         for entry in response.json().get("issuers", []):
             if entry["url"] == self.issuer.url:
                 return entry

@@ -23,6 +23,14 @@ class Credentials:
         self.what = what
         self.variable = variable
 
+    def accepts(self, request: Request) -> bool:
+        """Whether the request carries a valid credential (for answers that only add detail for it)."""
+        try:
+            self.authenticate(request)
+        except Problem:
+            return False
+        return True
+
     def authenticate(self, request: Request) -> str:
         """Return the caller's fingerprint, or raise 401 unauthorized."""
         header = request.headers.get("authorization", "")

@@ -20,8 +20,14 @@ async def healthz(request: Request) -> JSONResponse:
 
 
 async def readyz(request: Request) -> JSONResponse:
-    """Ready when the database answers and at least one enabled issuer has usable keys."""
+    """Ready when the database answers and at least one enabled issuer has usable keys.
+
+    Anyone may ask (load balancers, probes) and learns each issuer's state; the detail
+    (key ids and age, the last fetch error, which can name internal addresses) is for a
+    caller with the admin credential.
+    """
     ctx = context(request)
+    operator = ctx.admin.accepts(request)
     reasons: list[str] = []
     database = "ok"
     if not await ping(ctx.pool):
@@ -42,12 +48,14 @@ async def readyz(request: Request) -> JSONResponse:
         else:
             state = "ready"
             usable += 1
-        issuers.append({
-            "url": entry.url, "kind": entry.kind, "enabled": entry.enabled, "key_count": len(entry.keys),
-            "key_ids": sorted(entry.keys), "keys_fetched_at": rfc3339_or_none(entry.keys_fetched_at),
-            "key_age_seconds": int(age) if age is not None else None, "last_error": entry.last_error,
-            "state": state,
-        })
+        shown = {"url": entry.url, "kind": entry.kind, "state": state}
+        if operator:
+            shown.update({
+                "enabled": entry.enabled, "key_count": len(entry.keys), "key_ids": sorted(entry.keys),
+                "keys_fetched_at": rfc3339_or_none(entry.keys_fetched_at),
+                "key_age_seconds": int(age) if age is not None else None, "last_error": entry.last_error,
+            })
+        issuers.append(shown)
     if not usable:
         reasons.append("no enabled issuer has usable keys (is the jwks-refresher running?)")
     if ctx.draining:
