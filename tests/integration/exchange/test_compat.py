@@ -143,12 +143,15 @@ async def test_no_publisher_for_repository_and_forbidden_trigger(repo, client):
                       "invalid-publisher") == with_hints(native)
 
 
-async def test_crates_token_reused(repo, client):
+async def test_crates_token_reused_says_what_crates_io_says(repo, client):
+    """crates.io answers a reused ID token with "JWT has already been used"; clients may match on it."""
     await repo.add_publisher()
     jwt = repo.token()
     assert (await client.post(CRATES, json={"jwt": jwt})).status_code == 200
-    native = await native_problem(client, jwt, 409, "token_reused")
-    assert crates_error(await client.post(CRATES, json={"jwt": jwt}), 400) == with_hints(native)
+    await native_problem(client, jwt, 409, "token_reused")
+    detail = crates_error(await client.post(CRATES, json={"jwt": jwt}), 400)
+    assert detail.startswith("JWT has already been used")
+    assert "fresh ID token" in detail
 
 
 async def test_crates_delete_revokes_idempotently(repo, client):
@@ -163,6 +166,15 @@ async def test_crates_delete_revokes_idempotently(repo, client):
     assert again.status_code == 204
     unknown = await client.delete(CRATES, headers={"Authorization": f"Bearer {tokens.generate()}"})
     assert unknown.status_code == 204
+
+
+async def test_crates_delete_takes_the_raw_token_without_a_scheme(repo, client):
+    """As crates.io does (its test_happy_path_without_auth_scheme): `Authorization: <token>` revokes."""
+    await repo.add_publisher()
+    token = (await client.post(CRATES, json={"jwt": repo.token()})).json()["token"]
+    response = await client.delete(CRATES, headers={"Authorization": token})
+    assert response.status_code == 204, response.text
+    assert (await introspect(client, token)) == {"active": False}
 
 
 async def test_crates_delete_errors(client):

@@ -15,7 +15,7 @@ crates.io (`/api/v1/trusted_publishing/tokens`), error body
     malformed_request, malformed_token          400     400 "Failed to decode JWT"
     unknown_issuer                              400     400 "Unsupported JWT issuer: ..."
     invalid_token                               400     400 "Failed to decode JWT" / "Invalid JWT key ID"
-    token_reused                                400     400 "JWT has already been used"
+    token_reused                                400     400 "JWT has already been used" (the same words)
     no_matching_publisher, forbidden_trigger    400     400 "No Trusted Publishing config found ..." etc.
     request_too_large                           413     413 (axum body limit)
     unsupported_media_type                      415     415 (axum Json extractor)
@@ -24,6 +24,7 @@ crates.io (`/api/v1/trusted_publishing/tokens`), error body
     internal                                    500     500
     DELETE without Authorization                401     401 "Missing authorization header"
     DELETE with a non-Bearer Authorization      401     401 "Invalid authorization header"
+    DELETE with `Authorization: <tpx token>`    204     204 (crates.io takes the token without a scheme)
     DELETE with a string that is no tpx token   400     (crates.io: 401; tpx keeps its native 400 malformed_token)
     any other method                            405
 
@@ -164,8 +165,15 @@ def crates_error(status: int, detail: str, headers: dict[str, str] | None = None
     return JSONResponse({"errors": [{"detail": detail}]}, status_code=status, headers=headers)
 
 
+# crates.io's own words where a client may match on them; tpx's sentence follows.
+CRATES_DETAILS = {"token_reused": "JWT has already been used"}
+
+
 def render_crates(problem: Problem) -> Response:
-    return crates_error(crates_status(problem), with_hints(problem), _retry_headers(problem))
+    detail = with_hints(problem)
+    if problem.code in CRATES_DETAILS:
+        detail = f"{CRATES_DETAILS[problem.code]}: {detail}"
+    return crates_error(crates_status(problem), detail, _retry_headers(problem))
 
 
 async def _crates_exchange(request: Request) -> Response:
@@ -177,9 +185,11 @@ async def _crates_revoke(request: Request) -> Response:
     header = request.headers.get("authorization")
     if header is None:
         return crates_error(401, "Missing authorization header; send `Authorization: Bearer <token>`")
-    scheme, _, credential = header.partition(" ")
+    scheme, _, credential = header.strip().partition(" ")
     credential = credential.strip()
-    if scheme.lower() != "bearer" or not credential:
+    if not credential and tokens.is_well_formed(scheme):
+        credential = scheme  # the raw token, as crates.io also accepts it
+    elif scheme.lower() != "bearer" or not credential:
         return crates_error(401, "Invalid authorization header; send `Authorization: Bearer <token>`")
     if not tokens.is_well_formed(credential):
         return crates_error(400, "this is not a tpx token (tpx_ followed by 46 letters and digits, with a valid "
