@@ -39,6 +39,7 @@ import pytest
 from tpx.core.events import schemas
 from tests.conftest import AMQP_URL, PG_HOST
 from tests.support.claims import github_claims
+from tests.support.events import eventually
 from tests.support.oidc_issuer import LoopbackIssuer, SigningKey, new_rsa_key
 from tests.support.processes import ServiceProcess, free_ports, poll, run_cli, service_env, stop_all, wait_healthy
 from tests.support.servers import serve
@@ -410,6 +411,35 @@ async def test_revocation_is_visible_on_both_when_the_call_returns(stack: Stack)
     stack.revoked_token_ids.append(third["token_id"])
     assert (await stack.introspect(stack.b, third["token"])) == {"active": False}
     assert (await stack.introspect(stack.a, third["token"])) == {"active": False}
+
+
+async def test_kill_switches_bite_on_the_other_replica_when_the_call_returns(stack: Stack):
+    """Disabling the issuer, or deleting a publisher, on B refuses the very next exchange on A, whatever
+    A's caches have heard; enabling the issuer again works on A within a second."""
+    repo = await stack.repo()
+    await repo.mint(stack.a)  # A has the issuer and the publisher cached now
+    disabled = await stack.b.patch(f"/v1/admin/issuers/{stack.issuer_id}", json={"enabled": False},
+                                   headers=stack.admin_headers)
+    assert disabled.status_code == 200, disabled.text
+    try:
+        refused = await stack.exchange(stack.a, repo.jwt())
+        assert refused.status_code == 401 and refused.json()["code"] == "unknown_issuer", refused.text
+    finally:
+        enabled = await stack.b.patch(f"/v1/admin/issuers/{stack.issuer_id}", json={"enabled": True},
+                                      headers=stack.admin_headers)
+        assert enabled.status_code == 200, enabled.text
+
+    async def works_again() -> bool:
+        return (await stack.exchange(stack.a, repo.jwt())).status_code == 200
+
+    await eventually(works_again, "A to mint again after the issuer was enabled", timeout=1.0)
+
+    listed = await stack.b.get("/v1/admin/publishers", params={"package": repo.package}, headers=stack.admin_headers)
+    [publisher] = listed.json()["publishers"]
+    deleted = await stack.b.delete(f"/v1/admin/publishers/{publisher['id']}", headers=stack.admin_headers)
+    assert deleted.status_code == 200, deleted.text
+    refused = await stack.exchange(stack.a, repo.jwt())
+    assert refused.status_code == 403, refused.text
 
 
 async def test_key_rotation_reaches_both_exchanges(stack: Stack):
