@@ -4,8 +4,9 @@ with its keys written to Postgres the way the jwks-refresher writes them."""
 from __future__ import annotations
 
 import uuid
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, AsyncIterator
 
 import httpx
 import pytest
@@ -137,15 +138,23 @@ class OwnIssuer:
         assert response.status_code == 200, response.text
 
 
-@pytest.fixture
-async def own_issuer(client, db, exchange_app):
-    """For tests that disable, rotate or otherwise change an issuer: never the session's shared one."""
+@asynccontextmanager
+async def registered_issuer(client, db, exchange_app, kind: str) -> AsyncIterator[OwnIssuer]:
+    """A loopback issuer served, registered and with its keys stored; disabled when its server stops,
+    so no later test (or refresher) tries to reach it."""
     issuer = LoopbackIssuer()
     async with serve(issuer.app) as url:
         issuer.url = url
-        response = await client.post("/v1/admin/issuers", json={"url": url, "kind": "github"}, headers=ADMIN)
+        response = await client.post("/v1/admin/issuers", json={"url": url, "kind": kind}, headers=ADMIN)
         assert response.status_code == 201, response.text
         own = OwnIssuer(issuer, uuid.UUID(response.json()["issuer"]["id"]), client)
         await publish_issuer_keys(db, exchange_app, own.id, issuer)
         yield own
-        await own.set_enabled(False)  # its server stops now: no later test (or refresher) tries to reach it
+        await own.set_enabled(False)
+
+
+@pytest.fixture
+async def own_issuer(client, db, exchange_app):
+    """For tests that disable, rotate or otherwise change an issuer: never the session's shared one."""
+    async with registered_issuer(client, db, exchange_app, "github") as own:
+        yield own

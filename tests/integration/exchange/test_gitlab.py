@@ -16,10 +16,9 @@ import httpx
 import pytest
 
 from tests.conftest import INTROSPECTION_TOKEN
-from tests.integration.conftest import ADMIN, publish_issuer_keys
+from tests.integration.conftest import ADMIN, registered_issuer
 from tests.support.claims import github_claims
 from tests.support.oidc_issuer import LoopbackIssuer
-from tests.support.servers import serve
 
 pytestmark = pytest.mark.integration
 INTROSPECT = {"Authorization": f"Bearer {INTROSPECTION_TOKEN}"}
@@ -29,17 +28,8 @@ PERSONAL = ("user_id", "user_login", "user_email", "user_access_level", "groups_
 
 @pytest.fixture(scope="module")
 async def gitlab_issuer(client, db, exchange_app):
-    issuer = LoopbackIssuer()
-    async with serve(issuer.app) as url:
-        issuer.url = url
-        response = await client.post("/v1/admin/issuers", json={"url": url, "kind": "gitlab"}, headers=ADMIN)
-        assert response.status_code == 201, response.text
-        issuer_id = response.json()["issuer"]["id"]
-        await publish_issuer_keys(db, exchange_app, uuid.UUID(issuer_id), issuer)
-        yield issuer
-        # Its server stops with this module; disabled, no later test (or refresher) tries to reach it.
-        disabled = await client.patch(f"/v1/admin/issuers/{issuer_id}", json={"enabled": False}, headers=ADMIN)
-        assert disabled.status_code == 200, disabled.text
+    async with registered_issuer(client, db, exchange_app, "gitlab") as own:
+        yield own.issuer
 
 
 def _name(prefix: str) -> str:
