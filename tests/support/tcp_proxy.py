@@ -41,6 +41,7 @@ class TcpProxy:
         self._tasks: set[asyncio.Task[None]] = set()
         self._budget: int | None = None
         self._partitioned = False
+        self._lose_reply = False
 
     async def start(self, port: int = 0) -> None:
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -61,6 +62,11 @@ class TcpProxy:
     def cut_after(self, client_bytes: int) -> None:
         """Cut once clients have sent `client_bytes` more bytes: an outage in the middle of a write."""
         self._budget = client_bytes
+
+    def lose_next_reply(self) -> None:
+        """The server's next answer is dropped and that connection reset: the server did the work (a
+        COMMIT, say) but the client never hears of it, the ambiguous end of a request."""
+        self._lose_reply = True
 
     def partition(self) -> None:
         """Drop every byte both ways but keep the connections open: a peer that vanished without a word."""
@@ -100,6 +106,14 @@ class TcpProxy:
         self._sever()
         return False
 
+    def _reply(self, link: _Link) -> bool:
+        """Let a server answer through, unless one is to be lost: then reset this connection instead."""
+        if not self._lose_reply:
+            return True
+        self._lose_reply = False
+        link.abort()
+        return False
+
     def _dropping(self) -> bool:
         return self._partitioned
 
@@ -124,7 +138,8 @@ class TcpProxy:
                 # When either direction ends, the whole connection ends (AMQP and PG never half-close).
                 pipes = {
                     asyncio.create_task(_pipe(client_reader, upstream_writer, self._spend, self._dropping)),
-                    asyncio.create_task(_pipe(upstream_reader, client_writer, lambda size: True, self._dropping)),
+                    asyncio.create_task(_pipe(upstream_reader, client_writer, lambda size: self._reply(link),
+                                              self._dropping)),
                 }
                 _, pending = await asyncio.wait(pipes, return_when=asyncio.FIRST_COMPLETED)
                 for pipe in pending:

@@ -40,6 +40,9 @@ OUTBOX_BACKLOG = Gauge("tpx_outbox_backlog", "Events committed but not yet confi
 RELAY_LAG = Gauge("tpx_relay_lag_seconds", "Age of the oldest event not yet relayed (0 when none).")
 QUEUE_DEPTH = Gauge("tpx_queue_depth", "Messages waiting in a queue tpx consumes.", ["queue"])
 DRAINING = Gauge("tpx_draining", "1 while the service is shutting down.")
+DEPENDENCY_UP = Gauge("tpx_dependency_up", "0 while this process finds the dependency unreachable.", ["dependency"])
+DEPENDENCY_FAILURES = Counter("tpx_dependency_failures_total", "Operations that found a dependency unreachable.",
+                              ["dependency"])
 BUILD = Gauge("tpx_build_info", "Always 1; labels say what runs.", ["service"])
 
 

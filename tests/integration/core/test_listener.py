@@ -16,8 +16,8 @@ from urllib.parse import urlsplit
 import pytest
 import structlog
 
-from tpx.core.db import listener as listener_module
 from tpx.core.db.listener import KeptConnection, Listener
+from tpx.core.outages import Outage
 from tests.support.events import eventually
 from tests.support.tcp_proxy import TcpProxy, through
 
@@ -75,6 +75,22 @@ async def test_notifications_reach_their_callback(settings, db):
         assert await asyncio.wait_for(running.received.get(), 5) == "hello"
 
 
+async def test_changes_are_in_effect_within_a_second_of_the_database_answering_again(proxy, db, settings):
+    """After an outage the listener is back, caught up, within about a second of the database answering:
+    it retries every half second or so, whatever the outage lasted."""
+    async with Running(through(settings.database_url, proxy)) as running:
+        await proxy.cut()
+        await eventually(lambda: not running.listener.healthy.is_set(), "the listener to notice the cut", 2)
+        failures = running.listener.connection.backoff.failures
+        await eventually(lambda: running.listener.connection.backoff.failures >= failures + 6,
+                         "several reconnect attempts during a longer outage", 10)
+        await proxy.restore()
+        restored = asyncio.get_running_loop().time()
+        await asyncio.wait_for(running.listener.healthy.wait(), 5)
+        assert asyncio.get_running_loop().time() - restored < 1.0
+        assert running.catch_ups == 2
+
+
 async def test_a_reset_connection_is_noticed_and_caught_up_before_healthy(proxy, db, settings):
     async with Running(through(settings.database_url, proxy)) as running:
         await proxy.cut()
@@ -102,11 +118,12 @@ async def test_a_failed_catch_up_is_not_healthy_and_is_retried(settings):
         assert running.catch_ups == 3 and running.listener.sessions == 3
 
 
-async def test_an_outage_is_one_warning_and_one_info_line(proxy, settings, monkeypatch):
+async def test_an_outage_is_one_warning_and_one_info_line(proxy, settings):
     captured = structlog.testing.CapturingLogger()
-    monkeypatch.setattr(listener_module, "log", structlog.wrap_logger(
+    outage = Outage("database", logger=structlog.wrap_logger(
         captured, processors=[], wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG)))
-    kept = KeptConnection(through(settings.database_url, proxy), name="test-outage", keepalive_seconds=0.3)
+    kept = KeptConnection(through(settings.database_url, proxy), name="test-outage", keepalive_seconds=0.3,
+                          outage=outage)
 
     async def body(session) -> None:
         session.ready()
@@ -125,7 +142,8 @@ async def test_an_outage_is_one_warning_and_one_info_line(proxy, settings, monke
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
     lines = [(call.method_name, call.kwargs["event"]) for call in captured.calls]
-    assert [line for line in lines if line[0] != "debug"] == [("warning", "db_session.down"),
-                                                             ("info", "db_session.restored")]
+    assert [line for line in lines if line[0] != "debug"] == [("warning", "dependency.down"),
+                                                             ("info", "dependency.up")]
     assert len([line for line in lines if line[0] == "debug"]) >= 3  # the retries, below the operator's level
+    assert not outage.down
     assert kept.down_since is None

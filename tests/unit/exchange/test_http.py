@@ -79,3 +79,12 @@ def test_an_exception_after_the_answer_started_is_not_answered_twice():
     scope = {"type": "http", "method": "GET", "path": "/x", "headers": [], "query_string": b""}
     asyncio.run(RequestContextMiddleware(half, route_names={})(scope, receive, send))  # does not raise
     assert [m["type"] for m in sent] == ["http.response.start"]
+
+
+def test_readiness_is_degraded_only_after_the_listener_grace():
+    from tpx.exchange.routes.ops import LISTENER_GRACE_SECONDS, listener_degraded
+
+    assert listener_degraded(None, 1000.0, 30) is None
+    assert listener_degraded(1000.0, 1000.0 + LISTENER_GRACE_SECONDS, 30) is None
+    reason = listener_degraded(1000.0, 1012.0, 30)
+    assert reason is not None and "12 s" in reason and "every 30 s" in reason

@@ -22,6 +22,7 @@ from tpx.core.db.pool import UNAVAILABLE_ERRORS
 from tpx.core.errors import Problem
 from tpx.core.logging import get_logger
 from tpx.core.metrics import HTTP_LATENCY
+from tpx.core.outages import DATABASE
 
 log = get_logger("tpx.exchange.http")
 request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
@@ -89,7 +90,7 @@ def _unexpected(exc: Exception, scope) -> Problem:
     """What an exception that escaped the app means for the client; logged here, once."""
     path = scope.get("path", "")[:200]
     if isinstance(exc, UNAVAILABLE_ERRORS):
-        log.warning("dependency.unavailable", error=type(exc).__name__, path=path)
+        DATABASE.failed(exc, path=path)
         return Problem("unavailable", "the database is not reachable right now; retry shortly", retry_after=5)
     log.error("request.failed", path=path, exc_info=exc)
     return Problem("internal", "an unexpected error occurred; it has been logged with this request id")

@@ -25,6 +25,7 @@ from tpx.core.db import issuers as issuer_store
 from tpx.core.db.pool import UNAVAILABLE_ERRORS
 from tpx.core.jose import IssuerPolicy, KeyRejected, VerificationKey, parse_jwk
 from tpx.core.logging import get_logger
+from tpx.core.outages import DATABASE
 
 log = get_logger("tpx.exchange.keycache")
 @dataclass(frozen=True)
@@ -137,13 +138,15 @@ class KeyCache:
             try:
                 await self.reload()
             except Exception as exc:  # noqa: BLE001 - the cache must outlive any failed reload
-                if backoff.failures == 0:
-                    level = log.warning if isinstance(exc, UNAVAILABLE_ERRORS) else log.error
-                    level("keycache.reload_failed", error=f"{type(exc).__name__}: {exc}"[:300])
+                if isinstance(exc, UNAVAILABLE_ERRORS):
+                    DATABASE.failed(exc, component="keycache")
+                elif backoff.failures == 0:
+                    log.error("keycache.reload_failed", error=f"{type(exc).__name__}: {exc}"[:300])
                 wait = backoff.next()
                 continue
             if backoff.failures:
                 log.info("keycache.reloaded", after_failures=backoff.failures)
+                DATABASE.recovered(component="keycache")
             backoff.reset()
             wait = self.settings.keys_reload_seconds
 

@@ -13,6 +13,7 @@ decided on cached rows.
 
 from __future__ import annotations
 
+import asyncio
 import fnmatch
 import uuid
 from dataclasses import dataclass
@@ -22,10 +23,12 @@ from typing import Any, Callable
 import asyncpg
 
 from tpx.core import tokens
+from tpx.core.backoff import Backoff
 from tpx.core.config import Settings
 from tpx.core.db import outbox
 from tpx.core.db import publishers as publisher_store
 from tpx.core.db import tokens as token_store
+from tpx.core.db.pool import UNAVAILABLE_ERRORS
 from tpx.core.errors import Problem
 from tpx.core.events import builders
 from tpx.core.events.types import EXCHANGE_SOURCE, Event
@@ -41,6 +44,8 @@ from tpx.exchange.verification import VerifiedToken
 MAX_ATTEMPTS = 3
 TOKEN_REUSED = ("this ID token was already exchanged; request a fresh ID token from your CI provider for each "
                 "exchange")
+# How long an exchange whose connection died waits to learn whether its mint committed.
+RESOLVE_SECONDS = 10.0
 
 
 @dataclass(frozen=True)
@@ -171,6 +176,51 @@ def events_of(decision: Decision, token_id: str) -> list[Event]:
 
 # --- the write -----------------------------------------------------------------------------------------------
 
+class AmbiguousMint(Exception):
+    """The connection died while the mint statement was in flight: it may have committed.
+
+    The process still holds the token it generated, so `resolve_ambiguous` can find out.
+    """
+
+    def __init__(self, decision: Decision, token: str, token_id: str, backend_pid: int) -> None:
+        super().__init__("the database connection was lost while the mint was in flight")
+        self.decision = decision
+        self.token = token
+        self.token_id = token_id
+        self.backend_pid = backend_pid
+
+
+async def resolve_ambiguous(pool: asyncpg.Pool, ambiguous: AmbiguousMint, settings: Settings) -> MintedToken:
+    """The token, if the mint committed; otherwise (or if the database stays away) `503 unavailable`.
+
+    The old server session may still be finishing the statement, so the answer is
+    read only once that session is gone: then the mint has committed or never will.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + RESOLVE_SECONDS
+    backoff = Backoff(first=0.05, maximum=0.5)
+    token_hash = tokens.hash_token(ambiguous.token)
+    while True:
+        try:
+            settled, row = await token_store.settled_mint(pool, token_hash, ambiguous.backend_pid)
+        except UNAVAILABLE_ERRORS:
+            settled, row = False, None
+        if settled:
+            break
+        if loop.time() > deadline:
+            raise Problem("unavailable", "the database went away while this exchange was being written and did not "
+                                         "come back in time to tell whether it was; retry with the same ID token: "
+                                         "a 409 token_reused then means it was minted but its answer was lost, so "
+                                         "request a fresh ID token and exchange that", retry_after=5)
+        await asyncio.sleep(backoff.next())
+    if row is None:
+        raise Problem("unavailable", "the database went away before this exchange was written; nothing was minted "
+                                     "and the ID token is unspent: retry with it", retry_after=1)
+    decision = ambiguous.decision
+    return MintedToken(ambiguous.token, ambiguous.token_id, decision.packages, decision.permissions,
+                       decision.publisher_ids, row["issued_at"], row["expires_at"])
+
+
 async def write(conn: asyncpg.Connection, settings: Settings, decision: Decision) -> MintedToken | None:
     """Write the decision in one statement; None when its publishers changed meanwhile (nothing written)."""
     verified = decision.verified
@@ -181,13 +231,18 @@ async def write(conn: asyncpg.Connection, settings: Settings, decision: Decision
     if decision.unbound:
         binding = token_store.Binding([publisher.id for publisher, _ in decision.unbound],
                                       identity.owner_id, identity.repository_id)
-    result = await token_store.mint(
-        conn, issuer_id=verified.issuer.id, kid=verified.kid, jti=verified.jti, jti_expires_at=verified.exp + settings.leeway_seconds,
-        publisher_ids=decision.publisher_ids, binding=binding, token_id=uuid.UUID(token_id),
-        token_hash=tokens.hash_token(token), packages=decision.packages, permissions=decision.permissions,
-        ci=identity.ci(), repository_key=identity.repository_key, workflow=identity.workflow,
-        lifetime_seconds=decision.lifetime_seconds, events=events_of(decision, token_id), source=EXCHANGE_SOURCE,
-    )
+    backend_pid = conn.get_server_pid()  # read now: a dead connection no longer says
+    try:
+        result = await token_store.mint(
+            conn, issuer_id=verified.issuer.id, kid=verified.kid, jti=verified.jti,
+            jti_expires_at=verified.exp + settings.leeway_seconds, publisher_ids=decision.publisher_ids,
+            binding=binding, token_id=uuid.UUID(token_id), token_hash=tokens.hash_token(token),
+            packages=decision.packages, permissions=decision.permissions, ci=identity.ci(),
+            repository_key=identity.repository_key, workflow=identity.workflow,
+            lifetime_seconds=decision.lifetime_seconds, events=events_of(decision, token_id), source=EXCHANGE_SOURCE,
+        )
+    except UNAVAILABLE_ERRORS as exc:
+        raise AmbiguousMint(decision, token, token_id, backend_pid) from exc
     issuer = verified.issuer.url
     if not result.issuer_ok:
         raise Problem("unknown_issuer", f"the issuer {issuer} was disabled (or removed); tokens from it are not "

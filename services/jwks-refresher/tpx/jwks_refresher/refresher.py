@@ -45,6 +45,7 @@ from tpx.core.jose import KeyRejected, parse_jwk, parse_jwks
 from tpx.core.jose.strict_json import quote
 from tpx.core.logging import get_logger
 from tpx.core.metrics import JWKS_FETCHES, KEYS_ROTATED
+from tpx.core.outages import DATABASE
 from tpx.core.relay.signal import OutboxSignal
 
 from tpx.jwks_refresher.fetch import FetchError, FetchResult, Resolver, fetch_jwks
@@ -228,6 +229,7 @@ class JwksRefresher:
                     try:
                         delay = await self._scan()
                         failures = 0
+                        DATABASE.recovered(component="jwks-refresher")
                     except Exception as exc:  # noqa: BLE001 - a background loop must outlive surprises
                         failures += 1
                         delay = retry_delay(failures - 1, MAX_SCAN_SECONDS)
@@ -363,7 +365,7 @@ class JwksRefresher:
         if retry_in is not None:
             fields["retry_in"] = round(retry_in, 2)
         if isinstance(exc, UNAVAILABLE_ERRORS):
-            log.warning(event, error=text, **fields)
+            DATABASE.failed(exc, component=event, **fields)
         else:
             log.error(event, error=text, exc_info=exc, **fields)
 

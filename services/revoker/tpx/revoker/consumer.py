@@ -37,6 +37,7 @@ from tpx.core.events import types as event_types
 from tpx.core.events.types import REVOKER_SOURCE
 from tpx.core.logging import get_logger
 from tpx.core.metrics import REVOCATION_LATENCY, TOKENS_REVOKED
+from tpx.core.outages import BROKER
 from tpx.core.relay.signal import OutboxSignal
 from tpx.core.revocations import Selector
 
@@ -283,8 +284,7 @@ class RevocationConsumer:
             except (*BROKER_ERRORS, _ConnectionLost) as exc:
                 self.broker_failures += 1
                 wait = backoff.next()
-                log.warning("revoker.broker_unavailable", error=f"{type(exc).__name__}: {exc}"[:300],
-                            retry_in=round(wait, 2))
+                BROKER.failed(exc, component="revoker-consumer", retry_in=round(wait, 2))
                 await self._pause(wait)
             except Exception as exc:  # noqa: BLE001 - a background loop must outlive surprises
                 wait = backoff.next()
@@ -305,6 +305,7 @@ class RevocationConsumer:
             channel.close_callbacks.add(lambda *_: lost.set())
             tag = await queue.consume(self._on_message)
             self.consuming = True
+            BROKER.recovered(component="revoker-consumer")
             log.info("revoker.consuming", queue=queue.name, prefetch=self._prefetch)
             await _first_of(self._stopping.wait(), lost.wait())
             self.consuming = False

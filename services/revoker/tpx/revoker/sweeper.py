@@ -32,6 +32,7 @@ from tpx.core.events import builders
 from tpx.core.events.types import REVOKER_SOURCE
 from tpx.core.logging import get_logger
 from tpx.core.metrics import PURGED, TOKENS_EXPIRED
+from tpx.core.outages import DATABASE
 from tpx.core.relay.signal import OutboxSignal
 
 from tpx.revoker.consumer import RuleApplier, RuleBusy
@@ -73,12 +74,15 @@ class Sweeper:
             try:
                 await self.sweep_once()
                 backoff.reset()
+                DATABASE.recovered(component="sweeper")
                 wait = jittered(self._settings.revoker_sweep_seconds, 0.1)
             except Exception as exc:  # noqa: BLE001 - a background loop must outlive surprises
                 self.failures += 1
                 wait = backoff.next()
-                level = log.warning if isinstance(exc, UNAVAILABLE_ERRORS) else log.error
-                level("sweeper.failed", error=f"{type(exc).__name__}: {exc}"[:300], retry_in=round(wait, 2))
+                if isinstance(exc, UNAVAILABLE_ERRORS):
+                    DATABASE.failed(exc, component="sweeper", retry_in=round(wait, 2))
+                else:
+                    log.error("sweeper.failed", error=f"{type(exc).__name__}: {exc}"[:300], retry_in=round(wait, 2))
             await self._pause(wait)
 
     async def sweep_once(self) -> dict[str, int]:

@@ -8,8 +8,10 @@ TCP connection that never says goodbye), and on every (re)connect runs the
 caller's catch-up before it reports itself healthy, because NOTIFYs sent
 while it was away are lost.
 
-An outage is one warning when it starts and one info line when it ends (with
-how long it lasted), never a line per retry.
+Its outages are reported to `tpx.core.outages` (one warning when the database
+goes away, one info line when it is back), never a line per retry. It retries
+every half second or so, so once the database answers again every session is
+back, and has caught up, within about a second.
 """
 
 from __future__ import annotations
@@ -20,10 +22,7 @@ from typing import Any, Awaitable, Callable, Mapping
 import asyncpg
 
 from tpx.core.backoff import Backoff
-from tpx.core.db.pool import UNAVAILABLE_ERRORS
-from tpx.core.logging import get_logger
-
-log = get_logger("tpx.core.db.listener")
+from tpx.core.outages import DATABASE, Outage
 
 
 class Session:
@@ -58,17 +57,17 @@ class KeptConnection:
 
     def __init__(self, database_url: str, *, name: str, keepalive_seconds: float = 5.0,
                  connect_timeout: float = 5.0, backoff: Backoff | None = None,
-                 server_settings: Mapping[str, str] | None = None) -> None:
+                 server_settings: Mapping[str, str] | None = None, outage: Outage = DATABASE) -> None:
         self.database_url = database_url
         self.name = name
         self.keepalive_seconds = keepalive_seconds
         self.connect_timeout = connect_timeout
-        self.backoff = backoff or Backoff(first=0.25, maximum=5.0)
+        self.backoff = backoff or Backoff(first=0.1, maximum=0.5, spread=0.5)
         self.server_settings = {"application_name": f"tpx-{name}", **(server_settings or {})}
+        self.outage = outage
         self.healthy = asyncio.Event()
         self.sessions = 0
         self.down_since: float | None = None
-        self._warned = False
 
     async def run(self, body: Body, stop: asyncio.Event | None = None, *, finish_on_stop: bool = False) -> None:
         """Keep a session up and run `body` on it, until `stop` is set (or the task is cancelled).
@@ -141,18 +140,11 @@ class KeptConnection:
         self.healthy.clear()
         if self.down_since is None:
             self.down_since = loop.time()
-        if not self._warned:
-            self._warned = True
-            level = log.warning if isinstance(exc, (*UNAVAILABLE_ERRORS, ConnectionError)) else log.error
-            level("db_session.down", session=self.name, error=f"{type(exc).__name__}: {exc}"[:300])
-        else:
-            log.debug("db_session.retry_failed", session=self.name, error=type(exc).__name__)
+        self.outage.failed(exc, session=self.name)
 
     def _came_back(self, loop: asyncio.AbstractEventLoop) -> None:
-        if self.down_since is not None and self._warned:
-            log.info("db_session.restored", session=self.name, down_seconds=round(loop.time() - self.down_since, 2))
         self.down_since = None
-        self._warned = False
+        self.outage.recovered(session=self.name)
 
 
 class Listener:
@@ -164,11 +156,11 @@ class Listener:
 
     def __init__(self, database_url: str, channels: Mapping[str, Callable[[str], None]], *, name: str,
                  on_connect: Callable[[], Awaitable[None]] | None = None, keepalive_seconds: float = 5.0,
-                 backoff: Backoff | None = None) -> None:
+                 backoff: Backoff | None = None, outage: Outage = DATABASE) -> None:
         self.channels = dict(channels)
         self.on_connect = on_connect
         self.connection = KeptConnection(database_url, name=name, keepalive_seconds=keepalive_seconds,
-                                         backoff=backoff)
+                                         backoff=backoff, outage=outage)
 
     @property
     def healthy(self) -> asyncio.Event:

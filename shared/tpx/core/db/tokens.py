@@ -154,6 +154,17 @@ async def mint(conn: asyncpg.Connection, *, issuer_id: Any, kid: str, jti: str, 
                       row["issued_at"], row["expires_at"])
 
 
+async def settled_mint(pool: asyncpg.Pool, token_hash: bytes, backend_pid: int) -> tuple[bool, asyncpg.Record | None]:
+    """After a mint's connection died: whether its server session is over (so the mint committed or never
+    will), and the token row if it committed."""
+    row = await pool.fetchrow(
+        """SELECT NOT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = $2) AS settled,
+                  t.issued_at, t.expires_at
+           FROM (SELECT 1) AS one LEFT JOIN tokens t ON t.token_hash = $1""",
+        token_hash, backend_pid)
+    return row["settled"], row if row["issued_at"] is not None else None
+
+
 # --- introspection, revocation by the holder, listings -------------------------------------------------------
 
 async def active_by_hash(conn: asyncpg.Connection | asyncpg.Pool, token_hash: bytes) -> asyncpg.Record | None:

@@ -34,6 +34,7 @@ from tpx.core.events.cloudevents import CONTENT_TYPE, encode, to_cloudevent
 from tpx.core.events.types import routing_key
 from tpx.core.logging import get_logger
 from tpx.core.metrics import EVENTS_PUBLISHED, RELAY_FAILURES
+from tpx.core.outages import BROKER, DATABASE
 from tpx.core.relay.signal import OutboxSignal
 
 log = get_logger("tpx.core.relay")
@@ -289,14 +290,14 @@ class OutboxRelay:
                 await self._broker.close()
                 delay = backoff.next()
                 cause = f"{exc}; {self._describe(exc.__cause__)}" if exc.__cause__ else str(exc)
-                log.warning("relay.broker_unavailable", broker=address(self._settings.amqp_url),
-                            error=cause, retry_in=round(delay, 2))
+                BROKER.failed(None, component="relay", broker=address(self._settings.amqp_url), error=cause,
+                              retry_in=round(delay, 2))
                 await self._pause(delay)
                 continue
             except UNAVAILABLE_ERRORS as exc:
                 RELAY_FAILURES.labels("database").inc()
                 delay = backoff.next()
-                log.warning("relay.database_unavailable", error=self._describe(exc), retry_in=round(delay, 2))
+                DATABASE.failed(exc, component="relay", retry_in=round(delay, 2))
                 await self._pause(delay)
                 continue
             except Exception as exc:  # noqa: BLE001 - a background loop must outlive surprises
@@ -305,6 +306,8 @@ class OutboxRelay:
                 await self._pause(delay)
                 continue
             backoff.reset()
+            BROKER.recovered(component="relay")
+            DATABASE.recovered(component="relay")
             if not full:
                 await self._signal.wait(self._settings.relay_poll_seconds)
 

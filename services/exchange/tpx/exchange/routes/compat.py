@@ -61,6 +61,7 @@ from tpx.core.db.pool import UNAVAILABLE_ERRORS
 from tpx.core.errors import Problem
 from tpx.core.logging import get_logger
 from tpx.core.metrics import EXCHANGES
+from tpx.core.outages import DATABASE
 
 from tpx.exchange.context import ServiceContext, context
 from tpx.exchange.http import parse_json_object, read_body, reject_unknown, require_string
@@ -109,7 +110,7 @@ def guarded(render: Renderer) -> Callable[[Handler], Handler]:
             except Problem as problem:
                 return render(problem)
             except UNAVAILABLE_ERRORS as exc:
-                log.warning("dependency.unavailable", error=type(exc).__name__, path=request.url.path)
+                DATABASE.failed(exc, path=request.url.path)
                 return render(Problem("unavailable", "the database is not reachable right now; retry shortly",
                                       retry_after=5))
             except Exception:  # logged with the request id, answered in the client's shape

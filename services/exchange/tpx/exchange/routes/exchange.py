@@ -13,10 +13,11 @@ from tpx.core.db.pool import UNAVAILABLE_ERRORS
 from tpx.core.errors import Problem
 from tpx.core.logging import get_logger
 from tpx.core.metrics import EXCHANGE_LATENCY, EXCHANGES
+from tpx.core.outages import DATABASE
 
 from tpx.exchange.context import ServiceContext, context
 from tpx.exchange.http import read_object, reject_unknown, require_string
-from tpx.exchange.minting import explain, mint, record_denial
+from tpx.exchange.minting import AmbiguousMint, MintedToken, explain, mint, record_denial, resolve_ambiguous
 from tpx.exchange.ratelimit import client_address
 from tpx.exchange.verification import VerifiedToken, verify_id_token
 
@@ -45,20 +46,27 @@ def client_failures_limited(ctx: ServiceContext, request: Request) -> Iterator[N
         raise
 
 
-async def exchange_token(ctx: ServiceContext, verified: VerifiedToken):
+async def exchange_token(ctx: ServiceContext, verified: VerifiedToken) -> MintedToken:
     """Mint for a verified token; shared by the native and compatibility routes."""
-    async with ctx.pool.acquire() as conn:
-        try:
-            minted = await mint(conn, ctx.settings, verified, ctx.candidates,
-                                admit=lambda decision: ctx.limits.admit_publishers(e.publisher for e in decision.matched))
-        except Problem as problem:
-            if problem.code in ("no_matching_publisher", "forbidden_trigger"):
-                await record_denial(conn, verified, problem)
-                ctx.outbox_signal.notify()
-            log.info("exchange.denied", code=problem.code, issuer=verified.issuer.url,
-                     repository=verified.identity.repository, workflow=verified.identity.workflow)
-            raise
+    try:
+        async with ctx.pool.acquire() as conn:
+            try:
+                minted = await mint(conn, ctx.settings, verified, ctx.candidates,
+                                    admit=lambda d: ctx.limits.admit_publishers(e.publisher for e in d.matched))
+            except Problem as problem:
+                if problem.code in ("no_matching_publisher", "forbidden_trigger"):
+                    await record_denial(conn, verified, problem)
+                    ctx.outbox_signal.notify()
+                log.info("exchange.denied", code=problem.code, issuer=verified.issuer.url,
+                         repository=verified.identity.repository, workflow=verified.identity.workflow)
+                raise
+    except AmbiguousMint as ambiguous:
+        # The connection died with the mint in flight; a fresh one tells whether it committed.
+        DATABASE.failed(ambiguous.__cause__, path="/v1/exchange")
+        minted = await resolve_ambiguous(ctx.pool, ambiguous, ctx.settings)
+        log.info("exchange.resolved", token_id=minted.token_id, outcome="committed")
     ctx.outbox_signal.notify()
+    DATABASE.recovered()
     ctx.limits.charge_publishers(minted.publisher_ids)
     log.info("exchange.issued", token_id=minted.token_id, packages=minted.packages,
              repository=verified.identity.repository, workflow=verified.identity.workflow)

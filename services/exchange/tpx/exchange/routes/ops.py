@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import datetime, timezone
 
 from starlette.requests import Request
@@ -61,14 +62,34 @@ async def readyz(request: Request) -> JSONResponse:
     if ctx.draining:
         reasons.append("the service is shutting down")
     ready = not reasons
+    degraded = listener_degraded(ctx.listener.connection.down_since, asyncio.get_running_loop().time(),
+                                 ctx.settings.keys_reload_seconds)
+    status = "not ready" if not ready else "degraded" if degraded else "ready"
     return JSONResponse(
-        {"status": "ready" if ready else "not ready", "reasons": reasons,
+        {"status": status, "reasons": reasons + ([degraded] if degraded else []),
          "dependencies": {"database": database,
                           "listener": "listening" if ctx.listener.healthy.is_set() else "reconnecting"},
          "issuers": issuers},
         status_code=200 if ready else 503,
         headers={} if ready else {"Retry-After": "5"},
     )
+
+
+# How long the listener may be reconnecting before readiness says so (a database restart takes longer).
+LISTENER_GRACE_SECONDS = 5.0
+
+
+def listener_degraded(down_since: float | None, now: float, reload_seconds: float) -> str | None:
+    """Why readiness is degraded (still 200: this replica answers correctly), or None.
+
+    Without its listener a replica learns of issuer and publisher changes only by its
+    periodic reload; the kill switches still bite, since the mint statement checks them.
+    """
+    if down_since is None or now - down_since <= LISTENER_GRACE_SECONDS:
+        return None
+    return (f"degraded: the database listener has been reconnecting for {int(now - down_since)} s; issuer and "
+            f"publisher changes reach this replica every {reload_seconds:g} s instead of at once (disabled issuers, "
+            "removed keys and deleted publishers are still refused at once)")
 
 
 async def metrics(request: Request) -> Response:
