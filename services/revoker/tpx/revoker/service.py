@@ -12,8 +12,6 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-import aio_pika
-
 from tpx.core import metrics
 from tpx.core.config import Settings
 from tpx.core.db.migrate import check_schema
@@ -25,6 +23,7 @@ from tpx.core.relay.signal import OutboxSignal
 from tpx.core.serving.ops import bind_ops_socket, serve_ops
 
 from tpx.revoker.consumer import PREFETCH, BatchHook, RevocationConsumer, RuleApplier
+from tpx.revoker.queue_depth import sample_forever_queue_depths
 from tpx.revoker.sweeper import STALE_RULE_SECONDS, Sweeper
 
 log = get_logger("tpx.revoker")
@@ -75,7 +74,7 @@ class Revoker:
             metrics.BUILD.labels("revoker").set(1)
             ops = asyncio.create_task(serve_ops(settings, stop, self._readiness(pool), self.stopping.is_set, ops_socket),
                                       name="revoker-ops")
-            depth = asyncio.create_task(self._sample_queue_depth(), name="revoker-queue-depth")
+            depth = asyncio.create_task(sample_forever_queue_depths(settings), name="revoker-queue-depth")
             backlog = asyncio.create_task(sample_forever(pool), name="revoker-outbox-sampler")
             log.info("revoker.started", prefix=settings.amqp_prefix, sweep_seconds=settings.revoker_sweep_seconds)
             self.started.set()
@@ -99,30 +98,6 @@ class Revoker:
                 reasons.append("not consuming revocation work (is RabbitMQ reachable?)")
             return not reasons, {"reasons": reasons}
         return readiness
-
-    async def _sample_queue_depth(self, interval: float = 5.0) -> None:
-        """Queue depths for the metrics, read with passive declares on a connection of its own."""
-        queues = (f"{self.settings.amqp_prefix}.revoker", f"{self.settings.amqp_prefix}.revoker.dead")
-        while True:
-            try:
-                connection = await aio_pika.connect(self.settings.amqp_url, timeout=5)
-                async with connection:
-                    while True:
-                        for name in queues:
-                            channel = await connection.channel()
-                            try:
-                                declared = await channel.declare_queue(name, passive=True)
-                                metrics.QUEUE_DEPTH.labels(name).set(declared.declaration_result.message_count)
-                            except aio_pika.exceptions.ChannelNotFoundEntity:
-                                pass
-                            finally:
-                                if not channel.is_closed:
-                                    await channel.close()
-                        await asyncio.sleep(interval)
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # noqa: BLE001 - metrics must never take the worker down
-                await asyncio.sleep(interval)
 
     async def _relay_when_declared(self) -> None:
         """Relay only once the work queue is bound, so no revocation event is published to nowhere."""
