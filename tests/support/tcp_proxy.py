@@ -4,7 +4,8 @@ Tests put it between a client and a real server (RabbitMQ, PostgreSQL) to
 simulate an outage without stopping or reconfiguring the shared server: `cut()`
 behaves like the server vanishing (connections reset, new ones refused) and
 `restore()` like it coming back on the same address; `partition()` like a
-network that drops everything while both ends still think the connection lives.
+network that drops everything while both ends still think the connection lives;
+`retarget()` like a failover that moves the address to another server.
 """
 
 from __future__ import annotations
@@ -42,6 +43,9 @@ class TcpProxy:
         self._budget: int | None = None
         self._partitioned = False
         self._lose_reply = False
+        self._swallow_reply = False
+        self._healed = asyncio.Event()
+        self._healed.set()
 
     async def start(self, port: int = 0) -> None:
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -68,15 +72,28 @@ class TcpProxy:
         COMMIT, say) but the client never hears of it, the ambiguous end of a request."""
         self._lose_reply = True
 
+    def swallow_next_reply(self) -> None:
+        """The server's next answer is dropped, and from then on everything (partition()): the server did the
+        work and its session lives on, waiting on a connection that will never say another word."""
+        self._swallow_reply = True
+
     def partition(self) -> None:
         """Drop every byte both ways but keep the connections open: a peer that vanished without a word."""
         self._partitioned = True
+        self._healed.clear()
 
     async def restore(self) -> None:
         """Listen again on the same port, and forward again."""
         self._partitioned = False
+        self._healed.set()
         if self._server is None:
             await self.start(self.port)
+
+    def retarget(self, host: str, port: int) -> None:
+        """Forward new connections to another server and reset the open ones: a failover behind one address."""
+        self.target_host, self.target_port = host, port
+        for link in list(self._links):
+            link.abort()
 
     async def close(self) -> None:
         await self.cut()
@@ -90,6 +107,7 @@ class TcpProxy:
 
     def _sever(self) -> None:
         self._budget = None
+        self._healed.set()  # held connections go too
         if self._server is not None:
             self._server.close()
             self._server = None
@@ -108,6 +126,10 @@ class TcpProxy:
 
     def _reply(self, link: _Link) -> bool:
         """Let a server answer through, unless one is to be lost: then reset this connection instead."""
+        if self._swallow_reply:
+            self._swallow_reply = False
+            self.partition()  # this answer, and everything after it, is dropped
+            return True
         if not self._lose_reply:
             return True
         self._lose_reply = False
@@ -145,6 +167,10 @@ class TcpProxy:
                 for pipe in pending:
                     pipe.cancel()
                 await asyncio.wait(pipes)
+                if self._partitioned:
+                    # A partitioned network carries no FIN or RST either: the far end keeps its half of
+                    # the connection until the network heals (or the proxy is cut).
+                    await self._healed.wait()
             finally:
                 self._links.discard(link)
                 link.close()

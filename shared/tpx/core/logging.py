@@ -6,6 +6,7 @@ careless log call can never leak a credential.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import sys
@@ -37,6 +38,34 @@ def _redact_values(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str,
     for key, value in event.items():
         event[key] = _redact(value)
     return event
+
+
+# Lines libraries repeat on every reconnect attempt (or every dropped connection) while a dependency is
+# away. tpx.core.outages already says it: one warning when the outage starts, one info line when it ends,
+# and the tpx_dependency_* metrics; so these are debug lines, not an error (with a traceback) per retry.
+_RETRY_CHATTER: dict[str, tuple[str, ...]] = {
+    "aiormq.connection": ("error when creating transport", "Cancelling cause reader exited abnormally"),
+    "asyncpg.pool": ("Failed to restore the pool connection floor",),
+}
+_CONNECTION_LOST = (OSError, EOFError, asyncio.IncompleteReadError, asyncio.TimeoutError)
+
+
+class RetryChatter(logging.Filter):
+    """Demote the libraries' per-attempt connection lines to debug (shown only when tpx logs at debug)."""
+
+    def __init__(self, level: int) -> None:
+        super().__init__()
+        self.level = level
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        prefixes = _RETRY_CHATTER.get(record.name)
+        if not prefixes or record.levelno <= logging.DEBUG or not str(record.msg).startswith(prefixes):
+            return True
+        exc = record.exc_info[1] if record.exc_info else None
+        if exc is not None and not isinstance(exc, _CONNECTION_LOST):
+            return True  # a reader that died of something else than a lost connection is worth a warning
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return self.level <= logging.DEBUG
 
 
 def configure(log_format: str = "json", level: str = "info") -> None:
@@ -76,6 +105,7 @@ def configure(log_format: str = "json", level: str = "info") -> None:
             renderer,
         ],
     ))
+    handler.addFilter(RetryChatter(numeric))
     root = logging.getLogger()
     root.handlers = [handler]
     root.setLevel(max(numeric, logging.WARNING))

@@ -28,9 +28,12 @@ class Outage:
     def down(self) -> bool:
         return self.down_since is not None
 
-    def failed(self, exc: BaseException | None = None, **fields: Any) -> None:
+    def failed(self, exc: BaseException | None = None, *, error: str | None = None, **fields: Any) -> None:
+        """Count a failure; `error` describes it when the caller knows better than `exc` (a cause chain)."""
         DEPENDENCY_FAILURES.labels(self.dependency).inc()
-        error = f"{type(exc).__name__}: {exc}"[:300] if exc is not None else None
+        if error is None and exc is not None:
+            error = f"{type(exc).__name__}: {exc}"
+        error = error[:300] if error is not None else None
         if self.down_since is None:
             self.down_since = time.monotonic()
             DEPENDENCY_UP.labels(self.dependency).set(0)

@@ -147,3 +147,31 @@ async def test_an_outage_is_one_warning_and_one_info_line(proxy, settings):
     assert len([line for line in lines if line[0] == "debug"]) >= 3  # the retries, below the operator's level
     assert not outage.down
     assert kept.down_since is None
+
+
+async def test_a_failing_body_is_not_reported_as_a_database_outage(settings):
+    """A bug in the work done on the session (here a ValueError) is not the database going away: it must not
+    say `dependency.down database`, which would send an operator after the wrong system."""
+    captured = structlog.testing.CapturingLogger()
+    outage = Outage("database", logger=structlog.wrap_logger(
+        captured, processors=[], wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG)))
+    kept = KeptConnection(settings.database_url, name="test-body-bug", outage=outage)
+    calls = 0
+
+    async def body(session) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise ValueError("a bug in the body")
+        session.ready()
+        await session.lost.wait()
+
+    task = asyncio.create_task(kept.run(body))
+    try:
+        await asyncio.wait_for(kept.healthy.wait(), 10)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    assert calls == 2 and kept.sessions == 2
+    assert [call.kwargs["event"] for call in captured.calls] == []
+    assert not outage.down

@@ -9,6 +9,7 @@ connection (once the old session is over) and answers 200 if it exists.
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from dataclasses import replace
 
@@ -57,6 +58,32 @@ async def test_a_mint_that_committed_before_the_connection_died_is_answered(repo
         conn.terminate()
     minted = await resolve_ambiguous(db, caught.value, settings)
     assert tokens.is_well_formed(minted.token) and minted.packages == decision.packages
+    row = await db.fetchrow("SELECT token_hash FROM tokens WHERE id = $1", uuid.UUID(minted.token_id))
+    assert bytes(row["token_hash"]) == tokens.hash_token(minted.token)
+    assert await db.fetchval("SELECT count(*) FROM used_jtis WHERE jti = $1", claims["jti"]) == 1
+
+
+async def test_a_mint_whose_session_lives_on_behind_a_silent_network_is_answered(repo, db, exchange_app, settings,
+                                                                              proxy):
+    """Regression: behind a network that drops everything, the server committed the mint and its session
+    waits on a socket that never errors (until TCP keepalive, hours by default). Resolution waited for that
+    session to end, gave up after RESOLVE_SECONDS and answered 503; the retry got 409 token_reused. The old
+    session is ended from a fresh connection instead, and then the token is found."""
+    await repo.add_publisher(repository_owner_id=repo.owner_id, repository_id=repo.repository_id)
+    conn = await connect(replace(settings, database_url=through(settings.database_url, proxy)), command_timeout=1)
+    try:
+        _, first = await decided(conn, exchange_app, settings, repo)
+        assert await write(conn, settings, first) is not None  # the mint statement is now prepared here
+        claims, decision = await decided(conn, exchange_app, settings, repo)
+        proxy.swallow_next_reply()  # the answer to the mint's execution (and its commit), and all after it
+        with pytest.raises(AmbiguousMint) as caught:
+            await write(conn, settings, decision)
+        # The client gave up on the statement, but nothing tells the server: its session lives on.
+        started = time.monotonic()
+        minted = await resolve_ambiguous(db, caught.value, settings)
+        assert time.monotonic() - started < 3
+    finally:
+        conn.terminate()
     row = await db.fetchrow("SELECT token_hash FROM tokens WHERE id = $1", uuid.UUID(minted.token_id))
     assert bytes(row["token_hash"]) == tokens.hash_token(minted.token)
     assert await db.fetchval("SELECT count(*) FROM used_jtis WHERE jti = $1", claims["jti"]) == 1

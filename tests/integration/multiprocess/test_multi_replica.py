@@ -13,88 +13,57 @@ through the refreshers. The tests check what replication must not break:
 5. the revoker is up, and the events of all this reached RabbitMQ as CloudEvents.
 
 The children log at warning level to files that are printed when a test fails;
-TPX_MULTI_LOG_LEVEL=info (or debug) makes them say more.
+TPX_STACK_LOG_LEVEL=info (or debug) makes them say more.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import os
-import secrets
-import shutil
-import tempfile
 import time
 import uuid
-from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-import aio_pika
-import asyncpg
 import httpx
 import pytest
 
 from tpx.core.events import schemas
-from tests.conftest import AMQP_URL, PG_HOST
 from tests.support.claims import github_claims
 from tests.support.events import eventually
-from tests.support.oidc_issuer import LoopbackIssuer, SigningKey, new_rsa_key
-from tests.support.processes import ServiceProcess, free_ports, poll, run_cli, service_env, stop_all, wait_healthy
-from tests.support.servers import serve
+from tests.support.oidc_issuer import SigningKey, new_rsa_key
+from tests.support.processes import poll
+from tests.support.stack import SOON, ServiceStack, running_stack
 
 pytestmark = pytest.mark.integration
 
 COOLDOWN = 0.5  # TPX_JWKS_REFRESH_COOLDOWN_SECONDS for the refreshers and the exchanges
 KEYS_WAIT = 2.0  # TPX_KEYS_WAIT_SECONDS (the default): how long an exchange waits for an unknown kid
-START_TIMEOUT = 30.0
-SOON = 15.0  # upper bound for anything that should happen "soon"
-PUBLIC_ISSUERS = ("https://token.actions.githubusercontent.com", "https://gitlab.com")
 
 
 # -- the stack ----------------------------------------------------------------------------------
 
 
-@dataclass
-class Events:
-    """Every message of `<prefix>.events`, through an exclusive queue bound with `#` before any test."""
+class Stack(ServiceStack):
+    """Two exchanges (A and B), two refreshers and a revoker, with what these tests remember between steps."""
 
-    messages: list[aio_pika.abc.AbstractIncomingMessage] = field(default_factory=list)
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.unknown_kid_sent_at = float("-inf")  # time.monotonic() after the last unknown-kid exchange
+        self.issued_token_ids: list[str] = []
+        self.revoked_token_ids: list[str] = []
 
-    async def on_message(self, message: aio_pika.abc.AbstractIncomingMessage) -> None:
-        self.messages.append(message)
+    @property
+    def a(self) -> httpx.AsyncClient:
+        return self.clients["exchange-a"]
 
-    def bodies(self, event_type: str | None = None) -> list[dict[str, Any]]:
-        found = [json.loads(message.body) for message in self.messages]
-        return [event for event in found if event_type is None or event["type"] == event_type]
-
-
-@dataclass
-class Stack:
-    issuer: LoopbackIssuer
-    issuer_id: str
-    a: httpx.AsyncClient
-    b: httpx.AsyncClient
-    ops: httpx.AsyncClient
-    db: asyncpg.Pool
-    processes: dict[str, ServiceProcess]
-    ops_ports: dict[str, int]
-    prefix: str
-    admin_headers: dict[str, str]
-    introspection_headers: dict[str, str]
-    events: Events
-    unknown_kid_sent_at: float = float("-inf")  # time.monotonic() after the last unknown-kid exchange
-    issued_token_ids: list[str] = field(default_factory=list)
-    revoked_token_ids: list[str] = field(default_factory=list)
-    timings: dict[str, float] = field(default_factory=dict)
+    @property
+    def b(self) -> httpx.AsyncClient:
+        return self.clients["exchange-b"]
 
     @property
     def exchanges(self) -> list[httpx.AsyncClient]:
         return [self.a, self.b]
-
-    def logs(self) -> str:
-        return "\n\n".join(child.describe() for child in self.processes.values())
 
     async def repo(self) -> "Repo":
         repo = Repo(self)
@@ -111,14 +80,6 @@ class Stack:
         response = await client.post("/v1/introspect", json={"token": token}, headers=self.introspection_headers)
         assert response.status_code == 200, response.text
         return response.json()
-
-    async def ready_issuer(self, client: httpx.AsyncClient) -> dict[str, Any] | None:
-        """This exchange's own view (its in-memory key cache, through the operator's /readyz) of the loopback issuer."""
-        response = await client.get("/readyz", headers=self.admin_headers)
-        for entry in response.json().get("issuers", []):
-            if entry["url"] == self.issuer.url:
-                return entry
-        return None
 
     async def keys_fetched_at(self, different_from: Any = ...) -> Any:
         """The issuer's keys_fetched_at; with `different_from`, whether it has moved on from that value."""
@@ -138,12 +99,6 @@ class Stack:
             return db_ok and time.monotonic() - self.unknown_kid_sent_at >= COOLDOWN
 
         await poll(over, "the JWKS refresh cooldown to pass", SOON, alive=self.processes.values())
-
-    async def worker_ready(self, name: str) -> dict[str, Any]:
-        response = await self.ops.get(f"http://127.0.0.1:{self.ops_ports[name]}/readyz")
-        body = response.json()
-        body["http_status"] = response.status_code
-        return body
 
 
 @dataclass
@@ -181,163 +136,15 @@ class Repo:
         return response.json()
 
 
-async def _create_database(name: str) -> None:
-    admin = await asyncpg.connect(f"{PG_HOST}/postgres")
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-
-
-async def _drop_database(name: str) -> None:
-    admin = await asyncpg.connect(f"{PG_HOST}/postgres")
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
-
-
-async def _delete_amqp_objects(prefix: str) -> None:
-    connection = await aio_pika.connect(AMQP_URL)
-    async with connection:
-        for queue in (f"{prefix}.audit", f"{prefix}.revoker", f"{prefix}.revoker.dead"):
-            await (await connection.channel()).queue_delete(queue)
-        for exchange in (f"{prefix}.events", f"{prefix}.dlx"):
-            await (await connection.channel()).exchange_delete(exchange)
+SERVICES = {"exchange-a": "exchange", "exchange-b": "exchange", "refresher-1": "jwks-refresher",
+            "refresher-2": "jwks-refresher", "revoker": "revoker"}
 
 
 @pytest.fixture(scope="module")
 async def stack():
-    run = uuid.uuid4().hex[:10]
-    database = f"tpx_multi_{run}"
-    prefix = f"tpx-multi-{run}"
-    database_url = f"{PG_HOST}/{database}"
-    admin_token = "multi-admin-" + secrets.token_urlsafe(24)
-    introspection_token = "multi-introspect-" + secrets.token_urlsafe(24)
-    log_dir = Path(tempfile.mkdtemp(prefix="tpx-multi-"))
-    processes: dict[str, ServiceProcess] = {}
-    problems: list[str] = []
-    started = time.monotonic()
-    timings: dict[str, float] = {}
-
-    async with AsyncExitStack() as cleanup:
-        # Registered first, so it runs last: the database and the broker objects go whatever happened.
-        cleanup.push_async_callback(_delete_amqp_objects, prefix)
-        cleanup.push_async_callback(_drop_database, database)
-        await _create_database(database)
-
-        base_env = service_env({
-            "TPX_DATABASE_URL": database_url,
-            "TPX_AMQP_URL": AMQP_URL,
-            "TPX_AMQP_PREFIX": prefix,
-            "TPX_INSECURE_LOOPBACK_ISSUERS": "1",
-            "TPX_ADMIN_TOKENS": admin_token,
-            "TPX_INTROSPECTION_TOKENS": introspection_token,
-            "TPX_RATE_FAILED_PER_MINUTE": "0",
-            "TPX_RATE_PUBLISHER_PER_MINUTE": "0",
-            "TPX_LOG_LEVEL": os.environ.get("TPX_MULTI_LOG_LEVEL", "warning"),
-            "TPX_LOG_FORMAT": "console",
-            "TPX_JWKS_REFRESH_COOLDOWN_SECONDS": str(COOLDOWN),
-            "TPX_KEYS_WAIT_SECONDS": str(KEYS_WAIT),
-            "TPX_RELAY_POLL_SECONDS": "0.1",
-            # Five processes share a PostgreSQL that other work may be using too: small pools.
-            "TPX_DB_POOL_MIN": "1",
-            "TPX_DB_POOL_MAX": "4",
-        })
-        code, output = await run_cli(["migrate"], base_env)
-        assert code == 0, f"tpx migrate failed ({code}):\n{output}"
-        setup = await asyncpg.connect(database_url)
-        try:
-            # There is no internet here: the seeded public issuers would only make the refreshers fail and retry.
-            await setup.execute("UPDATE issuers SET enabled = false WHERE url = ANY($1::text[])", list(PUBLIC_ISSUERS))
-        finally:
-            await setup.close()
-        timings["database"] = time.monotonic() - started
-
-        # The events consumer exists before any service can publish.
-        events = Events()
-        connection = await aio_pika.connect(AMQP_URL)
-        cleanup.push_async_callback(connection.close)
-        channel = await connection.channel()
-        events_exchange = await channel.declare_exchange(f"{prefix}.events", aio_pika.ExchangeType.TOPIC, durable=True)
-        queue = await channel.declare_queue("", exclusive=True, auto_delete=True)
-        await queue.bind(events_exchange, routing_key="#")
-        await queue.consume(events.on_message, no_ack=True)
-
-        issuer = LoopbackIssuer()
-        issuer.url = await cleanup.enter_async_context(serve(issuer.app))
-
-        db = await asyncpg.create_pool(database_url, min_size=1, max_size=2)
-        cleanup.push_async_callback(db.close)
-
-        ports = free_ports(7)
-        exchange_ports = {"exchange-a": ports[0], "exchange-b": ports[1]}
-        ops_ports = dict(zip(("exchange-a", "exchange-b", "refresher-1", "refresher-2", "revoker"), ports[2:]))
-        commands = {"exchange-a": "exchange", "exchange-b": "exchange", "refresher-1": "jwks-refresher",
-                    "refresher-2": "jwks-refresher", "revoker": "revoker"}
-
-        async def stop_children() -> None:
-            stopping = time.monotonic()
-            codes = await stop_all(processes.values())
-            timings["stop"] = time.monotonic() - stopping
-            for name, code in codes.items():
-                child = processes[name]
-                if code != 0 or child.killed:
-                    problems.append(f"{name} did not drain gracefully on SIGTERM (exit code {code}"
-                                    f"{', killed after the timeout' if child.killed else ''})")
-
-        for name, command in commands.items():
-            env = {**base_env, "TPX_OPS_PORT": str(ops_ports[name]), "TPX_HOST": "127.0.0.1"}
-            if name in exchange_ports:
-                env["TPX_PORT"] = str(exchange_ports[name])
-            processes[name] = await ServiceProcess.start(name, command, env, log_dir)
-            if len(processes) == 1:
-                cleanup.push_async_callback(stop_children)
-
-        # The services close idle keep-alive connections after 5 s (uvicorn's timeout_keep_alive); a client
-        # that reuses one at that very moment gets a ReadError. Expire idle connections sooner on this side.
-        limits = httpx.Limits(keepalive_expiry=2.0)
-        ops = await cleanup.enter_async_context(httpx.AsyncClient(timeout=10, limits=limits))
-        a = await cleanup.enter_async_context(httpx.AsyncClient(
-            base_url=f"http://127.0.0.1:{exchange_ports['exchange-a']}", timeout=30, limits=limits))
-        b = await cleanup.enter_async_context(httpx.AsyncClient(
-            base_url=f"http://127.0.0.1:{exchange_ports['exchange-b']}", timeout=30, limits=limits))
-        # The clients close before the children stop (exit-stack order), so no keep-alive holds a drain up.
-        stack = Stack(issuer=issuer, issuer_id="", a=a, b=b, ops=ops, db=db, processes=processes,
-                      ops_ports=ops_ports, prefix=prefix,
-                      admin_headers={"Authorization": f"Bearer {admin_token}"},
-                      introspection_headers={"Authorization": f"Bearer {introspection_token}"},
-                      events=events, timings=timings)
-        try:
-            health = {name: (f"http://127.0.0.1:{exchange_ports[name]}/healthz" if name in exchange_ports
-                             else f"http://127.0.0.1:{ops_ports[name]}/healthz") for name in processes}
-            await asyncio.gather(*(wait_healthy(ops, processes[name], url, START_TIMEOUT)
-                                   for name, url in health.items()))
-            timings["processes_up"] = time.monotonic() - started
-
-            response = await a.post("/v1/admin/issuers", json={"url": issuer.url, "kind": "github"},
-                                    headers=stack.admin_headers)
-            assert response.status_code == 201, response.text
-            stack.issuer_id = response.json()["issuer"]["id"]
-
-            async def both_ready() -> bool:
-                views = [await stack.ready_issuer(client) for client in stack.exchanges]
-                return all(view is not None and view["state"] == "ready" for view in views)
-
-            await poll(both_ready, "both exchanges to report the loopback issuer ready (keys fetched by a refresher)",
-                       SOON, alive=processes.values())
-            timings["issuer_ready"] = time.monotonic() - started
-        except BaseException as exc:
-            raise AssertionError(f"the multi-replica stack did not come up: {exc}\n\n{stack.logs()}") from exc
-
-        yield stack
-
-    # The exit stack has stopped the children, dropped the database and deleted the broker objects.
-    print("\nmulti-replica timings (s): " + ", ".join(f"{k}={v:.2f}" for k, v in timings.items()))
-    if problems:
-        raise AssertionError("; ".join(problems) + "\n\n" + "\n\n".join(
-            child.describe() for child in processes.values()))
-    shutil.rmtree(log_dir, ignore_errors=True)
+    env = {"TPX_JWKS_REFRESH_COOLDOWN_SECONDS": str(COOLDOWN), "TPX_KEYS_WAIT_SECONDS": str(KEYS_WAIT)}
+    async with running_stack(SERVICES, name="multi", env=env, stack_class=Stack) as running:
+        yield running
 
 
 @pytest.fixture(autouse=True)

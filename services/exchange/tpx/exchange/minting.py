@@ -32,12 +32,15 @@ from tpx.core.db.pool import UNAVAILABLE_ERRORS
 from tpx.core.errors import Problem
 from tpx.core.events import builders
 from tpx.core.events.types import EXCHANGE_SOURCE, Event
+from tpx.core.logging import get_logger
 from tpx.core.providers.base import CheckResult, Publisher
 from tpx.core.providers.matching import PublisherEvaluation, denial, evaluate
 from tpx.core.times import rfc3339
 
 from tpx.exchange.candidates import CandidateCache
 from tpx.exchange.verification import VerifiedToken
+
+log = get_logger("tpx.exchange.minting")
 
 # A decision can go stale only through a concurrent admin change or first exchange; the second
 # decision reads fresh rows, so a third attempt means the publishers keep changing under it.
@@ -193,8 +196,9 @@ class AmbiguousMint(Exception):
 async def resolve_ambiguous(pool: asyncpg.Pool, ambiguous: AmbiguousMint, settings: Settings) -> MintedToken:
     """The token, if the mint committed; otherwise (or if the database stays away) `503 unavailable`.
 
-    The old server session may still be finishing the statement, so the answer is
-    read only once that session is gone: then the mint has committed or never will.
+    The old server session may still be running the statement, or wait on a dead
+    connection: it is ended first (tpx.core.db.tokens.settled_mint), so the answer
+    is read once the mint has committed or never will.
     """
     loop = asyncio.get_running_loop()
     deadline = loop.time() + RESOLVE_SECONDS
@@ -208,12 +212,14 @@ async def resolve_ambiguous(pool: asyncpg.Pool, ambiguous: AmbiguousMint, settin
         if settled:
             break
         if loop.time() > deadline:
+            log.warning("exchange.unresolved", backend_pid=ambiguous.backend_pid, waited_seconds=RESOLVE_SECONDS)
             raise Problem("unavailable", "the database went away while this exchange was being written and did not "
                                          "come back in time to tell whether it was; retry with the same ID token: "
                                          "a 409 token_reused then means it was minted but its answer was lost, so "
                                          "request a fresh ID token and exchange that", retry_after=5)
         await asyncio.sleep(backoff.next())
     if row is None:
+        log.info("exchange.resolved", outcome="not_committed")
         raise Problem("unavailable", "the database went away before this exchange was written; nothing was minted "
                                      "and the ID token is unspent: retry with it", retry_after=1)
     decision = ambiguous.decision

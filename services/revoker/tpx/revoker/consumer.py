@@ -276,7 +276,7 @@ class RevocationConsumer:
         self.broker_failures = 0
 
     async def run(self) -> None:
-        backoff = Backoff(first=0.5, maximum=10.0)
+        backoff = Backoff(first=0.25, maximum=2.0)
         while not self._stopping.is_set():
             try:
                 await self._session()

@@ -22,7 +22,11 @@ from typing import Any, Awaitable, Callable, Mapping
 import asyncpg
 
 from tpx.core.backoff import Backoff
+from tpx.core.db.pool import UNAVAILABLE_ERRORS
+from tpx.core.logging import get_logger
 from tpx.core.outages import DATABASE, Outage
+
+log = get_logger("tpx.core.db.listener")
 
 
 class Session:
@@ -96,8 +100,15 @@ class KeptConnection:
                 await self._serve(session, body, stop, finish_on_stop)
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # noqa: BLE001 - the session is replaced whatever went wrong
+            except UNAVAILABLE_ERRORS as exc:
                 self._went_down(loop, exc)
+            except Exception as exc:  # noqa: BLE001 - the session is replaced whatever went wrong
+                # Not the database going away but a fault in the work done on it: said as such, at error
+                # level with its traceback, and retried like an outage (the backoff keeps it from spinning).
+                log.error("session.failed", session=self.name, error=f"{type(exc).__name__}: {exc}"[:300],
+                          exc_info=exc)
+                if self.down_since is None:
+                    self.down_since = loop.time()
             finally:
                 self.healthy.clear()
                 await _close(conn)

@@ -70,9 +70,10 @@ async def _create_pool(settings: Settings, min_size: int | None, max_size: int |
     )
 
 
-async def connect(settings: Settings) -> asyncpg.Connection:
+async def connect(settings: Settings, *, command_timeout: float | None = None) -> asyncpg.Connection:
+    """One connection outside the pool, with the pool's codecs; statements wait at most `command_timeout`."""
     try:
-        conn = await asyncpg.connect(settings.database_url, timeout=5)
+        conn = await asyncpg.connect(settings.database_url, timeout=5, command_timeout=command_timeout)
     except (OSError, asyncio.TimeoutError, asyncpg.exceptions.PostgresError) as exc:
         raise DatabaseUnreachable(
             f"cannot reach the database at {_where(settings.database_url)} ({type(exc).__name__}: {exc}); "

@@ -155,14 +155,26 @@ async def mint(conn: asyncpg.Connection, *, issuer_id: Any, kid: str, jti: str, 
 
 
 async def settled_mint(pool: asyncpg.Pool, token_hash: bytes, backend_pid: int) -> tuple[bool, asyncpg.Record | None]:
-    """After a mint's connection died: whether its server session is over (so the mint committed or never
-    will), and the token row if it committed."""
-    row = await pool.fetchrow(
-        """SELECT NOT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = $2) AS settled,
-                  t.issued_at, t.expires_at
-           FROM (SELECT 1) AS one LEFT JOIN tokens t ON t.token_hash = $1""",
-        token_hash, backend_pid)
-    return row["settled"], row if row["issued_at"] is not None else None
+    """After a mint's connection died: end its server session, then tell whether the mint committed.
+
+    The old session may still be running the statement, or may wait for ever on a connection nobody
+    will use again (behind a network that dropped it without a word, the server learns of it only from
+    TCP keepalive, hours later). So it is ended here, from a fresh connection (a session of the same role;
+    `pg_terminate_backend` waits up to 2 s for it to exit); once it is gone its mint has committed or
+    never will. The token is then looked up in a statement of its own, whose snapshot is taken after the
+    session ended: a single statement would take its snapshot before it looked at pg_stat_activity, and
+    a commit between the two would read as "never committed".
+
+    Returns (settled, the token row if the mint committed).
+    """
+    gone = await pool.fetchval(
+        """SELECT coalesce(bool_and(pg_terminate_backend(pid, 2000)), true)
+           FROM pg_stat_activity WHERE pid = $1 AND usename = current_user""",
+        backend_pid)
+    if not gone:
+        return False, None
+    row = await pool.fetchrow("SELECT issued_at, expires_at FROM tokens WHERE token_hash = $1", token_hash)
+    return True, row
 
 
 # --- introspection, revocation by the holder, listings -------------------------------------------------------

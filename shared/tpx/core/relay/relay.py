@@ -212,7 +212,7 @@ class OutboxRelay:
         self._broker = _Broker(settings, connect_timeout=connect_timeout, publish_timeout=publish_timeout)
         self._lock_session = KeptConnection(settings.database_url, name="outbox-relay",
                                             keepalive_seconds=lock_check_seconds, connect_timeout=connect_timeout,
-                                            backoff=Backoff(first=0.5, maximum=10.0),
+                                            backoff=Backoff(first=0.25, maximum=2.0),
                                             server_settings=_LOCK_SESSION_SETTINGS)
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[Any] | None = None
@@ -280,7 +280,7 @@ class OutboxRelay:
 
     async def _lead(self, session: Session) -> None:
         """Relay batches while the lock session lives; return on stop."""
-        backoff = Backoff(first=0.5, maximum=10.0)
+        backoff = Backoff(first=0.25, maximum=2.0)
         while not self._stopping.is_set() and not session.lost.is_set():
             try:
                 full = await self._relay_once()
