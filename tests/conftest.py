@@ -15,6 +15,7 @@ from tpx.core.config import Settings
 from tpx.core.db.migrate import migrate
 from tpx.core.db.pool import create_pool
 from tpx.core.logging import configure as configure_logging
+from tests.support.amqp import DERIVED_PREFIXES, delete_objects
 from tests.support.oidc_issuer import LoopbackIssuer
 from tests.support.servers import serve
 
@@ -65,8 +66,6 @@ async def run_cleanup(amqp_prefix):
     """Delete what this run made on the shared servers: its database (even when no test used it,
     since `make test` creates it up front) and what it declared under its AMQP prefix."""
     yield
-    import aio_pika
-
     name = os.environ.get("TPX_TEST_DATABASE")
     if name:
         admin = await asyncpg.connect(f"{PG_HOST}/postgres")
@@ -74,15 +73,7 @@ async def run_cleanup(amqp_prefix):
             await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         finally:
             await admin.close()
-
-    connection = await aio_pika.connect(AMQP_URL)
-    async with connection:
-        for queue in (f"{amqp_prefix}.audit", f"{amqp_prefix}.revoker", f"{amqp_prefix}.revoker.dead"):
-            channel = await connection.channel()
-            await channel.queue_delete(queue)
-        for exchange in (f"{amqp_prefix}.events", f"{amqp_prefix}.dlx"):
-            channel = await connection.channel()
-            await channel.exchange_delete(exchange)
+    await delete_objects(AMQP_URL, [amqp_prefix, *DERIVED_PREFIXES])
 
 
 @pytest.fixture(scope="session")

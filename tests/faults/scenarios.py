@@ -145,10 +145,10 @@ async def broker_cut(stack: ServiceStack, scale: Scale) -> Figures:
         restored = time.monotonic()
         await pause(scale.around)
     ledger = await reconcile(stack, load)
-    # Events of tokens minted before the restore that arrived after it: the backlog the relays kept.
+    # Events of tokens answered before the restore that arrived after it: the backlog the relays kept.
+    before = {t.token_id for t in load.tokens if t.succeeded and t.final is not None and t.final.at < restored}
     backlog = [stack.events.arrived[e["id"]] for e in stack.events.bodies("dev.tpx.token.issued")
-               if (e["data"].get("ci") or {}).get("repository", "").lower() == identity.repository_key
-               and stack.events.arrived[e["id"]] >= restored]
+               if e["data"]["token_id"] in before and stack.events.arrived[e["id"]] >= restored]
     figures = {"cut (s)": scale.broker_cut, **load_figures(load), **ledger.figures(),
                "backlog delivered after restore": len(backlog),
                "backlog delivered within (s)": round(max(backlog) - restored, 2) if backlog else None}

@@ -19,6 +19,7 @@ from tpx.exchange.app import create_app
 from tpx.jwks_refresher.service import serve as serve_refresher
 from tests.conftest import ADMIN_TOKEN, PG_HOST
 from tests.integration.conftest import Repo
+from tests.support.amqp import derived_prefix
 from tests.support.events import eventually
 from tests.support.oidc_issuer import LoopbackIssuer, new_rsa_key
 from tests.support.servers import serve
@@ -65,7 +66,7 @@ async def stack(settings):
     await conn.execute("UPDATE issuers SET enabled = false")
     await conn.close()
     own = replace(settings, database_url=url, jwks_refresh_cooldown_seconds=0.2, keys_wait_seconds=3.0,
-                  amqp_prefix=f"{settings.amqp_prefix}-rot")
+                  amqp_prefix=derived_prefix(settings.amqp_prefix, "rot"))
     stop = asyncio.Event()
     refresher = asyncio.create_task(serve_refresher(own, stop))
     app = create_app(own, run_relay=False)

@@ -14,6 +14,8 @@ import aio_pika
 from tpx.core.config import Settings
 from tpx.core.relay.relay import OutboxRelay
 
+from tests.support.amqp import derived_prefix
+
 WAIT = 20.0  # upper bound for anything that should happen "soon" (covers a few back-off steps)
 
 
@@ -103,4 +105,4 @@ async def running(relay: OutboxRelay) -> AsyncIterator[asyncio.Task[None]]:
 
 def isolated(settings: Settings, **changes: Any) -> Settings:
     """The session settings with an exchange of this test's own."""
-    return replace(settings, amqp_prefix=f"{settings.amqp_prefix}-relay-{uuid.uuid4().hex[:6]}", **changes)
+    return replace(settings, amqp_prefix=derived_prefix(settings.amqp_prefix, "relay"), **changes)

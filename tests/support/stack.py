@@ -38,6 +38,7 @@ import asyncpg
 import httpx
 
 from tests.conftest import AMQP_URL, PG_HOST
+from tests.support.amqp import delete_objects
 from tests.support.oidc_issuer import LoopbackIssuer
 from tests.support.processes import ServiceProcess, free_ports, poll, run_cli, service_env, stop_all, wait_healthy
 from tests.support.servers import serve
@@ -237,15 +238,6 @@ async def _drop_database(admin_url: str, name: str) -> None:
         await admin.close()
 
 
-async def _delete_amqp_objects(amqp_url: str, prefix: str) -> None:
-    connection = await aio_pika.connect(amqp_url)
-    async with connection:
-        for queue in (f"{prefix}.audit", f"{prefix}.revoker", f"{prefix}.revoker.dead"):
-            await (await connection.channel()).queue_delete(queue)
-        for exchange in (f"{prefix}.events", f"{prefix}.dlx"):
-            await (await connection.channel()).exchange_delete(exchange)
-
-
 @asynccontextmanager
 async def running_stack(services: Mapping[str, str], *, name: str = "stack", proxied: bool = False,
                         pg_url: str = PG_HOST, amqp_url: str = AMQP_URL, env: Mapping[str, str] | None = None,
@@ -265,7 +257,7 @@ async def running_stack(services: Mapping[str, str], *, name: str = "stack", pro
 
     async with AsyncExitStack() as cleanup:
         # Registered first, so it runs last: the database and the broker objects go whatever happened.
-        cleanup.push_async_callback(_delete_amqp_objects, amqp_url, prefix)
+        cleanup.push_async_callback(delete_objects, amqp_url, [prefix])
         cleanup.push_async_callback(_drop_database, pg_url, database)
         await _create_database(pg_url, database)
         database_url = f"{pg_url}/{database}"

@@ -33,6 +33,7 @@ from tpx.core.db import tokens as token_store
 from tpx.core.db.revocations import Selector
 from tests.conftest import INTROSPECTION_TOKEN
 from tests.integration.conftest import ADMIN
+from tests.support.amqp import derived_prefix
 from tests.support.tcp_proxy import TcpProxy, through
 
 from tests.support.events import eventually
@@ -115,7 +116,7 @@ async def revoked_rows(db: asyncpg.Pool, raw: list[str]) -> int:
 
 
 def isolated(settings: Settings) -> Settings:
-    return replace(settings, amqp_prefix=f"{settings.amqp_prefix}-rv-{uuid.uuid4().hex[:6]}")
+    return replace(settings, amqp_prefix=derived_prefix(settings.amqp_prefix, "rv"))
 
 
 async def delete_topology(settings: Settings) -> None:

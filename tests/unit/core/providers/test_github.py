@@ -124,7 +124,7 @@ def test_identity_from_fixture() -> None:
         pytest.param({"ref": "refs/heads/misleading@branch.yml",
                       "workflow_ref": f"{WORKFLOWS}/basic.yml@refs/heads/misleading@branch.yml"}, "workflow",
                      "basic.yml", id="workflow-at-in-ref"),
-        pytest.param({"workflow_ref": f"other-org/other-repo/.github/workflows/release.yml@refs/heads/main"},
+        pytest.param({"workflow_ref": "other-org/other-repo/.github/workflows/release.yml@refs/heads/main"},
                      "workflow", "other-org/other-repo/.github/workflows/release.yml@refs/heads/main",
                      id="workflow-raw-when-not-extractable"),
         pytest.param({"ref": "r" * 1024}, "ref", "r" * 1024, id="ref-at-limit"),
