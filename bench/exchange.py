@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import itertools
 import json
 import os
@@ -29,12 +30,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import loadgen  # noqa: E402
 from support import (  # noqa: E402
-    TPX, delete_amqp_objects, drop_database, free_port, fresh_database, progress, start, stop, wait_http,
+    delete_amqp_objects, drop_database, free_port, fresh_database, progress, register_publisher, serve_app, start,
+    start_tpx, stop, tpx_env, wait_http,
 )
 
 from tpx.cli.devissuer import DevIssuer  # noqa: E402
-from tpx.core.config import Settings  # noqa: E402
-from tpx.core.serving.server import Server, uvicorn_config  # noqa: E402
 
 DATABASE = "tpx_bench"
 TARGETS = {"exchange_rps": 1000, "exchange_p99_ms": 50, "introspect_rps": 3000}
@@ -47,42 +47,24 @@ async def main(args: argparse.Namespace) -> None:
     admin_token = "bench-admin-" + secrets.token_urlsafe(16)
     registry_token = "bench-registry-" + secrets.token_urlsafe(16)
     port, baseline_port = free_port(), free_port()
-    env = {**os.environ, "TPX_DATABASE_URL": database_url, "TPX_AMQP_PREFIX": f"tpx-bench-{os.getpid()}",
-           "TPX_PORT": str(port), "TPX_ADMIN_TOKENS": admin_token, "TPX_INTROSPECTION_TOKENS": registry_token,
-           "TPX_INSECURE_LOOPBACK_ISSUERS": "1", "TPX_LOG_LEVEL": "warning", "TPX_DB_POOL_MAX": str(args.pool),
-           "TPX_DB_POOL_MIN": str(min(args.pool, 10)), "BASELINE_PORT": str(baseline_port),
-           # One publisher takes the whole load here; per-publisher limits would measure the limiter.
-           "TPX_RATE_PUBLISHER_PER_MINUTE": "0", "TPX_RATE_FAILED_PER_MINUTE": "0",
-           "TPX_WORKERS": str(args.workers)}
+    env = {**tpx_env(database_url=database_url, port=port, prefix=f"tpx-bench-{os.getpid()}", admin_token=admin_token,
+                     registry_token=registry_token, workers=args.workers, pool=args.pool),
+           "BASELINE_PORT": str(baseline_port)}
 
     issuer = DevIssuer()
     issuer_port = free_port()
     issuer.url = f"http://127.0.0.1:{issuer_port}"
-    issuer_stop = asyncio.Event()
-    issuer_server = Server(uvicorn_config(issuer.app(), Settings(), port=issuer_port, lifespan="off"))
-    issuer_task = asyncio.create_task(issuer_server.serve_until(issuer_stop))
-    await issuer_server.listening.wait()
+    issuer_server = contextlib.AsyncExitStack()
+    await issuer_server.enter_async_context(serve_app(issuer.app(), issuer_port))
 
-    processes = [
-        start([TPX, "exchange"], env, "exchange"),
-        start([TPX, "jwks-refresher"], {**env, "TPX_OPS_PORT": str(free_port())}, "jwks-refresher"),
-        start([TPX, "revoker"], {**env, "TPX_OPS_PORT": str(free_port())}, "revoker"),
-        start([sys.executable, str(ROOT / "bench" / "baseline_app.py")], env, "baseline"),
-    ]
+    processes = [*start_tpx(env), start([sys.executable, str(ROOT / "bench" / "baseline_app.py")], env, "baseline")]
     try:
         base = f"http://127.0.0.1:{port}"
         await wait_http(f"{base}/healthz")
         progress(f"stack up: exchange :{port}, jwks-refresher, revoker (pids {[p.pid for p in processes]})")
-        admin = {"Authorization": f"Bearer {admin_token}"}
+        await register_publisher(base, admin_token, issuer.url)
+        progress("issuer registered; keys fetched by the jwks-refresher")
         async with httpx.AsyncClient(base_url=base, trust_env=False, timeout=30) as http:
-            (await http.post("/v1/admin/issuers", json={"url": issuer.url, "kind": "github"}, headers=admin)).raise_for_status()
-            await wait_http(f"{base}/readyz")
-            progress("issuer registered; keys fetched by the jwks-refresher")
-            (await http.post("/v1/admin/publishers", headers=admin, json={
-                "package": "bench-pkg", "provider": "github", "issuer": issuer.url, "repository_owner": "bench-org",
-                "repository_owner_id": "1001", "repository_name": "bench-repo", "repository_id": "2002",
-                "workflow_filename": "release.yml", "environments": ["release"]})).raise_for_status()
-
             total = args.exchanges + args.warmup + args.introspect_tokens
             progress(f"pre-minting {total} distinct ID tokens (not measured)")
             jwts = []
@@ -122,8 +104,7 @@ async def main(args: argparse.Namespace) -> None:
                                           clients=args.clients, duration=args.duration)
     finally:
         stop(processes)
-        issuer_stop.set()
-        await issuer_task
+        await issuer_server.aclose()
         await delete_amqp_objects(env, env["TPX_AMQP_PREFIX"])
         await drop_database(DATABASE)
 

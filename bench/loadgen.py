@@ -59,7 +59,7 @@ def request_bytes(path: str, body: bytes, headers: dict[str, str], host: str) ->
     return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
 
 
-async def _read_response(reader: asyncio.StreamReader) -> int:
+async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
     head = await reader.readuntil(b"\r\n\r\n")
     status = int(head[9:12])
     length = 0
@@ -67,9 +67,7 @@ async def _read_response(reader: asyncio.StreamReader) -> int:
         name, _, value = line.partition(b":")
         if name.strip().lower() == b"content-length":
             length = int(value)
-    if length:
-        await reader.readexactly(length)
-    return status
+    return status, (await reader.readexactly(length) if length else b"")
 
 
 async def run(name: str, host: str, port: int, requests: Iterator[bytes] | Callable[[], bytes], *,
@@ -96,7 +94,7 @@ async def run(name: str, host: str, port: int, requests: Iterator[bytes] | Calla
                     sent += 1
                 started = time.perf_counter()
                 writer.write(payload)
-                status = await _read_response(reader)
+                status, _ = await _read_response(reader)
                 result.latencies.append(time.perf_counter() - started)
                 result.statuses[status] = result.statuses.get(status, 0) + 1
         finally:
@@ -108,6 +106,27 @@ async def run(name: str, host: str, port: int, requests: Iterator[bytes] | Calla
     await asyncio.gather(*(client() for _ in range(clients)))
     result.elapsed = time.perf_counter() - begin
     return result
+
+
+async def collect(host: str, port: int, request: bytes, *, count: int, clients: int) -> list[bytes]:
+    """Send the same request `count` times over `clients` keep-alive connections; return the 2xx bodies
+    (setup work such as fetching server-issued nonces, not a measurement). Raises on any other status."""
+    bodies: list[bytes] = []
+
+    async def client(share: int) -> None:
+        reader, writer = await asyncio.open_connection(host, port)
+        try:
+            for _ in range(share):
+                writer.write(request)
+                status, body = await _read_response(reader)
+                if not 200 <= status < 300:
+                    raise RuntimeError(f"loadgen.collect: {status} {body[:300]!r}")
+                bodies.append(body)
+        finally:
+            writer.close()
+
+    await asyncio.gather(*(client(count // clients + (i < count % clients)) for i in range(clients)))
+    return bodies
 
 
 def ratio(value: float, baseline: float) -> str:

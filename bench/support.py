@@ -1,5 +1,6 @@
-"""What both benchmark scripts need: a fresh database, the services as separate processes, and a
-clean broker afterwards. Scripts here measure; this module only sets up and tears down."""
+"""What the benchmark scripts need: a fresh database, the services as separate processes, loopback
+issuers, the CPU time of a target's processes, and a clean broker afterwards. Scripts here measure;
+this module only sets up, observes and tears down."""
 
 from __future__ import annotations
 
@@ -10,7 +11,9 @@ import socket
 import subprocess
 import sys
 import time
+from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import AsyncIterator
 
 import aio_pika
 import asyncpg
@@ -34,15 +37,20 @@ def progress(text: str) -> None:
     print(f"  · {text}", flush=True)
 
 
-async def fresh_database(name: str) -> str:
-    """Drop and re-create `name`, migrate it, and return its URL."""
+async def empty_database(name: str) -> str:
+    """Drop and re-create `name` (no schema) and return its URL."""
     admin = await asyncpg.connect(f"{PG}/postgres")
     try:
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         await admin.execute(f'CREATE DATABASE "{name}"')
     finally:
         await admin.close()
-    url = f"{PG}/{name}"
+    return f"{PG}/{name}"
+
+
+async def fresh_database(name: str) -> str:
+    """Drop and re-create `name`, migrate it, and return its URL."""
+    url = await empty_database(name)
     conn = await asyncpg.connect(url)
     try:
         await migrate(conn)
@@ -77,7 +85,8 @@ def stop(processes: list[subprocess.Popen]) -> None:
             process.kill()
 
 
-async def wait_http(url: str, timeout: float = 30) -> None:
+async def wait_http(url: str, timeout: float = 30, process: subprocess.Popen | None = None) -> None:
+    """Wait until `url` answers 200; give up early if `process` (the server) has exited."""
     deadline = time.monotonic() + timeout
     async with httpx.AsyncClient(trust_env=False) as http:
         while True:
@@ -86,6 +95,8 @@ async def wait_http(url: str, timeout: float = 30) -> None:
                     return
             except httpx.TransportError:
                 pass
+            if process is not None and process.poll() is not None:
+                raise SystemExit(f"bench: the server for {url} exited with {process.returncode} (see .bench-logs/)")
             if time.monotonic() > deadline:
                 raise SystemExit(f"bench: {url} did not answer within {timeout} s (see .bench-logs/)")
             await asyncio.sleep(0.1)
@@ -99,3 +110,127 @@ async def delete_amqp_objects(env: dict[str, str], prefix: str) -> None:
             await (await connection.channel()).queue_delete(queue)
         for exchange in (f"{prefix}.events", f"{prefix}.dlx"):
             await (await connection.channel()).exchange_delete(exchange)
+
+
+# --- a tpx stack as production runs it ------------------------------------------------------------
+
+def tpx_env(*, database_url: str, port: int, prefix: str, admin_token: str, registry_token: str,
+            workers: int = 1, pool: int = 20) -> dict[str, str]:
+    """The environment of one benchmark stack: durable defaults, rate limits off, a loopback issuer allowed."""
+    return {**os.environ, "TPX_DATABASE_URL": database_url, "TPX_AMQP_PREFIX": prefix, "TPX_PORT": str(port),
+            "TPX_ADMIN_TOKENS": admin_token, "TPX_INTROSPECTION_TOKENS": registry_token,
+            "TPX_INSECURE_LOOPBACK_ISSUERS": "1", "TPX_LOG_LEVEL": "warning", "TPX_DB_POOL_MAX": str(pool),
+            "TPX_DB_POOL_MIN": str(min(pool, 10)),
+            # One publisher takes the whole load here; per-publisher limits would measure the limiter.
+            "TPX_RATE_PUBLISHER_PER_MINUTE": "0", "TPX_RATE_FAILED_PER_MINUTE": "0",
+            "TPX_WORKERS": str(workers)}
+
+
+WORKER_POOL = 4
+
+
+def start_tpx(env: dict[str, str], name: str = "") -> list[subprocess.Popen]:
+    """`tpx exchange`, `tpx jwks-refresher` and `tpx revoker` as separate processes, logs named `<name>exchange` etc.
+    The pool size in `env` is the exchange's; the two workers take no load here and get WORKER_POOL connections."""
+    workers = {**env, "TPX_DB_POOL_MIN": "1", "TPX_DB_POOL_MAX": str(WORKER_POOL)}
+    return [
+        start([TPX, "exchange"], env, f"{name}exchange"),
+        start([TPX, "jwks-refresher"], {**workers, "TPX_OPS_PORT": str(free_port())}, f"{name}jwks-refresher"),
+        start([TPX, "revoker"], {**workers, "TPX_OPS_PORT": str(free_port())}, f"{name}revoker"),
+    ]
+
+
+async def register_publisher(base: str, admin_token: str, issuer_url: str, *, package: str = "bench-pkg") -> None:
+    """Register the loopback issuer, wait until its keys are in (readiness), and add the one publisher
+    of bench-org/bench-repo's release.yml (environment release) that every benchmark token matches."""
+    admin = {"Authorization": f"Bearer {admin_token}"}
+    async with httpx.AsyncClient(base_url=base, trust_env=False, timeout=30) as http:
+        (await http.post("/v1/admin/issuers", json={"url": issuer_url, "kind": "github"}, headers=admin)).raise_for_status()
+        await wait_http(f"{base}/readyz")
+        (await http.post("/v1/admin/publishers", headers=admin, json={
+            "package": package, "provider": "github", "issuer": issuer_url, "repository_owner": "bench-org",
+            "repository_owner_id": "1001", "repository_name": "bench-repo", "repository_id": "2002",
+            "workflow_filename": "release.yml", "environments": ["release"]})).raise_for_status()
+
+
+@asynccontextmanager
+async def serve_app(app, port: int, **overrides) -> AsyncIterator[None]:
+    """Serve an ASGI app (a loopback issuer) in this process until the block ends; `overrides` go to
+    uvicorn (ssl_certfile/ssl_keyfile for HTTPS)."""
+    from tpx.core.config import Settings
+    from tpx.core.serving.server import Server, uvicorn_config
+
+    stop_event = asyncio.Event()
+    server = Server(uvicorn_config(app, Settings(), port=port, lifespan="off", **overrides))
+    task = asyncio.create_task(server.serve_until(stop_event))
+    try:
+        await asyncio.wait_for(server.listening.wait(), 30)
+        yield
+    finally:
+        stop_event.set()
+        await task
+
+
+# --- CPU time of a target's processes ------------------------------------------------------------
+
+CLOCK_TICK_MS = 1000 / os.sysconf("SC_CLK_TCK")
+
+
+def process_tree(pid: int) -> list[int]:
+    """`pid` and all its descendants (uvicorn's worker processes, multiprocessing helpers), from /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            parent = int(stat.rsplit(")", 1)[1].split()[1])
+            children.setdefault(parent, []).append(int(entry.name))
+    tree, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        tree.append(current)
+        todo.extend(children.get(current, []))
+    return tree
+
+
+def cpu_ms(pids: list[int]) -> dict[int, float]:
+    """User + system CPU time so far of each process still alive, in ms (/proc/<pid>/stat utime + stime,
+    all threads of the process)."""
+    times = {}
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        times[pid] = (int(fields[11]) + int(fields[12])) * CLOCK_TICK_MS
+    return times
+
+
+def machine_busy_ms() -> float:
+    """CPU time all cores spent busy since boot (/proc/stat: user, nice, system, irq, softirq, steal), in ms."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:9]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields
+    return (user + nice + system + irq + softirq + steal) * CLOCK_TICK_MS
+
+
+async def backend_pids(conn: asyncpg.Connection, database: str, *, exclude: tuple[int, ...] = ()) -> list[int]:
+    """PostgreSQL backends connected to `database`, except the asking connection's own and `exclude`."""
+    rows = await conn.fetch("SELECT pid FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
+                            database)
+    return [row["pid"] for row in rows if row["pid"] not in exclude]
+
+
+async def shared_server_pids(conn: asyncpg.Connection) -> list[int]:
+    """The servers every target shares and nobody here started: PostgreSQL's own background processes
+    (WAL writer, checkpointer, autovacuum, ...) and RabbitMQ's Erlang VM. Only read, never signalled."""
+    rows = await conn.fetch("SELECT pid FROM pg_stat_activity WHERE backend_type <> 'client backend'")
+    pids = [row["pid"] for row in rows]
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and (entry / "comm").read_text().strip() == "beam.smp":
+                pids.append(int(entry.name))
+        except OSError:
+            continue
+    return pids

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import uuid
 from datetime import datetime, timezone
 
 import aio_pika
@@ -11,6 +12,7 @@ import pytest
 
 from tpx.cli import audit
 from tpx.core.events import types
+from tpx.core.db import outbox
 from tpx.core.db.outbox import add_events
 from tpx.core.events.types import Event
 from tpx.core.relay.signal import OutboxSignal
@@ -28,9 +30,7 @@ def args(**values) -> argparse.Namespace:
 
 
 async def published(db, events) -> bool:
-    ids = [e.id for e in events]
-    return await db.fetchval("SELECT count(*) FROM outbox WHERE event_id::text = ANY($1) AND published_at IS NOT NULL",
-                             ids) == len(ids)
+    return await outbox.is_published(db, [uuid.UUID(e.id) for e in events]) == len(events)
 
 
 @pytest.fixture

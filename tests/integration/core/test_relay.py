@@ -21,6 +21,7 @@ import pytest
 from tpx.core.db.pool import create_pool
 from tpx.core.events import types
 from tpx.core.events.cloudevents import CONTENT_TYPE, encode
+from tpx.core.db import outbox
 from tpx.core.db.outbox import add_events
 from tpx.core.events.types import Event
 from tpx.core.relay.signal import OutboxSignal
@@ -56,10 +57,7 @@ async def sequences_of(db: asyncpg.Pool, events: list[Event]) -> list[int | None
 
 
 async def all_published(db: asyncpg.Pool, events: list[Event]) -> bool:
-    return await db.fetchval(
-        "SELECT count(*) = $2 FROM outbox WHERE event_id = ANY($1::uuid[]) AND published_at IS NOT NULL",
-        [e.id for e in events], len(events),
-    )
+    return await outbox.is_published(db, [uuid.UUID(e.id) for e in events]) == len(events)
 
 
 async def assert_sequences_gap_free(db: asyncpg.Pool) -> None:
@@ -176,10 +174,7 @@ async def test_broker_outage_loses_nothing(settings, db):
             for _ in range(5):  # writers keep committing while the broker is gone
                 during += await insert(db, 10, signal=signal)
             await eventually(lambda: relay.broker_failures > failures_before, "the relay to notice the outage")
-            assert not await db.fetchval(
-                "SELECT count(*) FROM outbox WHERE event_id = ANY($1::uuid[]) AND published_at IS NOT NULL",
-                [e.id for e in during],
-            )
+            assert not await outbox.is_published(db, [uuid.UUID(e.id) for e in during])
             assert await relay.backlog() >= len(during)
 
             await proxy.restore()

@@ -24,6 +24,7 @@ import jwt
 import pytest
 
 from tpx.core.config import Settings
+from tpx.core.db import outbox
 from tpx.core.db.migrate import migrate
 from tpx.core.db.pool import create_pool
 from tpx.core.events.types import ISSUER_KEYS_ROTATED
@@ -72,7 +73,7 @@ class Idp:
 
     async def rotations(self) -> list[asyncpg.Record]:
         return await self.pool.fetch(
-            "SELECT subject, source, data, published_at FROM outbox WHERE type = $1 AND data->>'issuer_id' = $2 "
+            "SELECT event_id, subject, source, data FROM outbox WHERE type = $1 AND data->>'issuer_id' = $2 "
             "ORDER BY id", ISSUER_KEYS_ROTATED, str(self.id))
 
     async def end_cooldown(self) -> None:
@@ -529,7 +530,7 @@ async def test_service_refreshes_and_relays_the_rotation(idp, refresher_settings
 
 async def _published(issuer: Idp) -> bool:
     rows = await issuer.rotations()
-    return bool(rows) and all(row["published_at"] is not None for row in rows)
+    return bool(rows) and await outbox.is_published(issuer.pool, [row["event_id"] for row in rows]) == len(rows)
 
 
 # -- the fetch rules on their own ---------------------------------------------------

@@ -673,8 +673,8 @@ async def test_sweep_purges_old_rows_and_keeps_recent_ones(db, settings):
     low = await db.fetchval("SELECT least(coalesce(min(sequence), 0), 0) FROM outbox")
     old_events = [uuid.uuid4() for _ in range(3)]
     await db.executemany(  # published long ago, with sequences older than any other
-        """INSERT INTO outbox (event_id, type, source, time, data, sequence, published_at)
-           VALUES ($1, 'dev.tpx.test', '/tests/revoker', $2, '{}', $3, $2)""",
+        """INSERT INTO outbox (event_id, type, source, time, data, sequence)
+           VALUES ($1, 'dev.tpx.test', '/tests/revoker', $2, '{}', $3)""",
         [(event_id, long_ago, low - 10 + n) for n, event_id in enumerate(old_events)])
 
     counts = await sweeper_for(settings, db, batch_size=2, stale_rule_seconds=10 * 86400 * 365).sweep_once()

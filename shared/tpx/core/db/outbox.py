@@ -76,27 +76,38 @@ async def assign_sequences(pool: asyncpg.Pool, limit: int,
 
 
 async def unpublished(pool: asyncpg.Pool, limit: int) -> list[asyncpg.Record]:
-    """Sequenced rows the broker has not confirmed yet, in sequence order."""
+    """Sequenced rows after the broker-confirmed pointer, in sequence order."""
     return await pool.fetch(
         """SELECT event_id, type, source, subject, time, data, sequence, chainhash FROM outbox
-           WHERE published_at IS NULL AND sequence IS NOT NULL ORDER BY sequence LIMIT $1""", limit)
+           WHERE sequence > (SELECT published_sequence FROM event_chain) ORDER BY sequence LIMIT $1""", limit)
 
 
-async def mark_published(pool: asyncpg.Pool, sequences: list[int]) -> None:
-    await pool.execute("UPDATE outbox SET published_at = now() WHERE sequence = ANY($1::bigint[])", sequences)
+async def mark_published(pool: asyncpg.Pool, through_sequence: int) -> None:
+    """Every event up to `through_sequence` is confirmed: one row written however large the batch."""
+    await pool.execute("UPDATE event_chain SET published_sequence = greatest(published_sequence, $1)",
+                       through_sequence)
+
+
+async def is_published(conn: asyncpg.Connection | asyncpg.Pool, event_ids: Sequence[uuid.UUID]) -> int:
+    """How many of `event_ids` the broker has confirmed."""
+    return await conn.fetchval(
+        """SELECT count(*) FROM outbox, event_chain
+           WHERE outbox.event_id = ANY($1::uuid[]) AND outbox.sequence <= event_chain.published_sequence""",
+        list(event_ids))
 
 
 async def backlog(pool: asyncpg.Pool) -> tuple[int, float]:
     """Events committed but not confirmed (sequenced or not), and the age in seconds of the oldest one.
 
-    Two partial-index scans (unsequenced, sequenced but unpublished) instead of a
-    scan of the whole outbox, which keeps published rows for the retention period.
+    Index scans only: the unsequenced rows (a partial index) and the rows after
+    the published pointer (the sequence index); the outbox itself keeps published
+    rows for the retention period.
     """
     row = await pool.fetchrow(
         """SELECT count(*) AS backlog, coalesce(extract(epoch FROM now() - min(time)), 0) AS lag FROM (
                SELECT time FROM outbox WHERE sequence IS NULL
                UNION ALL
-               SELECT time FROM outbox WHERE published_at IS NULL AND sequence IS NOT NULL) AS pending""")
+               SELECT time FROM outbox WHERE sequence > (SELECT published_sequence FROM event_chain)) AS pending""")
     return row["backlog"], float(row["lag"])
 
 
@@ -108,10 +119,11 @@ async def purge_published(conn: asyncpg.Connection, limit: int, older_than_secon
         """DELETE FROM outbox
            WHERE id = ANY(ARRAY(
                SELECT oldest.id FROM (
-                   SELECT id, sequence, published_at FROM outbox
+                   SELECT id, sequence, time FROM outbox
                    WHERE sequence IS NOT NULL ORDER BY sequence LIMIT $1 FOR UPDATE SKIP LOCKED
                ) oldest
-               WHERE oldest.published_at < now() - make_interval(secs => $2)
+               WHERE oldest.time < now() - make_interval(secs => $2)
+                 AND oldest.sequence <= (SELECT published_sequence FROM event_chain)
                  AND oldest.sequence < (SELECT max(sequence) FROM outbox)))""",
         limit, older_than_seconds)
     return affected(status)

@@ -331,7 +331,7 @@ class OutboxRelay:
             raise BrokerUnavailable("publishing failed") from exc
         if confirmed:
             done = rows[:confirmed]
-            await outbox.mark_published(self._pool, [row["sequence"] for row in done])
+            await outbox.mark_published(self._pool, done[-1]["sequence"])
             self.published_total += confirmed
             EVENTS_PUBLISHED.inc(confirmed)
             self.last_published_sequence = done[-1]["sequence"]
