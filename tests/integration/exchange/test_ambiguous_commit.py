@@ -21,6 +21,7 @@ from tpx.core.db import publishers as publisher_store
 from tpx.core.db.pool import connect
 from tpx.core.errors import Problem
 from tpx.exchange.app import create_app
+from tpx.exchange.group_commit import OnConnection
 from tpx.exchange.minting import AmbiguousMint, decide, resolve_ambiguous, write
 from tpx.exchange.verification import verify_id_token
 from tests.integration.conftest import Repo
@@ -49,11 +50,11 @@ async def test_a_mint_that_committed_before_the_connection_died_is_answered(repo
     conn = await connect(replace(settings, database_url=through(settings.database_url, proxy)))
     try:
         _, first = await decided(conn, exchange_app, settings, repo)
-        assert await write(conn, settings, first) is not None  # the mint statement is now prepared here
+        assert await write(OnConnection(conn), settings, first) is not None  # the mint statement is now prepared here
         claims, decision = await decided(conn, exchange_app, settings, repo)
         proxy.lose_next_reply()  # the answer to the mint's execution (and its commit)
         with pytest.raises(AmbiguousMint) as caught:
-            await write(conn, settings, decision)
+            await write(OnConnection(conn), settings, decision)
     finally:
         conn.terminate()
     minted = await resolve_ambiguous(db, caught.value, settings)
@@ -73,11 +74,11 @@ async def test_a_mint_whose_session_lives_on_behind_a_silent_network_is_answered
     conn = await connect(replace(settings, database_url=through(settings.database_url, proxy)), command_timeout=1)
     try:
         _, first = await decided(conn, exchange_app, settings, repo)
-        assert await write(conn, settings, first) is not None  # the mint statement is now prepared here
+        assert await write(OnConnection(conn), settings, first) is not None  # the mint statement is now prepared here
         claims, decision = await decided(conn, exchange_app, settings, repo)
         proxy.swallow_next_reply()  # the answer to the mint's execution (and its commit), and all after it
         with pytest.raises(AmbiguousMint) as caught:
-            await write(conn, settings, decision)
+            await write(OnConnection(conn), settings, decision)
         # The client gave up on the statement, but nothing tells the server: its session lives on.
         started = time.monotonic()
         minted = await resolve_ambiguous(db, caught.value, settings)
@@ -97,7 +98,7 @@ async def test_a_mint_that_never_reached_the_database_is_a_503_and_the_id_token_
         claims, decision = await decided(conn, exchange_app, settings, repo)
         proxy.cut_after(0)  # the statement never arrives
         with pytest.raises(AmbiguousMint) as caught:
-            await write(conn, settings, decision)
+            await write(OnConnection(conn), settings, decision)
     finally:
         conn.terminate()
     with pytest.raises(Problem) as refused:

@@ -326,6 +326,7 @@ async def test_concurrent_submissions_mint_once_on_both_paths(repo, db, pinned):
 async def test_publisher_deleted_between_decision_and_write_writes_nothing(repo, client, db, exchange_app, settings,
                                                                           pinned):
     from tpx.core.db import publishers as publisher_store
+    from tpx.exchange.group_commit import OnConnection
     from tpx.exchange.minting import decide, write
     from tpx.exchange.verification import verify_id_token
 
@@ -339,7 +340,7 @@ async def test_publisher_deleted_between_decision_and_write_writes_nothing(repo,
         assert decision.publisher_ids == [publisher["id"]]
         assert bool(decision.unbound) is not pinned
         assert (await client.delete(f"/v1/admin/publishers/{publisher['id']}", headers=ADMIN)).status_code == 200
-        assert await write(conn, settings, decision) is None
+        assert await write(OnConnection(conn), settings, decision) is None
     assert await db.fetchval("SELECT count(*) FROM used_jtis WHERE jti = $1", claims["jti"]) == 0
     assert await db.fetchval("SELECT count(*) FROM tokens WHERE ci->>'repository' = $1", repo.repository) == 0
 
@@ -351,6 +352,7 @@ async def test_a_deletion_committed_while_the_mint_waits_on_the_gate_mints_nothi
     publisher deletion that committed meanwhile (it checks, or locks, after the gate)."""
     from tpx.core.db import publishers as publisher_store
     from tpx.core.db.locks import MINT_GATE
+    from tpx.exchange.group_commit import OnConnection
     from tpx.exchange.minting import decide, write
     from tpx.exchange.verification import verify_id_token
 
@@ -365,7 +367,7 @@ async def test_a_deletion_committed_while_the_mint_waits_on_the_gate_mints_nothi
         await transaction.start()
         await deleter.execute("SELECT pg_advisory_xact_lock($1)", MINT_GATE)  # as a deletion does
         await deleter.execute("DELETE FROM publishers WHERE id = $1", uuid.UUID(publisher["id"]))
-        mint = asyncio.create_task(write(minter, settings, decision))
+        mint = asyncio.create_task(write(OnConnection(minter), settings, decision))
         done, _ = await asyncio.wait({mint}, timeout=0.3)
         assert not done, "the mint must wait for the gate"
         await transaction.commit()
@@ -377,6 +379,7 @@ async def test_ids_pinned_by_another_exchange_after_the_decision_write_nothing(r
     """A first exchange decides to pin the token's ids; another first exchange pins other ids before it
     writes. The later write must bind nothing, claim nothing and mint nothing, and its retry is refused."""
     from tpx.core.db import publishers as publisher_store
+    from tpx.exchange.group_commit import OnConnection
     from tpx.exchange.minting import decide, write
     from tpx.exchange.verification import verify_id_token
 
@@ -389,7 +392,7 @@ async def test_ids_pinned_by_another_exchange_after_the_decision_write_nothing(r
         assert [p.id for p, _ in decision.unbound] == [publisher["id"]]
         await conn.execute("UPDATE publishers SET owner_id = '999', name_id = '998' WHERE id = $1",
                            uuid.UUID(publisher["id"]))
-        assert await write(conn, settings, decision) is None
+        assert await write(OnConnection(conn), settings, decision) is None
     row = await db.fetchrow("SELECT owner_id, name_id FROM publishers WHERE id = $1", uuid.UUID(publisher["id"]))
     assert (row["owner_id"], row["name_id"]) == ("999", "998")
     assert await db.fetchval("SELECT count(*) FROM used_jtis WHERE jti = $1", claims["jti"]) == 0

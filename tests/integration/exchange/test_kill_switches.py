@@ -19,6 +19,7 @@ import pytest
 from tpx.core.db import issuers as issuer_store
 from tpx.core.db import publishers as publisher_store
 from tpx.core.errors import Problem
+from tpx.exchange.group_commit import OnConnection
 from tpx.exchange.minting import decide, write
 from tpx.exchange.verification import VerifiedToken, verify_id_token
 from tests.support.events import eventually
@@ -41,7 +42,7 @@ async def spent(db, jti: str) -> int:
 
 async def refused(conn, settings, decision, code: str, phrase: str) -> Problem:
     with pytest.raises(Problem) as caught:
-        await write(conn, settings, decision)
+        await write(OnConnection(conn), settings, decision)
     assert caught.value.code == code, caught.value
     assert phrase in caught.value.detail, caught.value.detail
     return caught.value

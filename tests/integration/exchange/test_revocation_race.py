@@ -16,6 +16,7 @@ import pytest
 
 from tpx.core import tokens
 from tpx.exchange.candidates import CandidateCache
+from tpx.exchange.group_commit import OnConnection
 from tpx.exchange.minting import mint
 from tpx.exchange.verification import verify_id_token
 from tests.integration.conftest import ADMIN
@@ -33,7 +34,7 @@ async def test_mint_in_flight_during_a_revocation_is_revoked(repo, client, db, e
         transaction = conn.transaction()
         await transaction.start()
         # A mint that has begun (and so holds the gate) but not committed yet.
-        minted = await mint(conn, settings, verified, CandidateCache())
+        minted = await mint(conn, settings, verified, CandidateCache(), OnConnection(conn))
         revocation = asyncio.create_task(
             client.post("/v1/admin/revocations", json={"publisher_id": publisher["id"]}, headers=ADMIN))
         done, _ = await asyncio.wait({revocation}, timeout=0.5)

@@ -32,16 +32,16 @@ def kept_body(sequence: int, previous: bytes) -> tuple[bytes, bytes]:
 
 def test_the_kept_body_is_published_when_it_is_this_rows():
     body, link = kept_body(5, bytes(32))
-    assert _message(row(5, link), body).body == body
+    assert _message("tpx.events", row(5, link), body).body == body
 
 
 def test_a_kept_body_of_another_numbering_is_rebuilt_from_the_row():
     stale, _ = kept_body(5, bytes(32))
     _, link = kept_body(9, b"\x01" * 32)  # another leader gave the row sequence 9
-    published = json.loads(_message(row(9, link), stale).body)
+    published = json.loads(_message("tpx.events", row(9, link), stale).body)
     assert published["sequence"] == f"{9:020d}" and published["chainhash"] == link.hex()
 
 
 def test_without_a_kept_body_the_row_is_encoded():
     _, link = kept_body(3, bytes(32))
-    assert json.loads(_message(row(3, link)).body)["chainhash"] == link.hex()
+    assert json.loads(_message("tpx.events", row(3, link)).body)["chainhash"] == link.hex()

@@ -32,10 +32,12 @@ from tpx.core.logging import get_logger
 from tpx.core.relay.backlog import sample_forever
 from tpx.core.relay.relay import OutboxRelay
 from tpx.core.relay.signal import OutboxSignal
+from tpx.core.serving.server import freeze_startup_heap
 
 from tpx.exchange.auth import Credentials
 from tpx.exchange.candidates import CandidateCache
 from tpx.exchange.context import ServiceContext
+from tpx.exchange.group_commit import GroupCommit
 from tpx.exchange.http import RequestContextMiddleware, problem_response
 from tpx.exchange.keycache import KeyCache
 from tpx.exchange.ratelimit import RateLimits, parse_networks
@@ -113,6 +115,7 @@ def create_app(settings: Settings, *, run_relay: bool = True) -> Starlette:
                                   parse_networks(settings.trusted_proxies)),
                 candidates=candidates,
                 listener=listener,
+                group_commit=GroupCommit(pool),
             )
             app.state.tpx = ctx
             metrics.POOLS.add("exchange", pool)
@@ -127,6 +130,7 @@ def create_app(settings: Settings, *, run_relay: bool = True) -> Starlette:
             if relay is not None:
                 tasks.append(asyncio.create_task(relay.run(), name="outbox-relay"))
             app.state.relay = relay
+            freeze_startup_heap()
             log.info("exchange.started", issuers=len(keycache.snapshot.issuers),
                      usable_issuers=len(keycache.snapshot.usable()))
             try:

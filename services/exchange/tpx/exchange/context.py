@@ -13,6 +13,7 @@ from tpx.core.relay.signal import OutboxSignal
 
 from tpx.exchange.auth import Credentials
 from tpx.exchange.candidates import CandidateCache
+from tpx.exchange.group_commit import GroupCommit
 from tpx.exchange.keycache import KeyCache
 from tpx.exchange.ratelimit import RateLimits
 
@@ -28,6 +29,7 @@ class ServiceContext:
     limits: RateLimits
     candidates: CandidateCache
     listener: Listener
+    group_commit: GroupCommit
     draining: bool = False
 
 

@@ -4,7 +4,8 @@
 every check of every candidate and returns what one exchange would write (the
 matched publishers, what the token grants, how long it lives, which ids to pin),
 or raises the refusal. `mint()` then writes that decision in one statement
-(`tpx.core.db.tokens.mint`): the mint gate, the publishers check, the JTI claim,
+(`tpx.core.db.tokens.mint`, grouped with concurrent mints by
+`tpx.exchange.group_commit`): the mint gate, the publishers check, the JTI claim,
 the token and its events, all or nothing. A decision taken on rows that changed
 before the write (a publisher deleted, or its ids pinned by another first
 exchange) writes nothing and is taken again on fresh rows; a refusal is never
@@ -38,6 +39,7 @@ from tpx.core.providers.matching import PublisherEvaluation, denial, evaluate
 from tpx.core.times import rfc3339
 
 from tpx.exchange.candidates import CandidateCache
+from tpx.exchange.group_commit import MintLost, MintWriter
 from tpx.exchange.verification import VerifiedToken
 
 log = get_logger("tpx.exchange.minting")
@@ -227,8 +229,9 @@ async def resolve_ambiguous(pool: asyncpg.Pool, ambiguous: AmbiguousMint, settin
                        decision.publisher_ids, row["issued_at"], row["expires_at"])
 
 
-async def write(conn: asyncpg.Connection, settings: Settings, decision: Decision) -> MintedToken | None:
-    """Write the decision in one statement; None when its publishers changed meanwhile (nothing written)."""
+async def write(writer: MintWriter, settings: Settings, decision: Decision) -> MintedToken | None:
+    """Write the decision (with others: tpx.exchange.group_commit); None when its publishers changed
+    meanwhile (nothing written)."""
     verified = decision.verified
     identity = verified.identity
     token = tokens.generate()
@@ -237,18 +240,18 @@ async def write(conn: asyncpg.Connection, settings: Settings, decision: Decision
     if decision.unbound:
         binding = token_store.Binding([publisher.id for publisher, _ in decision.unbound],
                                       identity.owner_id, identity.repository_id)
-    backend_pid = conn.get_server_pid()  # read now: a dead connection no longer says
+    request = token_store.MintRequest(
+        issuer_id=verified.issuer.id, kid=verified.kid, jti=verified.jti,
+        jti_expires_at=verified.exp + settings.leeway_seconds, publisher_ids=decision.publisher_ids,
+        binding=binding, token_id=uuid.UUID(token_id), token_hash=tokens.hash_token(token),
+        packages=decision.packages, permissions=decision.permissions, ci=identity.ci(),
+        repository_key=identity.repository_key, workflow=identity.workflow,
+        lifetime_seconds=decision.lifetime_seconds, events=events_of(decision, token_id), source=EXCHANGE_SOURCE,
+    )
     try:
-        result = await token_store.mint(
-            conn, issuer_id=verified.issuer.id, kid=verified.kid, jti=verified.jti,
-            jti_expires_at=verified.exp + settings.leeway_seconds, publisher_ids=decision.publisher_ids,
-            binding=binding, token_id=uuid.UUID(token_id), token_hash=tokens.hash_token(token),
-            packages=decision.packages, permissions=decision.permissions, ci=identity.ci(),
-            repository_key=identity.repository_key, workflow=identity.workflow,
-            lifetime_seconds=decision.lifetime_seconds, events=events_of(decision, token_id), source=EXCHANGE_SOURCE,
-        )
-    except UNAVAILABLE_ERRORS as exc:
-        raise AmbiguousMint(decision, token, token_id, backend_pid) from exc
+        result = await writer.write(request)
+    except MintLost as lost:
+        raise AmbiguousMint(decision, token, token_id, lost.backend_pid) from lost.__cause__
     issuer = verified.issuer.url
     if not result.issuer_ok:
         raise Problem("unknown_issuer", f"the issuer {issuer} was disabled (or removed); tokens from it are not "
@@ -267,27 +270,28 @@ async def write(conn: asyncpg.Connection, settings: Settings, decision: Decision
                        result.issued_at, result.expires_at)
 
 
-async def mint(conn: asyncpg.Connection, settings: Settings, verified: VerifiedToken, cache: CandidateCache,
-               admit: Callable[[Decision], None] | None = None) -> MintedToken:
+async def mint(reader: asyncpg.Pool | asyncpg.Connection, settings: Settings, verified: VerifiedToken,
+               cache: CandidateCache, writer: MintWriter, admit: Callable[[Decision], None] | None = None
+               ) -> MintedToken:
     """Decide on the (possibly cached) candidates, then write; `admit` may refuse the first decision
-    before anything is written (the per-publisher rate limit)."""
+    before anything is written (the per-publisher rate limit). `reader` reads candidates on a cache miss."""
     issuer_id, repository_key = verified.issuer.id, verified.identity.repository_key
-    candidates, fresh = await cache.get(conn, issuer_id, repository_key)
+    candidates, fresh = await cache.get(reader, issuer_id, repository_key)
     for _attempt in range(MAX_ATTEMPTS):
         try:
             decision = decide(verified, candidates, settings)
         except Problem:
             if fresh:
                 raise
-            candidates, fresh = await cache.read(conn, issuer_id, repository_key), True
+            candidates, fresh = await cache.read(reader, issuer_id, repository_key), True
             continue
         if admit is not None:
             admit(decision)
             admit = None
-        minted = await write(conn, settings, decision)
+        minted = await write(writer, settings, decision)
         if minted is not None:
             return minted
-        candidates, fresh = await cache.read(conn, issuer_id, repository_key), True
+        candidates, fresh = await cache.read(reader, issuer_id, repository_key), True
     raise Problem("unavailable", "the matching publishers changed during this exchange again and again; retry shortly",
                   retry_after=1)
 

@@ -131,27 +131,63 @@ bind AS (
 {_CLAIM_TOKEN_EVENTS}"""
 
 
-async def mint(conn: asyncpg.Connection, *, issuer_id: Any, kid: str, jti: str, jti_expires_at: float,
-               publisher_ids: list[str], binding: Binding | None, token_id: uuid.UUID, token_hash: bytes,
-               packages: list[str], permissions: dict[str, list[str]], ci: dict[str, Any], repository_key: str,
-               workflow: str, lifetime_seconds: int, events: Sequence[Event], source: str) -> MintResult:
+@dataclass(frozen=True)
+class MintRequest:
+    """One exchange's write: what `mint` and `mint_many` insert once every check holds."""
+
+    issuer_id: Any
+    kid: str
+    jti: str
+    jti_expires_at: float
+    publisher_ids: list[str]
+    binding: Binding | None
+    token_id: uuid.UUID
+    token_hash: bytes
+    packages: list[str]
+    permissions: dict[str, list[str]]
+    ci: dict[str, Any]
+    repository_key: str
+    workflow: str
+    lifetime_seconds: int
+    events: Sequence[Event]
+    source: str
+
+    def arguments(self) -> list[Any]:
+        ids, types, sources, subjects, _times, datas = event_columns(self.events, self.source)
+        args: list[Any] = [
+            locks.MINT_GATE, self.publisher_ids, self.issuer_id, self.jti, self.jti_expires_at, self.token_id,
+            self.token_hash, self.packages, self.permissions, self.ci, self.repository_key, self.workflow,
+            float(self.lifetime_seconds), ids, types, sources, subjects, datas, self.kid,
+        ]
+        if self.binding is not None:
+            args += [self.binding.owner_id, self.binding.name_id, self.binding.publisher_ids]
+        return args
+
+
+def _result(row: asyncpg.Record) -> MintResult:
+    return MintResult(row["issuer_ok"], row["key_ok"], row["unexpired"], bool(row["publishers_ok"]),
+                      row["issued_at"], row["expires_at"])
+
+
+async def mint(conn: asyncpg.Connection, request: MintRequest) -> MintResult:
     """Write one exchange in one statement (its own transaction): enter the mint gate, check the kill
-    switches and (pinning them, with `binding`) the matched publishers, claim the (issuer, jti) pair,
+    switches and (pinning them, with a binding) the matched publishers, claim the (issuer, jti) pair,
     insert the token and its events.
 
     Each step runs only if the one before succeeded, so a refusal writes nothing.
     """
-    ids, types, sources, subjects, _times, datas = event_columns(events, source)
-    args: list[Any] = [
-        locks.MINT_GATE, publisher_ids, issuer_id, jti, jti_expires_at, token_id, token_hash, packages,
-        permissions, ci, repository_key, workflow, float(lifetime_seconds), ids, types, sources, subjects, datas,
-        kid,
-    ]
-    if binding is not None:
-        args += [binding.owner_id, binding.name_id, binding.publisher_ids]
-    row = await conn.fetchrow(_MINT_BINDING if binding is not None else _MINT, *args)
-    return MintResult(row["issuer_ok"], row["key_ok"], row["unexpired"], bool(row["publishers_ok"]),
-                      row["issued_at"], row["expires_at"])
+    return _result(await conn.fetchrow(_MINT_BINDING if request.binding is not None else _MINT,
+                                       *request.arguments()))
+
+
+async def mint_many(conn: asyncpg.Connection, requests: Sequence[MintRequest]) -> list[MintResult]:
+    """Write several exchanges in one round trip and one transaction (group commit), each with the
+    statement `mint` runs, so each has its own checks and its own JTI outcome; a JTI spent earlier in
+    the same group reads as spent. All or nothing: an error in one statement writes none of them.
+    Only for requests without a binding (those lock publisher rows and go alone)."""
+    if any(request.binding is not None for request in requests):
+        raise ValueError("mint_many takes no request with a binding; write those with mint()")
+    return [_result(row) for row in await conn.fetchmany(_MINT, [request.arguments() for request in requests])]
 
 
 async def settled_mint(pool: asyncpg.Pool, token_hash: bytes, backend_pid: int) -> tuple[bool, asyncpg.Record | None]:

@@ -9,19 +9,21 @@
   a rolled-back write never consumes a number and the sequence has no gaps.
 - A row is marked published only after the broker confirmed it. A crash or an
   outage in between republishes it; consumers deduplicate by event id.
-- Reconnects are explicit (plain `aio_pika.connect`, not `connect_robust`): a
-  robust connection buffers silently and can lose confirms, while here every
-  failure is seen, logged, backed off and retried, and the events wait in Postgres.
+- Reconnects are explicit (no `connect_robust`): a robust connection buffers
+  silently and can lose confirms, while here every failure is seen, logged,
+  backed off and retried, and the events wait in Postgres. Publishing goes
+  through `confirming_publisher` (a batch per write, confirms counted), not
+  aio-pika, whose per-message cost exceeded an exchange's.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 import aio_pika
-import aiormq
 import asyncpg
+from pamqp.commands import Basic
 
 from tpx.core.backoff import Backoff, jittered
 from tpx.core.broker import BROKER_ERRORS, address, declare_audit_stream, describe
@@ -35,7 +37,10 @@ from tpx.core.events.types import routing_key
 from tpx.core.logging import get_logger
 from tpx.core.metrics import EVENTS_PUBLISHED, RELAY_FAILURES
 from tpx.core.outages import BROKER, DATABASE
+from tpx.core.relay.confirming_publisher import ConfirmingPublisher, Outgoing, PublisherClosed
 from tpx.core.relay.signal import OutboxSignal
+
+Properties = Basic.Properties
 
 log = get_logger("tpx.core.relay")
 
@@ -52,7 +57,8 @@ class BrokerUnavailable(Exception):
 
 
 class _Broker:
-    """One AMQP connection with a confirming channel; replaced as a whole after any failure."""
+    """Declarations through aio-pika, then one publish-only confirming connection; replaced as a whole
+    after any failure."""
 
     def __init__(self, settings: Settings, *, connect_timeout: float, publish_timeout: float) -> None:
         self._url = settings.amqp_url
@@ -60,70 +66,52 @@ class _Broker:
         self._settings = settings
         self._connect_timeout = connect_timeout
         self._publish_timeout = publish_timeout
-        self._connection: aio_pika.abc.AbstractConnection | None = None
-        self._channel: aio_pika.abc.AbstractChannel | None = None
-        self._exchange: aio_pika.abc.AbstractExchange | None = None
+        self._publisher: ConfirmingPublisher | None = None
 
     @property
     def ready(self) -> bool:
-        return (
-            self._connection is not None
-            and not self._connection.is_closed
-            and self._channel is not None
-            and not self._channel.is_closed
-            and self._exchange is not None
-        )
+        return self._publisher is not None and not self._publisher.closed
 
     async def ensure(self) -> None:
         if self.ready:
             return
         await self.close()
-        connection = await aio_pika.connect(
-            self._url,
-            timeout=self._connect_timeout,
-            client_properties={"connection_name": "tpx outbox relay"},
-        )
+        await self._declare()
+        self._publisher = await ConfirmingPublisher.connect(self._url, timeout=self._connect_timeout,
+                                                            name="tpx outbox relay")
+        log.info("relay.broker_connected", broker=address(self._url), exchange=self._exchange_name)
+
+    async def _declare(self) -> None:
+        """The events exchange and the audit stream bound to it, before the first event is published."""
+        connection = await aio_pika.connect(self._url, timeout=self._connect_timeout,
+                                            client_properties={"connection_name": "tpx outbox relay (declarations)"})
         try:
-            channel = await connection.channel(publisher_confirms=True)
+            channel = await connection.channel()
             exchange = await channel.declare_exchange(
                 self._exchange_name, aio_pika.ExchangeType.TOPIC, durable=True, timeout=self._connect_timeout
             )
             await declare_audit_stream(connection, self._settings, exchange, timeout=self._connect_timeout)
-        except BaseException:
+        finally:
             await asyncio.shield(self._close_connection(connection))
-            raise
-        self._connection, self._channel, self._exchange = connection, channel, exchange
-        log.info("relay.broker_connected", broker=address(self._url), exchange=self._exchange_name)
 
     async def publish(self, rows: Sequence[asyncpg.Record],
                       bodies: dict[str, bytes] | None = None) -> tuple[int, BaseException | None]:
         """Publish `rows` in order; return how many leading rows the broker confirmed, and the first failure.
 
-        All messages go out on one channel without waiting for each confirm
-        (the channel keeps their order); the confirms are then gathered under
-        one deadline. Only a confirmed prefix may be marked published.
+        The whole batch goes out in one write on one channel, and its confirms
+        are awaited under one deadline. Only a confirmed prefix may be marked published.
         """
-        exchange = self._exchange
-        if exchange is None:
-            raise aiormq.exceptions.ChannelInvalidStateError("the relay has no open channel")
-        # Tasks start in creation order and aiormq sends under a FIFO lock, so the wire order is `rows`.
-        tasks = [
-            asyncio.create_task(exchange.publish(_message(row, (bodies or {}).pop(str(row["event_id"]), None)),
-                                                 routing_key(row["type"]), mandatory=False))
-            for row in rows
-        ]
-        try:
-            _, pending = await asyncio.wait(tasks, timeout=self._publish_timeout)
-        except BaseException:
-            await _cancel_all(tasks)
-            raise
-        await _cancel_all(pending)
-        return _confirmed_prefix(tasks)
+        publisher = self._publisher
+        if publisher is None or publisher.closed:
+            raise PublisherClosed("the relay has no open broker connection")
+        messages = [_message(self._exchange_name, row, (bodies or {}).pop(str(row["event_id"]), None))
+                    for row in rows]
+        return await publisher.publish(messages, self._publish_timeout)
 
     async def close(self) -> None:
-        connection, self._connection, self._channel, self._exchange = self._connection, None, None, None
-        if connection is not None:
-            await self._close_connection(connection)
+        publisher, self._publisher = self._publisher, None
+        if publisher is not None:
+            await publisher.close()
 
     @staticmethod
     async def _close_connection(connection: aio_pika.abc.AbstractConnection) -> None:
@@ -133,7 +121,7 @@ class _Broker:
             pass
 
 
-def _message(row: asyncpg.Record, body: bytes | None = None) -> aio_pika.Message:
+def _message(exchange: str, row: asyncpg.Record, body: bytes | None = None) -> Outgoing:
     """The AMQP message of an outbox row; `body` is the encoded event when the sequencing step of this
     process already built it (the same bytes `encode(to_cloudevent(row))` gives).
 
@@ -144,42 +132,13 @@ def _message(row: asyncpg.Record, body: bytes | None = None) -> aio_pika.Message
     if body is not None and row["chainhash"] is not None:
         if not body.startswith(b'{"chainhash":"' + bytes(row["chainhash"]).hex().encode() + b'",'):
             body = None
-    return aio_pika.Message(
+    return Outgoing(
+        exchange=exchange,
+        routing_key=routing_key(row["type"]),
         body=body if body is not None else encode(to_cloudevent(row)),
-        content_type=CONTENT_TYPE,
-        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-        message_id=str(row["event_id"]),
-        timestamp=row["time"],
-        type=row["type"],
-        app_id="tpx",
+        properties=Properties(content_type=CONTENT_TYPE, delivery_mode=2, message_id=str(row["event_id"]),
+                              timestamp=row["time"], message_type=row["type"], app_id="tpx"),
     )
-
-
-async def _cancel_all(tasks: Iterable[asyncio.Task[Any]]) -> None:
-    tasks = list(tasks)
-    for task in tasks:
-        task.cancel()
-    if tasks:
-        await asyncio.wait(tasks)
-
-
-def _confirmed_prefix(tasks: list[asyncio.Task[Any]]) -> tuple[int, BaseException | None]:
-    confirmed = 0
-    failure: BaseException | None = None
-    for task in tasks:
-        if task.cancelled():
-            failure = failure or asyncio.TimeoutError("no publisher confirm before the deadline")
-            continue
-        exc = task.exception()  # also marks every failure as retrieved
-        if failure is not None:
-            continue
-        if exc is not None:
-            failure = exc
-        elif not isinstance(task.result(), aiormq.spec.Basic.Ack):
-            failure = aiormq.exceptions.DeliveryError(None, task.result())
-        else:
-            confirmed += 1
-    return confirmed, failure
 
 
 class OutboxRelay:

@@ -10,12 +10,29 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import socket
 from typing import Any, Iterator
 
 import uvicorn
 
 from tpx.core.config import Settings
+
+
+# Young-generation collections run every GEN0_THRESHOLD net allocations of container objects.
+# An exchange allocates a few hundred per request, so Python's default of 700 collects every
+# couple of requests; 20,000 collects a few times a second and still bounds the young heap.
+GEN0_THRESHOLD = 20_000
+
+
+def freeze_startup_heap() -> None:
+    """Move everything start-up allocated (modules, caches, the app) out of the collector's reach and
+    collect the young generation less often: full collections then walk only what requests made
+    (gc was 3-7% of an exchange's CPU under load)."""
+    gc.collect()
+    gc.freeze()
+    _, middle, old = gc.get_threshold()
+    gc.set_threshold(GEN0_THRESHOLD, middle, old)
 
 
 def uvicorn_config(app: Any, settings: Settings, **overrides: Any) -> uvicorn.Config:

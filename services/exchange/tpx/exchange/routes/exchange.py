@@ -49,17 +49,17 @@ def client_failures_limited(ctx: ServiceContext, request: Request) -> Iterator[N
 async def exchange_token(ctx: ServiceContext, verified: VerifiedToken) -> MintedToken:
     """Mint for a verified token; shared by the native and compatibility routes."""
     try:
-        async with ctx.pool.acquire() as conn:
-            try:
-                minted = await mint(conn, ctx.settings, verified, ctx.candidates,
-                                    admit=lambda d: ctx.limits.admit_publishers(e.publisher for e in d.matched))
-            except Problem as problem:
-                if problem.code in ("no_matching_publisher", "forbidden_trigger"):
+        try:
+            minted = await mint(ctx.pool, ctx.settings, verified, ctx.candidates, ctx.group_commit,
+                                admit=lambda d: ctx.limits.admit_publishers(e.publisher for e in d.matched))
+        except Problem as problem:
+            if problem.code in ("no_matching_publisher", "forbidden_trigger"):
+                async with ctx.pool.acquire() as conn:
                     await record_denial(conn, verified, problem)
-                    ctx.outbox_signal.notify()
-                log.info("exchange.denied", code=problem.code, issuer=verified.issuer.url,
-                         repository=verified.identity.repository, workflow=verified.identity.workflow)
-                raise
+                ctx.outbox_signal.notify()
+            log.info("exchange.denied", code=problem.code, issuer=verified.issuer.url,
+                     repository=verified.identity.repository, workflow=verified.identity.workflow)
+            raise
     except AmbiguousMint as ambiguous:
         # The connection died with the mint in flight; a fresh one tells whether it committed.
         DATABASE.failed(ambiguous.__cause__, path="/v1/exchange")

@@ -1,0 +1,130 @@
+"""Where one tpx exchange process spends its time under wrk load: py-spy's view, summarised.
+
+    .venv/bin/python bench/profile_exchange.py [--connections 32] [--duration 10] [--py-spy PATH]
+
+Starts the stack as bench/peer.py does (one exchange process, durable defaults, rate limits
+off), warms it up, then runs wrk for --duration seconds while `py-spy record --format raw`
+samples the exchange process (native frames included), and prints the share of samples
+that pass through each of a few layers (our handler, the database driver, the HTTP server,
+JSON, the relay, garbage collection, ...) and the heaviest leaf functions. py-spy is not a
+dependency of tpx: install it anywhere (`pip install py-spy`) and pass its path, or have it
+on PATH. Needs root or ptrace permission.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import contextlib
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import peer  # noqa: E402
+from peer import ISSUERS, Minter, Target, measure, start_tpx_service  # noqa: E402
+from support import PG, free_port, progress, serve_app  # noqa: E402
+
+import asyncpg  # noqa: E402
+
+from tpx.cli.devissuer import DevIssuer  # noqa: E402
+
+# Layers, matched against "function (file)" frames, first match wins per layer; a sample counts once per layer.
+LAYERS = {
+    "exchange handler (tpx/exchange/routes/exchange.py)": "routes/exchange.py",
+    "ID token verification (tpx/exchange/verification.py)": "exchange/verification.py",
+    "matching (tpx/core/providers)": "core/providers/",
+    "group commit + mint (tpx/exchange/group_commit.py, db/tokens.py)": ("group_commit.py", "db/tokens.py"),
+    "outbox relay (tpx/core/relay)": "core/relay/",
+    "asyncpg": "asyncpg/",
+    "uvicorn": "uvicorn/",
+    "starlette": "starlette/",
+    "json": ("json/", "orjson"),
+    "structlog": "structlog/",
+    "prometheus_client": "prometheus_client/",
+    "garbage collection": "gc_collect",
+}
+
+
+def summarise(raw: Path, top: int) -> None:
+    layers: collections.Counter[str] = collections.Counter()
+    leaves: collections.Counter[str] = collections.Counter()
+    total = 0
+    for line in raw.read_text().splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack:
+            continue
+        count = int(count_text)
+        total += count
+        frames = stack.split(";")
+        leaves[frames[-1][:110]] += count
+        for layer, needles in LAYERS.items():
+            needles = (needles,) if isinstance(needles, str) else needles
+            if any(needle in frame for frame in frames for needle in needles):
+                layers[layer] += count
+    idle = sum(c for leaf, c in leaves.items() if "epoll_wait" in leaf or "(select" in leaf)
+    print(f"\n{total} samples of the exchange process; {100 * idle / max(total, 1):.1f}% waiting in epoll (idle)")
+    print("\nshare of samples through each layer (a sample may count in several)")
+    for layer, count in layers.most_common():
+        print(f"  {100 * count / total:5.1f}%  {layer}")
+    print(f"\nheaviest leaf frames (top {top})")
+    for leaf, count in leaves.most_common(top):
+        print(f"  {100 * count / total:5.1f}%  {leaf}")
+
+
+async def main(args: argparse.Namespace) -> None:
+    py_spy = args.py_spy or shutil.which("py-spy")
+    if not py_spy and not args.runs:
+        raise SystemExit("bench: py-spy not found; pip install py-spy (anywhere) and pass --py-spy PATH")
+    if not shutil.which("wrk"):
+        raise SystemExit("bench: wrk is not installed (apt-get install wrk)")
+    ISSUERS["tpx"] = issuer = DevIssuer()
+    port = free_port()
+    issuer.url = f"http://127.0.0.1:{port}"
+    minter = Minter()
+    async with contextlib.AsyncExitStack() as stack:
+        stack.callback(minter.close)
+        tmp = Path(tempfile.mkdtemp(prefix="tpx-bench-profile-"))
+        stack.callback(shutil.rmtree, tmp, True)
+        await stack.enter_async_context(serve_app(issuer.app(), port))
+        admin = await asyncpg.connect(f"{PG}/postgres")
+        stack.push_async_callback(admin.close)
+        service = await start_tpx_service(stack, name="profile", workers=1, issuer_url=issuer.url, minter=minter,
+                                          pool=10, admin_token="bench-admin-" + secrets.token_urlsafe(16),
+                                          registry_token="bench-registry-" + secrets.token_urlsafe(16))
+        target = Target("tpx", f"tpx, {args.connections} connections", service, args.connections, 3000)
+        progress("warm-up, 3 s")
+        await measure(target, duration=3, tmp=tmp, admin=admin)
+        if args.runs:  # figures only, no profiler attached
+            for _ in range(args.runs):
+                await measure(target, duration=args.duration, tmp=tmp, admin=admin)
+            return
+        raw = tmp / "profile.txt"
+        pid = service.processes[0].pid
+        recorder = subprocess.Popen([py_spy, "record", "--pid", str(pid), "--native", "--format", "raw", "--rate", "250",
+                                     "--duration", str(max(args.duration - 2, 1)), "--output", str(raw)],
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        stack.callback(lambda: recorder.poll() is None and recorder.kill())
+        progress(f"wrk {args.duration} s at {args.connections} connections, py-spy on pid {pid}")
+        await measure(target, duration=args.duration, tmp=tmp, admin=admin)
+        _, errors = await asyncio.to_thread(recorder.communicate)
+        if not raw.exists():
+            raise SystemExit(f"bench: py-spy wrote nothing: {errors.decode(errors='replace')[-500:]}")
+        summarise(raw, args.top)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--duration", type=int, default=10)
+    parser.add_argument("--top", type=int, default=25)
+    parser.add_argument("--py-spy", default=os.environ.get("PY_SPY"))
+    parser.add_argument("--runs", type=int, default=0, help="only measure, this many wrk runs, without py-spy")
+    asyncio.run(main(parser.parse_args()))
+    del peer

@@ -1,0 +1,141 @@
+"""Group commit: the mints that arrive while others are being written share one round trip and one commit.
+
+Every mint is a synchronous-commit transaction, and under load most of its cost
+is per transaction and per round trip, not per row: the client's call, the
+server's statement start and commit, the WAL flush the answer waits for. So the
+exchange's mints are queued here and written by at most `max_in_flight` writers
+at a time; each writer takes everything queued (up to `max_group`) and writes it
+with `tpx.core.db.tokens.mint_many`: one statement per mint, each with its own
+checks and JTI outcome, in one transaction. There is no timer: an idle service
+writes a lone mint at once, and groups only form while writes are in flight, so
+batching never adds a wait that load did not already cause.
+
+A mint that pins publisher ids (a publisher's first exchange) locks publisher
+rows and is written alone. If a group fails with a database error (not a lost
+connection), each of its mints is written again alone, so one bad mint fails
+only itself. If the connection is lost with the group in flight, every mint of
+it is `MintLost`, with the server session's pid, for the caller to settle
+(`tpx.exchange.minting.resolve_ambiguous`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Protocol
+
+import asyncpg
+
+from tpx.core.db import tokens as token_store
+from tpx.core.db.pool import UNAVAILABLE_ERRORS
+from tpx.core.db.tokens import MintRequest, MintResult
+from tpx.core.logging import get_logger
+
+log = get_logger("tpx.exchange.group_commit")
+
+MAX_GROUP = 64
+MAX_IN_FLIGHT = 3
+
+
+class MintLost(Exception):
+    """The connection died while the mint was in flight: it may have committed on server session `backend_pid`."""
+
+    def __init__(self, backend_pid: int) -> None:
+        super().__init__("the database connection was lost while the mint was in flight")
+        self.backend_pid = backend_pid
+
+
+def _retrieve(future: asyncio.Future[MintResult]) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
+class MintWriter(Protocol):
+    async def write(self, request: MintRequest) -> MintResult: ...
+
+
+class OnConnection:
+    """Writes each mint alone on one given connection (tests, tools)."""
+
+    def __init__(self, conn: asyncpg.Connection) -> None:
+        self.conn = conn
+
+    async def write(self, request: MintRequest) -> MintResult:
+        backend_pid = self.conn.get_server_pid()  # read now: a dead connection no longer says
+        try:
+            return await token_store.mint(self.conn, request)
+        except UNAVAILABLE_ERRORS as exc:
+            raise MintLost(backend_pid) from exc
+
+
+class GroupCommit:
+    """Writes queued mints in groups on connections of `pool`."""
+
+    def __init__(self, pool: asyncpg.Pool, *, max_group: int = MAX_GROUP, max_in_flight: int = MAX_IN_FLIGHT) -> None:
+        if max_group < 1 or max_in_flight < 1:
+            raise ValueError("max_group and max_in_flight must be at least 1")
+        self._pool = pool
+        self._max_group = max_group
+        self._max_in_flight = max_in_flight
+        self._queue: list[tuple[MintRequest, asyncio.Future[MintResult]]] = []
+        self._writers: set[asyncio.Task[None]] = set()
+
+    async def write(self, request: MintRequest) -> MintResult:
+        if request.binding is not None:
+            async with self._pool.acquire() as conn:
+                return await OnConnection(conn).write(request)
+        future: asyncio.Future[MintResult] = asyncio.get_running_loop().create_future()
+        future.add_done_callback(_retrieve)  # a waiter that was cancelled never reads the outcome
+        self._queue.append((request, future))
+        if len(self._writers) < self._max_in_flight:
+            self._start_writer()
+        # Shielded: a cancelled exchange (its client went away) does not cancel the group's write; its
+        # mint commits or not with the others, like a mint whose answer was lost on the network.
+        return await asyncio.shield(future)
+
+    def _start_writer(self) -> None:
+        group, self._queue = self._queue[:self._max_group], self._queue[self._max_group:]
+        task = asyncio.create_task(self._write_group(group), name="mint-group")
+        self._writers.add(task)
+        task.add_done_callback(self._writer_done)
+
+    def _writer_done(self, task: asyncio.Task[None]) -> None:
+        self._writers.discard(task)
+        if self._queue and len(self._writers) < self._max_in_flight:
+            self._start_writer()
+
+    async def _write_group(self, group: list[tuple[MintRequest, asyncio.Future[MintResult]]]) -> None:
+        try:
+            async with self._pool.acquire() as conn:
+                await self._write_on(conn, group)
+        except BaseException as exc:  # noqa: BLE001 - every waiter gets the outcome, whatever it is
+            for _request, future in group:
+                if not future.done():
+                    future.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
+
+    async def _write_on(self, conn: asyncpg.Connection,
+                        group: list[tuple[MintRequest, asyncio.Future[MintResult]]]) -> None:
+        backend_pid = conn.get_server_pid()
+        try:
+            results = (await token_store.mint_many(conn, [request for request, _ in group]) if len(group) > 1
+                       else [await token_store.mint(conn, group[0][0])])
+        except UNAVAILABLE_ERRORS as exc:
+            raise MintLost(backend_pid) from exc
+        except asyncpg.PostgresError as exc:
+            if len(group) == 1:
+                raise
+            log.warning("group_commit.group_failed", mints=len(group), error=f"{type(exc).__name__}: {exc}")
+            for request, future in group:  # one at a time, so only the mint at fault fails
+                try:
+                    result = await OnConnection(conn).write(request)
+                except Exception as single:  # noqa: BLE001 - handed to its own waiter
+                    if not future.done():
+                        future.set_exception(single)
+                else:
+                    if not future.done():
+                        future.set_result(result)
+            return
+        for (_request, future), result in zip(group, results):
+            if not future.done():
+                future.set_result(result)
