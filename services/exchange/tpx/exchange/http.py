@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import contextvars
 import json
+
+import orjson
 import re
 import time
 import uuid
@@ -16,7 +18,8 @@ from urllib.parse import parse_qsl
 
 import structlog
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import JSONResponse, Response
+from starlette import responses
+from starlette.responses import Response
 
 from tpx.core.db.pool import UNAVAILABLE_ERRORS
 from tpx.core.errors import Problem
@@ -94,6 +97,14 @@ def _unexpected(exc: Exception, scope) -> Problem:
         return Problem("unavailable", "the database is not reachable right now; retry shortly", retry_after=5)
     log.error("request.failed", path=path, exc_info=exc)
     return Problem("internal", "an unexpected error occurred; it has been logged with this request id")
+
+
+class JSONResponse(responses.JSONResponse):
+    """Starlette's JSON answer rendered by orjson: the same compact UTF-8 bytes for tpx's payloads
+    (str keys, no NaN), in a fraction of json.dumps's time on the exchange's hot path."""
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content)
 
 
 class ProblemResponse(JSONResponse):

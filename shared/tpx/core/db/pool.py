@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import json
 
 import asyncpg
+import orjson
 
 from tpx.core.config import Settings
 
@@ -22,9 +22,21 @@ UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+def _jsonb_encode(value: object) -> bytes:
+    return b"\x01" + orjson.dumps(value)   # jsonb's binary format: version 1, then the text
+
+
+def _jsonb_decode(data: bytes) -> object:
+    return orjson.loads(data[1:])
+
+
 async def _init_connection(conn: asyncpg.Connection) -> None:
-    await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
-    await conn.set_type_codec("json", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+    """JSON columns as Python values, through orjson and the binary wire format (no str round trip:
+    the mint writes three JSON values per exchange)."""
+    await conn.set_type_codec("jsonb", encoder=_jsonb_encode, decoder=_jsonb_decode, schema="pg_catalog",
+                              format="binary")
+    await conn.set_type_codec("json", encoder=orjson.dumps, decoder=orjson.loads, schema="pg_catalog",
+                              format="binary")
 
 
 async def _keep_session(_conn: asyncpg.Connection) -> None:

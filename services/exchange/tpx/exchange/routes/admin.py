@@ -13,7 +13,7 @@ from typing import Any, Awaitable, Callable
 
 import asyncpg
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 
 from tpx.core import inputs
 from tpx.core.db import issuers as issuer_store
@@ -30,7 +30,7 @@ from tpx.core.revocations import Selector
 from tpx.core.times import rfc3339_or_none
 
 from tpx.exchange.context import ServiceContext, context
-from tpx.exchange.http import read_object
+from tpx.exchange.http import JSONResponse, read_object
 
 MAX_LIST = 1000
 

@@ -53,7 +53,7 @@ import functools
 from typing import Any, Awaitable, Callable
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
 
 from tpx.core import tokens
@@ -64,7 +64,7 @@ from tpx.core.metrics import EXCHANGES
 from tpx.core.outages import DATABASE
 
 from tpx.exchange.context import ServiceContext, context
-from tpx.exchange.http import parse_json_object, read_body, reject_unknown, require_string
+from tpx.exchange.http import JSONResponse, parse_json_object, read_body, reject_unknown, require_string
 from tpx.exchange.minting import MintedToken
 from tpx.exchange.routes.exchange import JWT_EXAMPLE, client_failures_limited, exchange_token, read_verified
 from tpx.exchange.routes.tokens import revoke_token

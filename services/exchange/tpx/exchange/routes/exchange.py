@@ -7,7 +7,6 @@ import time
 from typing import Iterator
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse
 
 from tpx.core.db.pool import UNAVAILABLE_ERRORS
 from tpx.core.errors import Problem
@@ -16,7 +15,7 @@ from tpx.core.metrics import EXCHANGE_LATENCY, EXCHANGES
 from tpx.core.outages import DATABASE
 
 from tpx.exchange.context import ServiceContext, context
-from tpx.exchange.http import read_object, reject_unknown, require_string
+from tpx.exchange.http import JSONResponse, read_object, reject_unknown, require_string
 from tpx.exchange.minting import AmbiguousMint, MintedToken, explain, mint, record_denial, resolve_ambiguous
 from tpx.exchange.ratelimit import client_address
 from tpx.exchange.verification import VerifiedToken, verify_id_token

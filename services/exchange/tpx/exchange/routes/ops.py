@@ -6,12 +6,13 @@ import asyncio
 from datetime import datetime, timezone
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 
 from tpx.core.db.pool import ping
 from tpx.core.metrics import exposition
 from tpx.core.times import rfc3339_or_none
 
+from tpx.exchange.http import JSONResponse
 from tpx.exchange.context import context
 from tpx.exchange.openapi import OPENAPI
 

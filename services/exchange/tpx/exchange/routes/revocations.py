@@ -9,7 +9,6 @@ therefore finished when the call returns (`status: done`); larger ones stay
 from __future__ import annotations
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from tpx.core import inputs
@@ -20,7 +19,7 @@ from tpx.core.logging import get_logger
 from tpx.core.revocations import parse_selector
 
 from tpx.exchange.context import context
-from tpx.exchange.http import read_object
+from tpx.exchange.http import JSONResponse, read_object
 
 log = get_logger("tpx.exchange.revocations")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 
 from tpx.core import tokens
 from tpx.core.db import tokens as token_store
@@ -17,7 +17,7 @@ from tpx.core.metrics import INTROSPECTIONS
 from tpx.core.providers.base import PERMISSIONS
 
 from tpx.exchange.context import ServiceContext, context
-from tpx.exchange.http import read_object, reject_unknown
+from tpx.exchange.http import JSONResponse, read_object, reject_unknown
 
 
 def _bearer(request: Request) -> str | None:
