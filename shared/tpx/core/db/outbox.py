@@ -9,6 +9,7 @@ what the broker confirmed.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from typing import Callable, Sequence
 
@@ -17,6 +18,10 @@ import asyncpg
 from tpx.core.db import locks
 from tpx.core.db.pool import affected
 from tpx.core.events.types import Event
+
+# Rows linked (or messages built) between two turns of the event loop: the relay runs beside requests,
+# and a batch of 500 in one go held them up for 10-20 ms (the exchange's p99 at 8 connections).
+YIELD_EVERY = 50
 
 # The events of one write as parallel arrays, inserted by one statement however many there are.
 UNNEST = "unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::jsonb[])"
@@ -61,7 +66,9 @@ async def assign_sequences(pool: asyncpg.Pool, limit: int,
             head = await conn.fetchrow("SELECT sequence, chainhash FROM event_chain FOR UPDATE")
             sequence, previous = head["sequence"], bytes(head["chainhash"])
             ids, sequences, hashes = [], [], []
-            for row in rows:
+            for index, row in enumerate(rows):
+                if index and index % YIELD_EVERY == 0:
+                    await asyncio.sleep(0)  # let requests run: a link costs tens of microseconds
                 sequence += 1
                 previous = link(previous, sequence, row)
                 ids.append(row["id"])

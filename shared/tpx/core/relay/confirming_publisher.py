@@ -28,6 +28,7 @@ from pamqp import commands, constants, frame, header, heartbeat
 from pamqp.body import ContentBody
 
 CHANNEL = 1
+WRITE_CHUNK = 50  # messages marshalled per turn of the event loop (~10 us each)
 _FRAME_HEADER = struct.Struct(">BHI")
 _HEARTBEAT = frame.marshal(heartbeat.Heartbeat(), 0)
 
@@ -145,7 +146,10 @@ class ConfirmingPublisher:
             self._next_tag += len(messages)
             self._batch = batch
             try:
-                self._writer.write(b"".join(self._frames(message) for message in messages))
+                for start in range(0, len(messages), WRITE_CHUNK):
+                    if start:
+                        await asyncio.sleep(0)  # a turn for the requests sharing this event loop
+                    self._writer.write(b"".join(self._frames(m) for m in messages[start:start + WRITE_CHUNK]))
                 await asyncio.wait_for(self._drained_and_confirmed(batch), timeout)
             except asyncio.TimeoutError:
                 self._fail(PublisherClosed(f"no publisher confirm within {timeout} s"))

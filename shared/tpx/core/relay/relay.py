@@ -104,8 +104,11 @@ class _Broker:
         publisher = self._publisher
         if publisher is None or publisher.closed:
             raise PublisherClosed("the relay has no open broker connection")
-        messages = [_message(self._exchange_name, row, (bodies or {}).pop(str(row["event_id"]), None))
-                    for row in rows]
+        messages = []
+        for index, row in enumerate(rows):
+            if index and index % outbox.YIELD_EVERY == 0:
+                await asyncio.sleep(0)  # let requests run between chunks of a large batch
+            messages.append(_message(self._exchange_name, row, (bodies or {}).pop(str(row["event_id"]), None)))
         return await publisher.publish(messages, self._publish_timeout)
 
     async def close(self) -> None:
