@@ -87,8 +87,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import loadgen  # noqa: E402
 from support import (  # noqa: E402
-    PG, WORKER_POOL, backend_pids, cpu_ms, delete_amqp_objects, drop_database, empty_database, free_port, fresh_database,
-    machine_busy_ms, process_tree, progress, register_publisher, serve_app, shared_server_pids, start, start_tpx, stop, tpx_env,
+    PG, TPX, WORKER_POOL, backend_pids, cpu_ms, delete_amqp_objects, drop_database, empty_database, free_port, fresh_database,
+    machine_busy_ms, process_tree, progress, register_publisher, rss_mb, runtime_tpx, serve_app, shared_server_pids, start, start_tpx, stop, tpx_env,
     wait_http,
 )
 
@@ -403,7 +403,8 @@ class Sample:
 
 
 async def start_tpx_service(stack: contextlib.AsyncExitStack, *, name: str, workers: int, issuer_url: str,
-                            minter: Minter, pool: int, admin_token: str, registry_token: str) -> Service:
+                            minter: Minter, pool: int, admin_token: str, registry_token: str,
+                            tpx: str = TPX) -> Service:
     database = f"tpx_bench_peer_{name}"
     stack.push_async_callback(drop_database, database)
     url = await fresh_database(database)
@@ -411,7 +412,7 @@ async def start_tpx_service(stack: contextlib.AsyncExitStack, *, name: str, work
     env = tpx_env(database_url=url, port=port, prefix=prefix, admin_token=admin_token,
                   registry_token=registry_token, workers=workers, pool=pool)
     stack.push_async_callback(delete_amqp_objects, env, prefix)
-    processes = start_tpx(env, f"peer-{name}-")
+    processes = start_tpx(env, f"peer-{name}-", tpx=tpx)
     stack.callback(stop, processes)
     base = f"http://127.0.0.1:{port}"
     await wait_http(f"{base}/healthz", timeout=60, process=processes[0])
@@ -677,6 +678,16 @@ def report(targets: list[Target], samples: dict[str, list[Sample]], args: argpar
         print(f"\nvalid: all {total} responses in all runs were 2xx, no socket errors")
 
 
+def resident_sizes(services: dict[str, Service]) -> dict[str, list[str]]:
+    """RSS of each service process and its children (tpx: exchange, jwks-refresher, revoker; with 2
+    exchange processes, uvicorn's supervisor and its workers)."""
+    sizes: dict[str, list[str]] = {}
+    for key in ("tpx1", "tpx2", "peer", "baseline"):
+        service = services[key]
+        sizes[service.name] = [f"{rss:.1f}" for pid in service.service_pids() if (rss := rss_mb(pid)) is not None]
+    return sizes
+
+
 # --- the whole run ---------------------------------------------------------------------------------
 
 async def check_connection_budget(admin: asyncpg.Connection, pool: int) -> None:
@@ -751,7 +762,7 @@ async def main(args: argparse.Namespace) -> None:
         await check_connection_budget(admin, args.pool)
 
         common = dict(issuer_url=tpx_issuer.url, minter=minter, pool=args.pool, admin_token=admin_token,
-                      registry_token=registry_token)
+                      registry_token=registry_token, tpx=await runtime_tpx())
         services = {"tpx1": await start_tpx_service(stack, name="w1", workers=1, **common),
                     "tpx2": await start_tpx_service(stack, name="w2", workers=2, **common),
                     "peer": await start_peer(stack, python=python, tmp=tmp, ca_file=ca_file,
@@ -770,8 +781,11 @@ async def main(args: argparse.Namespace) -> None:
             progress(f"repetition {repetition + 1}/{args.repetitions}: {len(order)} runs of {args.duration} s")
             for target in order:
                 samples[target.key].append(await measure(target, duration=args.duration, tmp=tmp, admin=admin))
+        rss = resident_sizes(services)
         progress("stopping everything, dropping the databases and AMQP objects")
     report(targets, samples, args)
+    print("\nresident memory after the runs (VmRSS, MB): " + "; ".join(f"{name} {', '.join(sizes)}"
+                                                                     for name, sizes in rss.items()))
 
 
 def parse_args() -> argparse.Namespace:

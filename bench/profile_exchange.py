@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import peer  # noqa: E402
 from peer import ISSUERS, Minter, Target, measure, start_tpx_service  # noqa: E402
-from support import PG, free_port, progress, serve_app  # noqa: E402
+from support import PG, free_port, progress, rss_mb, runtime_tpx, serve_app  # noqa: E402
 
 import asyncpg  # noqa: E402
 
@@ -78,6 +78,29 @@ def summarise(raw: Path, top: int) -> None:
         print(f"  {100 * count / total:5.1f}%  {leaf}")
 
 
+async def prefill(service, count: int, chunk: int = 500_000) -> None:
+    """`count` expired-looking but live token rows of other repositories, as a long-running registry has
+    (the revoker's retention keeps about a retention period's worth), written by SQL in chunks."""
+    conn = await asyncpg.connect(f"{PG}/{service.database}")
+    try:
+        done = 0
+        while done < count:
+            size = min(chunk, count - done)
+            await conn.execute(
+                """INSERT INTO tokens (id, token_hash, issuer_id, packages, permissions, publisher_ids, ci,
+                                       repository_key, workflow, issued_at, expires_at)
+                   SELECT gen_random_uuid(), sha256(gen_random_uuid()::text::bytea), gen_random_uuid(),
+                          ARRAY['pkg-' || (n % 50000)], '{}'::jsonb, ARRAY[gen_random_uuid()], '{}'::jsonb,
+                          'prefill/repo-' || (n % 50000), 'release.yml', now() - interval '1 hour',
+                          now() + interval '1 day'
+                   FROM generate_series($1::bigint, $2::bigint) AS n""", done, done + size - 1)
+            done += size
+            progress(f"prefill: {done:,} of {count:,} token rows")
+        await conn.execute("VACUUM ANALYZE tokens")
+    finally:
+        await conn.close()
+
+
 async def main(args: argparse.Namespace) -> None:
     py_spy = args.py_spy or shutil.which("py-spy")
     if not py_spy and not args.runs:
@@ -97,13 +120,17 @@ async def main(args: argparse.Namespace) -> None:
         stack.push_async_callback(admin.close)
         service = await start_tpx_service(stack, name="profile", workers=1, issuer_url=issuer.url, minter=minter,
                                           pool=10, admin_token="bench-admin-" + secrets.token_urlsafe(16),
-                                          registry_token="bench-registry-" + secrets.token_urlsafe(16))
+                                          registry_token="bench-registry-" + secrets.token_urlsafe(16),
+                                          tpx=await runtime_tpx())
+        if args.prefill_tokens:
+            await prefill(service, args.prefill_tokens)
         target = Target("tpx", f"tpx, {args.connections} connections", service, args.connections, 3000)
         progress("warm-up, 3 s")
         await measure(target, duration=3, tmp=tmp, admin=admin)
         if args.runs:  # figures only, no profiler attached
             for _ in range(args.runs):
                 await measure(target, duration=args.duration, tmp=tmp, admin=admin)
+            progress(f"exchange process RSS after the runs: {rss_mb(service.processes[0].pid):.1f} MB")
             return
         raw = tmp / "profile.txt"
         pid = service.processes[0].pid
@@ -126,5 +153,6 @@ if __name__ == "__main__":
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--py-spy", default=os.environ.get("PY_SPY"))
     parser.add_argument("--runs", type=int, default=0, help="only measure, this many wrk runs, without py-spy")
+    parser.add_argument("--prefill-tokens", type=int, default=0, help="token rows written before the warm-up")
     asyncio.run(main(parser.parse_args()))
     del peer

@@ -129,15 +129,45 @@ def tpx_env(*, database_url: str, port: int, prefix: str, admin_token: str, regi
 WORKER_POOL = 4
 
 
-def start_tpx(env: dict[str, str], name: str = "") -> list[subprocess.Popen]:
+def start_tpx(env: dict[str, str], name: str = "", tpx: str = TPX) -> list[subprocess.Popen]:
     """`tpx exchange`, `tpx jwks-refresher` and `tpx revoker` as separate processes, logs named `<name>exchange` etc.
     The pool size in `env` is the exchange's; the two workers take no load here and get WORKER_POOL connections."""
     workers = {**env, "TPX_DB_POOL_MIN": "1", "TPX_DB_POOL_MAX": str(WORKER_POOL)}
     return [
-        start([TPX, "exchange"], env, f"{name}exchange"),
-        start([TPX, "jwks-refresher"], {**workers, "TPX_OPS_PORT": str(free_port())}, f"{name}jwks-refresher"),
-        start([TPX, "revoker"], {**workers, "TPX_OPS_PORT": str(free_port())}, f"{name}revoker"),
+        start([tpx, "exchange"], env, f"{name}exchange"),
+        start([tpx, "jwks-refresher"], {**workers, "TPX_OPS_PORT": str(free_port())}, f"{name}jwks-refresher"),
+        start([tpx, "revoker"], {**workers, "TPX_OPS_PORT": str(free_port())}, f"{name}revoker"),
     ]
+
+
+RUNTIME_VENV = ROOT / ".bench-venv" / "tpx-runtime"
+
+
+async def runtime_tpx() -> str:
+    """The `tpx` command of a venv holding tpx as a deployment installs it: this checkout (editable) with
+    its runtime dependencies only, at the versions of the project's venv, but none of the test tools
+    (import-linter pulls in rich, which structlog then imports: 4 MB of RSS no deployment has)."""
+    import hashlib
+    import importlib.metadata
+
+    pins = sorted(f"{d.metadata['Name']}=={d.version}" for d in importlib.metadata.distributions()
+                  if d.metadata["Name"] and d.metadata["Name"].lower() not in ("tpx", "pip", "setuptools", "wheel"))
+    stamp = hashlib.sha256(((ROOT / "pyproject.toml").read_bytes() + "\n".join(pins).encode())).hexdigest()
+    python, marker = RUNTIME_VENV / "bin" / "python", RUNTIME_VENV / "bench-stamp"
+    if not (python.exists() and marker.exists() and marker.read_text() == stamp):
+        progress(f"installing tpx without test extras into {RUNTIME_VENV.relative_to(ROOT)}/ (versions as in .venv)")
+        constraints = RUNTIME_VENV.parent / "tpx-runtime-constraints.txt"
+        RUNTIME_VENV.parent.mkdir(exist_ok=True)
+        constraints.write_text("\n".join(pins) + "\n")
+        for command in ([sys.executable, "-m", "venv", "--clear", str(RUNTIME_VENV)],
+                        [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
+                         "-c", str(constraints), "-e", str(ROOT)]):
+            process = await asyncio.create_subprocess_exec(*command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+            output, _ = await process.communicate()
+            if process.returncode:
+                raise SystemExit(f"bench: {' '.join(command[:5])} ... failed:\n{output.decode(errors='replace')[-3000:]}")
+        marker.write_text(stamp)
+    return str(RUNTIME_VENV / "bin" / "tpx")
 
 
 async def register_publisher(base: str, admin_token: str, issuer_url: str, *, package: str = "bench-pkg") -> None:
@@ -206,6 +236,17 @@ def cpu_ms(pids: list[int]) -> dict[int, float]:
             continue
         times[pid] = (int(fields[11]) + int(fields[12])) * CLOCK_TICK_MS
     return times
+
+
+def rss_mb(pid: int) -> float | None:
+    """Resident set size of a live process, in MB (/proc/<pid>/status VmRSS)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
 
 
 def machine_busy_ms() -> float:

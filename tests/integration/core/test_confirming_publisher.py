@@ -9,7 +9,7 @@ import aio_pika
 import pytest
 from pamqp.commands import Basic
 
-from tpx.core.relay.confirming_publisher import ConfirmingPublisher, Outgoing, PublisherClosed
+from tpx.core.relay.confirming_publisher import ConfirmingPublisher, Declarations, Outgoing, PublisherClosed
 from tests.support.tcp_proxy import TcpProxy, target_of, through
 
 pytestmark = pytest.mark.integration
@@ -109,3 +109,49 @@ async def test_a_broker_that_goes_silent_is_noticed_after_two_heartbeats(setting
             assert loop.time() - began >= 1.5
         finally:
             await publisher.close()
+
+
+async def test_opening_declares_the_exchange_and_the_audit_stream_bound_to_it(settings, amqp_prefix):
+    names = Declarations(f"{amqp_prefix}.declared", f"{amqp_prefix}.declared-audit",
+                         {"x-queue-type": "stream", "x-max-age": "1D", "x-max-length-bytes": 10 * 1024**2})
+    publisher = await ConfirmingPublisher.connect(settings.amqp_url, timeout=5, name="test", declarations=names)
+    connection = await aio_pika.connect(settings.amqp_url)
+    try:
+        assert publisher.stream_differs is None
+        channel = await connection.channel()
+        stream = await channel.declare_queue(names.stream, passive=True)
+        await channel.declare_exchange(names.exchange, passive=True)
+        assert await publisher.publish([message(names.exchange, n) for n in range(3)], timeout=10) == (3, None)
+        await channel.set_qos(prefetch_count=10)
+        ids = []
+        async with stream.iterator(arguments={"x-stream-offset": "first"}) as messages:
+            async for incoming in messages:
+                await incoming.ack()
+                ids.append(incoming.message_id)
+                if len(ids) == 3:
+                    break
+        assert ids == ["id-0", "id-1", "id-2"]   # bound to everything the exchange routes
+    finally:
+        await publisher.close()
+        channel = await connection.channel()
+        await channel.queue_delete(names.stream)
+        await channel.exchange_delete(names.exchange)
+        await connection.close()
+
+
+async def test_a_stream_configured_otherwise_is_left_as_it_is_and_publishing_goes_on(settings, amqp_prefix):
+    names = Declarations(f"{amqp_prefix}.differs", f"{amqp_prefix}.differs-audit",
+                         {"x-queue-type": "stream", "x-max-age": "1D", "x-max-length-bytes": 10 * 1024**2})
+    connection = await aio_pika.connect(settings.amqp_url)
+    channel = await connection.channel()
+    await channel.declare_queue(names.stream, durable=True, arguments={**names.stream_arguments, "x-max-age": "2D"})
+    publisher = await ConfirmingPublisher.connect(settings.amqp_url, timeout=5, name="test", declarations=names)
+    try:
+        assert publisher.stream_differs and "PRECONDITION_FAILED" in publisher.stream_differs
+        assert await publisher.publish([message(names.exchange, 1)], timeout=10) == (1, None)
+    finally:
+        await publisher.close()
+        channel = await connection.channel()
+        await channel.queue_delete(names.stream)
+        await channel.exchange_delete(names.exchange)
+        await connection.close()

@@ -24,11 +24,11 @@ from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
 
 import aio_pika
+import aiormq
 import asyncpg
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 
 from tpx.core.backoff import Backoff, exponential
-from tpx.core.broker import BROKER_ERRORS
 from tpx.core.config import Settings
 from tpx.core.db import publishers as publisher_store
 from tpx.core.db import revocations as revocation_store
@@ -42,6 +42,14 @@ from tpx.core.relay.signal import OutboxSignal
 from tpx.core.revocations import Selector
 
 log = get_logger("tpx.revoker.consumer")
+
+# Failures of the broker side that a reconnect may cure.
+BROKER_ERRORS: tuple[type[BaseException], ...] = (
+    aiormq.exceptions.AMQPError,
+    aiormq.exceptions.ChannelInvalidStateError,
+    OSError,
+    asyncio.TimeoutError,
+)
 
 PREFETCH = 10
 CONCURRENCY = 4  # messages worked on at once; the rest of the prefetch waits its turn

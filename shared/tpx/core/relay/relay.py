@@ -21,12 +21,11 @@ from __future__ import annotations
 import asyncio
 from typing import Any, Sequence
 
-import aio_pika
 import asyncpg
 from pamqp.commands import Basic
 
 from tpx.core.backoff import Backoff, jittered
-from tpx.core.broker import BROKER_ERRORS, address, declare_audit_stream, describe
+from tpx.core.broker import address, describe
 from tpx.core.config import Settings
 from tpx.core.db import outbox
 from tpx.core.db.listener import KeptConnection, Session
@@ -37,7 +36,7 @@ from tpx.core.events.types import routing_key
 from tpx.core.logging import get_logger
 from tpx.core.metrics import EVENTS_PUBLISHED, RELAY_FAILURES
 from tpx.core.outages import BROKER, DATABASE
-from tpx.core.relay.confirming_publisher import ConfirmingPublisher, Outgoing, PublisherClosed
+from tpx.core.relay.confirming_publisher import ConfirmingPublisher, Declarations, Outgoing, PublisherClosed
 from tpx.core.relay.signal import OutboxSignal
 
 Properties = Basic.Properties
@@ -52,12 +51,16 @@ _LOCK_SESSION_SETTINGS = {
 }
 
 
+# What a broker failure looks like here (PublisherClosed is a ConnectionError): a reconnect may cure it.
+BROKER_ERRORS: tuple[type[BaseException], ...] = (OSError, asyncio.TimeoutError)
+
+
 class BrokerUnavailable(Exception):
     """The broker could not take (part of) a batch; what it did not confirm stays unpublished."""
 
 
 class _Broker:
-    """Declarations through aio-pika, then one publish-only confirming connection; replaced as a whole
+    """One publish-only confirming connection (it declares what it publishes to); replaced as a whole
     after any failure."""
 
     def __init__(self, settings: Settings, *, connect_timeout: float, publish_timeout: float) -> None:
@@ -76,23 +79,16 @@ class _Broker:
         if self.ready:
             return
         await self.close()
-        await self._declare()
-        self._publisher = await ConfirmingPublisher.connect(self._url, timeout=self._connect_timeout,
-                                                            name="tpx outbox relay")
+        settings = self._settings
+        self._publisher = await ConfirmingPublisher.connect(
+            self._url, timeout=self._connect_timeout, name="tpx outbox relay",
+            declarations=Declarations(self._exchange_name, settings.audit_stream, {
+                "x-queue-type": "stream", "x-max-age": settings.audit_max_age,
+                "x-max-length-bytes": settings.audit_max_bytes}))
+        if self._publisher.stream_differs:
+            log.warning("relay.audit_stream_differs", stream=settings.audit_stream,
+                        error=self._publisher.stream_differs[:200])
         log.info("relay.broker_connected", broker=address(self._url), exchange=self._exchange_name)
-
-    async def _declare(self) -> None:
-        """The events exchange and the audit stream bound to it, before the first event is published."""
-        connection = await aio_pika.connect(self._url, timeout=self._connect_timeout,
-                                            client_properties={"connection_name": "tpx outbox relay (declarations)"})
-        try:
-            channel = await connection.channel()
-            exchange = await channel.declare_exchange(
-                self._exchange_name, aio_pika.ExchangeType.TOPIC, durable=True, timeout=self._connect_timeout
-            )
-            await declare_audit_stream(connection, self._settings, exchange, timeout=self._connect_timeout)
-        finally:
-            await asyncio.shield(self._close_connection(connection))
 
     async def publish(self, rows: Sequence[asyncpg.Record],
                       bodies: dict[str, bytes] | None = None) -> tuple[int, BaseException | None]:
@@ -115,13 +111,6 @@ class _Broker:
         publisher, self._publisher = self._publisher, None
         if publisher is not None:
             await publisher.close()
-
-    @staticmethod
-    async def _close_connection(connection: aio_pika.abc.AbstractConnection) -> None:
-        try:
-            await asyncio.wait_for(connection.close(), 5)
-        except Exception:  # noqa: BLE001 - closing a broken connection may fail; it is gone either way
-            pass
 
 
 def _message(exchange: str, row: asyncpg.Record, body: bytes | None = None) -> Outgoing:
