@@ -125,6 +125,7 @@ async def main(args: argparse.Namespace) -> None:
         if args.prefill_tokens:
             await prefill(service, args.prefill_tokens)
         target = Target("tpx", f"tpx, {args.connections} connections", service, args.connections, 3000)
+        progress(f"exchange process RSS before any load: {rss_mb(service.processes[0].pid):.1f} MB")
         progress("warm-up, 3 s")
         await measure(target, duration=3, tmp=tmp, admin=admin)
         if args.runs:  # figures only, no profiler attached

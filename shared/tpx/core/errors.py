@@ -50,6 +50,9 @@ class Problem(Exception):
     checks: list[dict[str, Any]] | None = None
     retry_after: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    # For a 401 about the request's own credential: RFC 6750's error code for WWW-Authenticate
+    # ("invalid_token" when one was presented and refused; None when none was presented).
+    challenge: str | None = None
 
     def __post_init__(self) -> None:
         if self.code not in ERROR_CODES:

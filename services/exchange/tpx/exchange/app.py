@@ -17,7 +17,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.routing import Route
+from starlette.routing import Match, Route
 
 from tpx.core import metrics
 from tpx.core.config import Settings
@@ -76,12 +76,25 @@ async def _problem(request: Request, exc: Exception):
     return problem_response(exc)  # type: ignore[arg-type]
 
 
+def allowed_methods(routes, scope) -> list[str]:
+    """Every method some route serves at this path (several routes may share one path, one per method)."""
+    methods: set[str] = set()
+    for route in routes:
+        match, _ = route.matches(scope)
+        if match != Match.NONE and getattr(route, "methods", None):
+            methods |= route.methods
+    return sorted(methods)
+
+
 async def _http_error(request: Request, exc: Exception):
     assert isinstance(exc, HTTPException)
     if exc.status_code == 404:
         return problem_response(Problem("not_found", f"there is no endpoint at {request.url.path}; see /openapi.json"))
     if exc.status_code == 405:
-        return problem_response(Problem("method_not_allowed", f"{request.method} is not allowed on {request.url.path}"))
+        allowed = allowed_methods(request.app.routes, request.scope)
+        return problem_response(Problem("method_not_allowed", f"{request.method} is not allowed on {request.url.path}; "
+                                                              f"it takes {', '.join(allowed)}"),
+                                headers={"Allow": ", ".join(allowed)})
     return problem_response(Problem("malformed_request", str(exc.detail)))
 
 

@@ -44,5 +44,5 @@ class Credentials:
             matched |= hmac.compare_digest(digest, known)
         if not matched:
             hint = "" if self._digests else f" (none is configured: set {self.variable})"
-            raise Problem("unauthorized", f"the {self.what} is not valid{hint}")
+            raise Problem("unauthorized", f"the {self.what} is not valid{hint}", challenge="invalid_token")
         return "credential:" + hmac.new(self._fingerprint_key, presented, hashlib.sha256).hexdigest()[:12]

@@ -111,10 +111,16 @@ class ProblemResponse(JSONResponse):
     media_type = "application/problem+json"
 
 
-def problem_response(problem: Problem) -> Response:
-    headers = {}
+def problem_response(problem: Problem, headers: dict[str, str] | None = None) -> Response:
+    """The problem as RFC 9457 JSON, with the headers HTTP asks of its status: Retry-After for a
+    503/429 that knows when, WWW-Authenticate on every 401 (RFC 9110 section 11.6.1; RFC 6750's
+    Bearer scheme, with `error="invalid_token"` when a credential was presented and refused)."""
+    headers = dict(headers or {})
     if problem.retry_after is not None:
         headers["Retry-After"] = str(problem.retry_after)
+    if problem.status == 401:
+        error = f', error="{problem.challenge}"' if problem.challenge else ""
+        headers["WWW-Authenticate"] = f'Bearer realm="tpx"{error}'
     return ProblemResponse(problem.body(request_id_var.get()), status_code=problem.status, headers=headers)
 
 

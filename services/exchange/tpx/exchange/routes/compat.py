@@ -166,6 +166,9 @@ def crates_error(status: int, detail: str, headers: dict[str, str] | None = None
     return JSONResponse({"errors": [{"detail": detail}]}, status_code=status, headers=headers)
 
 
+# RFC 9110 asks every 401 for a challenge; the token goes in as RFC 6750's Bearer credential.
+CHALLENGE = {"WWW-Authenticate": 'Bearer realm="tpx"'}
+
 # crates.io's own words where a client may match on them; tpx's sentence follows.
 CRATES_DETAILS = {"token_reused": "JWT has already been used"}
 
@@ -185,13 +188,13 @@ async def _crates_exchange(request: Request) -> Response:
 async def _crates_revoke(request: Request) -> Response:
     header = request.headers.get("authorization")
     if header is None:
-        return crates_error(401, "Missing authorization header; send `Authorization: Bearer <token>`")
+        return crates_error(401, "Missing authorization header; send `Authorization: Bearer <token>`", CHALLENGE)
     scheme, _, credential = header.strip().partition(" ")
     credential = credential.strip()
     if not credential and tokens.is_well_formed(scheme):
         credential = scheme  # the raw token, as crates.io also accepts it
     elif scheme.lower() != "bearer" or not credential:
-        return crates_error(401, "Invalid authorization header; send `Authorization: Bearer <token>`")
+        return crates_error(401, "Invalid authorization header; send `Authorization: Bearer <token>`", CHALLENGE)
     if not tokens.is_well_formed(credential):
         return crates_error(400, "this is not a tpx token (tpx_ followed by 46 letters and digits, with a valid "
                                  "checksum); check that the whole token was sent")
