@@ -13,12 +13,14 @@ import argparse
 import sys
 
 from tpx.cli import services
+from tpx.core import build
 
 SERVER_COMMANDS = ("migrate", "exchange", "jwks-refresher", "revoker")
 
 
 def build_parser(*, servers_only: bool = False) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tpx", description="Trusted publishing as a service.")
+    parser.add_argument("--version", action="version", version=f"tpx {build.version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     services.register(sub)
     if servers_only:

@@ -43,7 +43,7 @@ DRAINING = Gauge("tpx_draining", "1 while the service is shutting down.")
 DEPENDENCY_UP = Gauge("tpx_dependency_up", "0 while this process finds the dependency unreachable.", ["dependency"])
 DEPENDENCY_FAILURES = Counter("tpx_dependency_failures_total", "Operations that found a dependency unreachable.",
                               ["dependency"])
-BUILD = Gauge("tpx_build_info", "Always 1; labels say what runs.", ["service"])
+BUILD = Gauge("tpx_build_info", "Always 1; labels say what runs.", ["service", "version"])
 
 
 class _PoolCollector(Collector):

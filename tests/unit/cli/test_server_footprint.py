@@ -33,3 +33,14 @@ def test_every_other_command_is_still_there():
     commands = set(main.build_parser()._subparsers._group_actions[0].choices)
     assert set(main.SERVER_COMMANDS) < commands
     assert {"ci", "audit", "demo", "issuers", "publishers"} <= commands
+
+
+def test_version_is_printed_not_a_usage_error(capsys):
+    from importlib import metadata
+
+    from tpx.cli import main
+    try:
+        main.main(["--version"])
+    except SystemExit as exit:
+        assert exit.code == 0
+    assert capsys.readouterr().out.strip() == f"tpx {metadata.version('tpx')}"

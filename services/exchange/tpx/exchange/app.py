@@ -19,7 +19,7 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.routing import Match, Route
 
-from tpx.core import metrics
+from tpx.core import build, metrics
 from tpx.core.config import Settings
 from tpx.core.db import issuers as issuer_store
 from tpx.core.db import publishers as publisher_store
@@ -134,7 +134,7 @@ def create_app(settings: Settings, *, run_relay: bool = True) -> Starlette:
             metrics.POOLS.add("exchange", pool)
             key_source = lambda: keycache.snapshot  # noqa: E731 - a handle to unregister on shutdown
             metrics.KEYS.add(key_source)
-            metrics.BUILD.labels("exchange").set(1)
+            metrics.BUILD.labels("exchange", build.version()).set(1)
             metrics.DRAINING.set(0)
             tasks = [asyncio.create_task(listener.run(), name="exchange-listener"),
                      asyncio.create_task(keycache.run(), name="keycache"),

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 
-from tpx.core import metrics
+from tpx.core import build, metrics
 from tpx.core.config import Settings
 from tpx.core.db.migrate import check_schema
 from tpx.core.db.pool import create_pool, ping
@@ -40,7 +40,7 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
                  refresh_seconds=settings.jwks_refresh_seconds,
                  cooldown_seconds=settings.jwks_refresh_cooldown_seconds)
         metrics.POOLS.add("jwks-refresher", pool)
-        metrics.BUILD.labels("jwks-refresher").set(1)
+        metrics.BUILD.labels("jwks-refresher", build.version()).set(1)
 
         async def readiness() -> tuple[bool, dict]:
             reasons = []

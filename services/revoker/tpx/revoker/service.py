@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from tpx.core import metrics
+from tpx.core import build, metrics
 from tpx.core.config import Settings
 from tpx.core.db.migrate import check_schema
 from tpx.core.db.pool import create_pool, ping
@@ -71,7 +71,7 @@ class Revoker:
                 asyncio.create_task(self.sweeper.run(), name="revoker-sweeper"),
             }
             metrics.POOLS.add("revoker", pool)
-            metrics.BUILD.labels("revoker").set(1)
+            metrics.BUILD.labels("revoker", build.version()).set(1)
             ops = asyncio.create_task(serve_ops(settings, stop, self._readiness(pool), self.stopping.is_set, ops_socket),
                                       name="revoker-ops")
             depth = asyncio.create_task(sample_forever_queue_depths(settings), name="revoker-queue-depth")

@@ -13,7 +13,7 @@ from tpx.core.db.outbox import add_events
 from tpx.core.errors import Problem
 from tpx.core.events import builders
 from tpx.core.events.types import EXCHANGE_SOURCE
-from tpx.core.metrics import INTROSPECTIONS
+from tpx.core.metrics import INTROSPECTIONS, TOKENS_REVOKED
 from tpx.core.providers.base import PERMISSIONS
 
 from tpx.exchange.context import ServiceContext, context
@@ -49,6 +49,7 @@ async def revoke_token(ctx: ServiceContext, token: str, reason: str) -> None:
             if row is not None:
                 await add_events(conn, [builders.token_revoked(row, reason)], source=EXCHANGE_SOURCE)
     if row is not None:
+        TOKENS_REVOKED.labels("holder").inc()
         ctx.outbox_signal.notify()
 
 

@@ -1,0 +1,27 @@
+"""Counters an operator alerts on count every path that changes what they count."""
+
+from __future__ import annotations
+
+import pytest
+from prometheus_client import REGISTRY
+
+pytestmark = pytest.mark.integration
+
+
+def revoked(reason: str) -> float:
+    return REGISTRY.get_sample_value("tpx_tokens_revoked_total", {"reason": reason}) or 0.0
+
+
+async def test_a_holder_revocation_is_counted_once(repo, client):
+    await repo.add_publisher(repository_owner_id=repo.owner_id, repository_id=repo.repository_id)
+    token = (await repo.exchange(repo.token())).json()["token"]
+    before = revoked("holder")
+    assert (await client.post("/v1/revoke", json={"token": token})).status_code == 204
+    assert (await client.post("/v1/revoke", json={"token": token})).status_code == 204   # already revoked
+    assert revoked("holder") == before + 1
+
+
+async def test_build_info_names_the_version(client):
+    from importlib import metadata
+    text = (await client.get("/metrics")).text
+    assert f'tpx_build_info{{service="exchange",version="{metadata.version("tpx")}"}} 1.0' in text
