@@ -19,7 +19,11 @@ import httpx
 
 
 class CliError(Exception):
-    pass
+    exit_code = 1   # tpx.cli.main.EXIT_FAILED
+
+
+class CliUnreachable(CliError):
+    exit_code = 3   # tpx.cli.main.EXIT_UNREACHABLE
 
 
 def _admin_token() -> str:
@@ -41,7 +45,7 @@ def call(http: httpx.Client, method: str, path: str, **kwargs: Any) -> dict[str,
     try:
         response = http.request(method, path, **kwargs)
     except httpx.TransportError as exc:
-        raise CliError(f"cannot reach {http.base_url} ({exc}); check --url / TPX_URL") from None
+        raise CliUnreachable(f"cannot reach {http.base_url} ({exc}); check --url / TPX_URL") from None
     if response.status_code >= 400:
         try:
             problem = response.json()
@@ -204,7 +208,7 @@ def _guard(function):
             function(args)
         except CliError as exc:
             print(f"tpx: {exc}", file=sys.stderr)
-            return 1
+            return exc.exit_code
         return 0
 
     return run
