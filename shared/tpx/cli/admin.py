@@ -17,13 +17,23 @@ from typing import Any
 
 import httpx
 
+from tpx.core.times import MOMENT_SYNTAX, parse_moment, rfc3339
+
 
 class CliError(Exception):
     exit_code = 1   # tpx.cli.main.EXIT_FAILED
 
 
+class CliUsage(CliError):
+    exit_code = 2   # tpx.cli.main.EXIT_USAGE: options that do not go together
+
+
 class CliUnreachable(CliError):
     exit_code = 3   # tpx.cli.main.EXIT_UNREACHABLE
+
+
+class CliConfig(CliError):
+    exit_code = 4   # tpx.cli.main.EXIT_CONFIG
 
 
 def _admin_token() -> str:
@@ -31,7 +41,7 @@ def _admin_token() -> str:
         return Path(os.environ["TPX_ADMIN_TOKEN_FILE"]).read_text().strip()
     token = os.environ.get("TPX_ADMIN_TOKEN")
     if not token:
-        raise CliError("set TPX_ADMIN_TOKEN (or TPX_ADMIN_TOKEN_FILE) to one of the service's TPX_ADMIN_TOKENS")
+        raise CliConfig("set TPX_ADMIN_TOKEN (or TPX_ADMIN_TOKEN_FILE) to one of the service's TPX_ADMIN_TOKENS")
     return token
 
 
@@ -66,7 +76,11 @@ def show(value: Any) -> None:
 def issuers(args: argparse.Namespace) -> None:
     with client(args) as http:
         if args.action == "list":
-            for issuer in call(http, "GET", "/v1/admin/issuers")["issuers"]:
+            listed = call(http, "GET", "/v1/admin/issuers")["issuers"]
+            if args.json:
+                show(listed)
+                return
+            for issuer in listed:
                 keys = len(issuer["key_ids"])
                 state = "enabled" if issuer["enabled"] else "disabled"
                 print(f"{issuer['id']}  {issuer['kind']:<6}  {state:<8}  {keys} key(s)  {issuer['url']}"
@@ -84,7 +98,7 @@ def issuers(args: argparse.Namespace) -> None:
             show(call(http, "PATCH", f"/v1/admin/issuers/{args.target}", json={"enabled": args.action == "enable"})["issuer"])
         elif args.action == "delete":
             call(http, "DELETE", f"/v1/admin/issuers/{args.target}")
-            print(f"deleted issuer {args.target}")
+            show({"deleted": args.target}) if args.json else print(f"deleted issuer {args.target}")
 
 
 # --- publishers ----------------------------------------------------------------------------------------------
@@ -93,7 +107,11 @@ def publishers(args: argparse.Namespace) -> None:
     with client(args) as http:
         if args.action == "list":
             params = {"package": args.package} if args.package else {}
-            for p in call(http, "GET", "/v1/admin/publishers", params=params)["publishers"]:
+            listed = call(http, "GET", "/v1/admin/publishers", params=params)["publishers"]
+            if args.json:
+                show(listed)
+                return
+            for p in listed:
                 owner = p.get("repository_owner") or p.get("namespace")
                 name = p.get("repository_name") or p.get("project")
                 workflow = p.get("workflow_filename") or p.get("workflow_filepath")
@@ -101,10 +119,10 @@ def publishers(args: argparse.Namespace) -> None:
                 print(f"{p['id']}  {p['package']:<24}  {p['provider']:<6}  {owner}/{name}  {workflow}  env={envs}")
         elif args.action == "add":
             if not (args.package and args.repository and args.workflow):
-                raise CliError("add needs --package, --repository owner/name and --workflow")
+                raise CliUsage("add needs --package, --repository owner/name and --workflow")
             owner, _, name = args.repository.rpartition("/")
             if not owner:
-                raise CliError("--repository must be owner/name (GitHub) or group/project (GitLab)")
+                raise CliUsage("--repository must be owner/name (GitHub) or group/project (GitLab)")
             fields = ({"repository_owner": owner, "repository_name": name, "workflow_filename": args.workflow}
                       if args.provider == "github" else
                       {"namespace": owner, "project": name, "workflow_filepath": args.workflow})
@@ -120,7 +138,10 @@ def publishers(args: argparse.Namespace) -> None:
             show(call(http, "GET", f"/v1/admin/publishers/{args.target}")["publisher"])
         elif args.action == "delete":
             result = call(http, "DELETE", f"/v1/admin/publishers/{args.target}")
-            print(f"deleted publisher {args.target}; revoked {result.get('revoked_tokens', 0)} live token(s)")
+            if args.json:
+                show({"deleted": args.target, "revoked_tokens": result.get("revoked_tokens", 0)})
+            else:
+                print(f"deleted publisher {args.target}; revoked {result.get('revoked_tokens', 0)} live token(s)")
 
 
 # --- revoke --------------------------------------------------------------------------------------------------
@@ -128,24 +149,27 @@ def publishers(args: argparse.Namespace) -> None:
 def revoke(args: argparse.Namespace) -> None:
     selectors = [s for s in ("repository", "package", "publisher_id", "token_id") if getattr(args, s)]
     if len(selectors) != 1:
-        raise CliError("give exactly one of --repository, --package, --publisher-id, --token-id")
+        raise CliUsage("give exactly one of --repository, --package, --publisher-id, --token-id")
     body: dict[str, Any] = {selectors[0]: getattr(args, selectors[0])}
     if args.repository:
         if args.workflow:
             body["workflow"] = args.workflow
-        if args.since:
-            body["issued_after"] = args.since
-        if args.until:
-            body["issued_before"] = args.until
+        for option, field in (("since", "issued_after"), ("until", "issued_before")):
+            if getattr(args, option):
+                try:
+                    body[field] = rfc3339(parse_moment(getattr(args, option)))
+                except ValueError as exc:
+                    raise CliUsage(f"--{option}: {exc}") from None
     elif args.workflow or args.since or args.until:
-        raise CliError("--workflow, --since and --until narrow a --repository revocation only")
+        raise CliUsage("--workflow, --since and --until narrow a --repository revocation only")
     if args.reason:
         body["reason"] = args.reason
     started = time.monotonic()
     with client(args) as http:
         result = call(http, "POST", "/v1/admin/revocations", json=body)
         revocation_id = result["revocation_id"]
-        print(f"revocation {revocation_id}: matching tokens are inactive everywhere from now on", flush=True)
+        if not args.json:
+            print(f"revocation {revocation_id}: matching tokens are inactive everywhere from now on", flush=True)
         status, revoked = result["status"], result["revoked"]
         while status != "done":
             _progress(revoked, time.monotonic() - started)
@@ -153,6 +177,10 @@ def revoke(args: argparse.Namespace) -> None:
             current = call(http, "GET", f"/v1/admin/revocations/{revocation_id}")["revocation"]
             status, revoked = current["status"], current["revoked"]
         _progress(revoked, time.monotonic() - started, final=True)
+    if args.json:
+        show({"revocation_id": revocation_id, "status": "done", "revoked": revoked,
+               "seconds": round(time.monotonic() - started, 3)})
+        return
     print(f"done: {revoked} live token(s) revoked in {time.monotonic() - started:.2f} s; "
           "a revocation.completed event records it")
 
@@ -168,6 +196,8 @@ def _progress(revoked: int, elapsed: float, final: bool = False) -> None:
 def register(sub) -> None:
     def with_url(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         parser.add_argument("--url", help="the exchange's base URL (default: $TPX_URL or http://127.0.0.1:8000)")
+        parser.add_argument("--json", action="store_true",
+                            help="JSON on stdout for scripts (show, add and enable already print JSON)")
         return parser
 
     issuer_parser = with_url(sub.add_parser("issuers", help="list, add, enable, disable or delete OIDC issuers"))
@@ -193,8 +223,8 @@ def register(sub) -> None:
     revoke_parser = with_url(sub.add_parser("revoke", help="incident response: revoke live tokens in bulk"))
     revoke_parser.add_argument("--repository")
     revoke_parser.add_argument("--workflow", help="only tokens from this workflow file")
-    revoke_parser.add_argument("--since", help="only tokens issued at or after this RFC 3339 time")
-    revoke_parser.add_argument("--until", help="only tokens issued before this RFC 3339 time")
+    revoke_parser.add_argument("--since", help=f"only tokens issued at or after this: {MOMENT_SYNTAX}")
+    revoke_parser.add_argument("--until", help=f"only tokens issued before this: {MOMENT_SYNTAX}")
     revoke_parser.add_argument("--package")
     revoke_parser.add_argument("--publisher-id")
     revoke_parser.add_argument("--token-id")

@@ -12,10 +12,9 @@ import argparse
 import asyncio
 import fnmatch
 import json
-import re
 import sys
+import time
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
 from typing import Any, AsyncIterator, Callable
 
 import aio_pika
@@ -23,27 +22,20 @@ import aio_pika
 from tpx.cli.settings import load_settings
 from tpx.core.config import Settings
 from tpx.core.events import chain
-
-_RELATIVE = re.compile(r"([0-9]+)([smhd])")
-
+from tpx.core.times import MOMENT_SYNTAX, parse_moment
 
 def parse_since(value: str | None) -> Any:
-    """`first`, `last`, `next`, a stream offset (integer), an RFC 3339 time, or a duration ago (30m, 2h, 7d)."""
+    """`first`, `last`, `next`, a stream offset (integer), or the command line's one time syntax
+    (tpx.core.times.parse_moment: an RFC 3339 time or a duration ago such as 2h)."""
     if value is None or value in ("first", "last", "next"):
         return value or "first"
     if value.isdigit():
         return int(value)
-    relative = _RELATIVE.fullmatch(value)
-    if relative:
-        amount, unit = int(relative[1]), relative[2]
-        seconds = amount * {"s": 1, "m": 60, "h": 3600, "d": 86400}[unit]
-        return datetime.now(timezone.utc) - timedelta(seconds=seconds)
     try:
-        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        return parse_moment(value)
     except ValueError:
-        raise SystemExit(f"tpx audit: --since {value!r} is not first/last/next, an offset, a time (RFC 3339) "
-                         "or a duration such as 2h") from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+        raise SystemExit(f"tpx audit: --since {value!r} is not first/last/next, a stream offset, or "
+                         f"{MOMENT_SYNTAX}") from None
 
 
 @dataclass
@@ -134,10 +126,41 @@ async def replay(settings: Settings, args: argparse.Namespace, out: Callable[[st
     return 0
 
 
+class Progress:
+    """A one-line count on a terminal's stderr, redrawn at most twice a second; silent when piped."""
+
+    def __init__(self, stream=sys.stderr) -> None:
+        self._stream = stream
+        self._enabled = stream.isatty()
+        self._started = self._shown = time.monotonic()
+
+    def tick(self, checked: int, sequence: int | None) -> None:
+        now = time.monotonic()
+        if self._enabled and now - self._shown >= 0.5:
+            self._shown = now
+            rate = checked / max(now - self._started, 1e-9)
+            self._stream.write(f"\r  verified {checked:,} events (sequence {sequence}), {rate:,.0f}/s ")
+            self._stream.flush()
+
+    def done(self) -> None:
+        if self._enabled:
+            self._stream.write("\r" + " " * 72 + "\r")
+            self._stream.flush()
+
+
 async def verify(settings: Settings, args: argparse.Namespace, out: Callable[[str], None]) -> int:
-    events = [event async for _, event in read_stream(settings, parse_since(args.since or "first"), follow=False,
-                                                      idle_timeout=args.idle_timeout, limit=args.limit)]
-    report = chain.verify(events, anchor=bytes.fromhex(args.anchor) if args.anchor else None)
+    """Check the chain as the events arrive, in constant memory (tpx.core.events.chain.ChainVerifier)."""
+    verifier = chain.ChainVerifier(anchor=bytes.fromhex(args.anchor) if args.anchor else None)
+    progress = Progress()
+    try:
+        async for _, event in read_stream(settings, parse_since(args.since or "first"), follow=False,
+                                          idle_timeout=args.idle_timeout, limit=args.limit):
+            if verifier.feed(event) is not None:
+                break
+            progress.tick(verifier.checked, verifier.last_sequence)
+    finally:
+        progress.done()
+    report = verifier.report()
     out(report.describe())
     return 0 if report.ok else 1
 

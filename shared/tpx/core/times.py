@@ -7,7 +7,8 @@ their `expires_in`.
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+import re
+from datetime import datetime, timedelta, timezone
 
 
 def rfc3339(moment: datetime, *, seconds: bool = False) -> str:
@@ -23,3 +24,21 @@ def rfc3339(moment: datetime, *, seconds: bool = False) -> str:
 
 def rfc3339_or_none(moment: datetime | None, *, seconds: bool = False) -> str | None:
     return None if moment is None else rfc3339(moment, seconds=seconds)
+
+
+_AGO = re.compile(r"([0-9]+)([smhd])")
+MOMENT_SYNTAX = "an RFC 3339 time (2026-12-04T23:00:00Z) or a duration ago (30m, 2h, 7d)"
+
+
+def parse_moment(value: str, *, now: datetime | None = None) -> datetime:
+    """The one time syntax of the command line: an RFC 3339 time (UTC if it names no zone), or a
+    duration ago (`30s`, `30m`, `2h`, `7d`). Raises ValueError naming both forms."""
+    ago = _AGO.fullmatch(value.strip())
+    if ago:
+        seconds = int(ago[1]) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[ago[2]]
+        return (now or datetime.now(timezone.utc)) - timedelta(seconds=seconds)
+    try:
+        moment = datetime.fromisoformat(value.strip().replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        raise ValueError(f"{value!r} is not {MOMENT_SYNTAX}") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)

@@ -58,12 +58,43 @@ async def test_revoke_by_repository_and_workflow(repo, exchange_app):
 
 async def test_errors_say_what_to_do(exchange_app):
     code, _, err = await tpx(exchange_app.state.url, "issuers", "list", token=None)
-    assert code == 1 and "TPX_ADMIN_TOKEN" in err
+    assert code == 4 and "TPX_ADMIN_TOKEN" in err   # a setting the command needs
     code, _, err = await tpx(exchange_app.state.url, "issuers", "list", token="wrong-credential-0123456789")
     assert code == 1 and "unauthorized" in err
     code, _, err = await tpx(exchange_app.state.url, "revoke", "--package", "a", "--repository", "b/c")
-    assert code == 1 and "exactly one" in err
+    assert code == 2 and "exactly one" in err       # options that do not go together
     code, _, err = await tpx("http://127.0.0.1:9", "issuers", "list")
-    assert code == 1 and "cannot reach" in err
+    assert code == 3 and "cannot reach" in err      # the service did not answer
     code, out, _ = await tpx(exchange_app.state.url, "issuers", "list")
     assert code == 0 and "token.actions.githubusercontent.com" in out
+
+
+async def test_revoke_since_takes_the_same_time_syntax_as_audit(repo, exchange_app):
+    await repo.add_publisher()
+    token = (await repo.exchange(repo.token())).json()["token"]
+    code, out, err = await tpx(exchange_app.state.url, "revoke", "--repository", repo.repository, "--since", "1h")
+    assert code == 0, err
+    assert "done: 1 live token(s) revoked" in out
+    assert (await introspect(repo.client, token))["active"] is False
+    code, _, err = await tpx(exchange_app.state.url, "revoke", "--repository", repo.repository, "--since", "an hour")
+    assert code == 2 and "RFC 3339 time" in err and "duration ago" in err
+
+
+async def test_every_list_and_show_speaks_json_for_scripts(repo, exchange_app):
+    import json
+    url = exchange_app.state.url
+    publisher = await repo.add_publisher()
+    code, out, err = await tpx(url, "issuers", "list", "--json")
+    assert code == 0, err
+    assert repo.issuer.url in {issuer["url"] for issuer in json.loads(out)}
+    code, out, err = await tpx(url, "publishers", "list", "--json", "--package", publisher["package"])
+    assert code == 0, err
+    assert [p["id"] for p in json.loads(out)] == [publisher["id"]]
+    code, out, err = await tpx(url, "publishers", "show", publisher["id"], "--json")
+    assert code == 0 and json.loads(out)["id"] == publisher["id"]
+    assert (await repo.exchange(repo.token())).status_code == 200
+    code, out, err = await tpx(url, "revoke", "--repository", repo.repository, "--json")
+    assert code == 0, err
+    assert json.loads(out)["revoked"] == 1 and json.loads(out)["status"] == "done"
+    code, out, err = await tpx(url, "publishers", "delete", publisher["id"], "--json")
+    assert code == 0 and json.loads(out) == {"deleted": publisher["id"], "revoked_tokens": 0}

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import uuid
 from dataclasses import replace
-from types import SimpleNamespace
 
 import asyncpg
 import pytest
@@ -83,7 +82,7 @@ async def test_a_mint_that_fails_in_a_group_fails_alone(repo, db, exchange_app, 
     # The exchanges below draw their token ids in order: the first goes alone, the second (taken id)
     # and the rest form the next group.
     ids = iter([uuid.uuid4(), taken, uuid.uuid4(), uuid.uuid4(), uuid.uuid4()])
-    monkeypatch.setattr(minting, "uuid", SimpleNamespace(uuid4=lambda: next(ids), UUID=uuid.UUID))
+    monkeypatch.setattr(minting, "new_id", lambda: next(ids))
     outcomes = await asyncio.gather(*(write(group_commit, settings, d) for d in decided[1:]), return_exceptions=True)
     assert isinstance(outcomes[1], asyncpg.UniqueViolationError), outcomes
     assert all(isinstance(o, minting.MintedToken) for o in outcomes[:1] + outcomes[2:]), outcomes

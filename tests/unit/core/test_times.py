@@ -25,3 +25,22 @@ def test_naive_times_are_refused_and_none_stays_none():
     with pytest.raises(ValueError):
         rfc3339(datetime(2026, 1, 1))
     assert rfc3339_or_none(None) is None
+
+
+def test_the_command_lines_one_time_syntax():
+    from datetime import datetime, timedelta, timezone
+
+    import pytest
+
+    from tpx.core.times import parse_moment
+    now = datetime(2026, 12, 5, 12, 0, tzinfo=timezone.utc)
+    assert parse_moment("2h", now=now) == now - timedelta(hours=2)
+    assert parse_moment("30m", now=now) == now - timedelta(minutes=30)
+    assert parse_moment("7d", now=now) == now - timedelta(days=7)
+    assert parse_moment("45s", now=now) == now - timedelta(seconds=45)
+    assert parse_moment("2026-12-04T23:00:00Z") == datetime(2026, 12, 4, 23, tzinfo=timezone.utc)
+    assert parse_moment("2026-12-04T23:00:00+01:00") == datetime(2026, 12, 4, 22, tzinfo=timezone.utc)
+    assert parse_moment("2026-12-04T23:00:00") == datetime(2026, 12, 4, 23, tzinfo=timezone.utc)
+    for wrong in ("2 hours", "yesterday", "-2h", ""):
+        with pytest.raises(ValueError, match="RFC 3339 time .* or a duration ago"):
+            parse_moment(wrong)

@@ -33,6 +33,7 @@ from tpx.core.db.pool import UNAVAILABLE_ERRORS
 from tpx.core.errors import Problem
 from tpx.core.events import builders
 from tpx.core.events.types import EXCHANGE_SOURCE, Event
+from tpx.core.ids import new_id
 from tpx.core.logging import get_logger
 from tpx.core.providers.base import CheckResult, Publisher
 from tpx.core.providers.matching import PublisherEvaluation, denial, evaluate
@@ -235,7 +236,7 @@ async def write(writer: MintWriter, settings: Settings, decision: Decision) -> M
     verified = decision.verified
     identity = verified.identity
     token = tokens.generate()
-    token_id = str(uuid.uuid4())
+    token_id = str(new_id())
     binding = None
     if decision.unbound:
         binding = token_store.Binding([publisher.id for publisher, _ in decision.unbound],

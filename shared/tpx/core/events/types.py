@@ -6,10 +6,11 @@ builder in `tpx.core.events.builders` and a JSON Schema in `schemas/`.
 
 from __future__ import annotations
 
-import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
+
+from tpx.core.ids import new_id
 
 TYPE_PREFIX = "dev.tpx."
 
@@ -41,7 +42,7 @@ class Event:
     type: str
     data: dict[str, Any]
     subject: str | None = None
-    id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    id: str = field(default_factory=lambda: str(new_id()))  # time-ordered: the outbox's index grows at its edge
     time: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
 
 

@@ -1,0 +1,42 @@
+"""The chain's canonical form is RFC 8785 (JCS), checked against an independent implementation."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+
+import pytest
+import rfc8785
+
+from tpx.core.events import chain
+from tpx.core.events.cloudevents import encode
+from tests.unit.core.events.test_schemas import samples
+
+DOC = Path(__file__).resolve().parents[4] / "docs" / "events" / "chain.md"
+
+
+@pytest.mark.parametrize("label, event", samples(), ids=[label for label, _ in samples()])
+def test_every_event_type_encodes_as_rfc_8785(label, event):
+    assert encode(event) == rfc8785.dumps(event)
+
+
+@pytest.mark.parametrize("text", ["café — naïve", "tab\there, newline\n, nul \x00, unit \x1f, del \x7f",
+                                  "quote \" backslash \\ slash /", "emoji 😀 and CJK 漢字", "\u2028\u2029",
+                                  "surrogate-free astral \U0001F600"])
+def test_strings_encode_as_rfc_8785(text):
+    event = {"data": {"reason": text, "n": [0, 1, -1, 2**53 - 1, -(2**53 - 1)], "ok": True, "none": None}, "id": "x"}
+    assert encode(event) == rfc8785.dumps(event)
+
+
+def test_the_worked_example_in_the_docs_recomputes():
+    text = DOC.read_text()
+    canonical = re.search(r"\n   ```\n   (\{.*\})\n   ```", text).group(1).encode()
+    expected = re.search(r"lower-case hex:\n   `([0-9a-f]{64})`", text).group(1)
+    event = json.loads(re.search(r"```json\n(.*?)\n```", text, re.S).group(1))
+    assert event.pop(chain.CHAIN_ATTRIBUTE) == expected
+    assert encode(event) == canonical == rfc8785.dumps(event)
+    assert f"{len(canonical)} bytes" in text and f"{len(canonical) + 32} bytes" in text
+    assert hashlib.sha256(chain.GENESIS + canonical).hexdigest() == expected
+    assert chain.link(chain.GENESIS, {**event, chain.CHAIN_ATTRIBUTE: expected}).hex() == expected
