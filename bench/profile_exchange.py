@@ -20,6 +20,7 @@ import contextlib
 import os
 import secrets
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -97,6 +98,7 @@ async def prefill(service, count: int, chunk: int = 500_000) -> None:
             done += size
             progress(f"prefill: {done:,} of {count:,} token rows")
         await conn.execute("VACUUM ANALYZE tokens")
+        await conn.execute("CHECKPOINT")   # the bulk load's dirty pages written now, not during the runs
     finally:
         await conn.close()
 
@@ -122,15 +124,19 @@ async def main(args: argparse.Namespace) -> None:
                                           pool=10, admin_token="bench-admin-" + secrets.token_urlsafe(16),
                                           registry_token="bench-registry-" + secrets.token_urlsafe(16),
                                           tpx=await runtime_tpx())
-        if args.prefill_tokens:
-            await prefill(service, args.prefill_tokens)
         target = Target("tpx", f"tpx, {args.connections} connections", service, args.connections, 3000)
         progress(f"exchange process RSS before any load: {rss_mb(service.processes[0].pid):.1f} MB")
         progress("warm-up, 3 s")
         await measure(target, duration=3, tmp=tmp, admin=admin)
         if args.runs:  # figures only, no profiler attached
-            for _ in range(args.runs):
-                await measure(target, duration=args.duration, tmp=tmp, admin=admin)
+            empty = [await measure(target, duration=args.duration, tmp=tmp, admin=admin) for _ in range(args.runs)]
+            if args.prefill_tokens:
+                await prefill(service, args.prefill_tokens)
+                progress("the same runs with the prefilled tokens table")
+                full = [await measure(target, duration=args.duration, tmp=tmp, admin=admin) for _ in range(args.runs)]
+                before, after = (statistics.median(s.sustained for s in runs) for runs in (empty, full))
+                print(f"\nsustained req/s, median of {args.runs}: {before:.0f} with the table as the runs left it, "
+                      f"{after:.0f} with {args.prefill_tokens:,} more token rows: {after / before:.2f}x")
             progress(f"exchange process RSS after the runs: {rss_mb(service.processes[0].pid):.1f} MB")
             return
         raw = tmp / "profile.txt"
@@ -154,6 +160,7 @@ if __name__ == "__main__":
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--py-spy", default=os.environ.get("PY_SPY"))
     parser.add_argument("--runs", type=int, default=0, help="only measure, this many wrk runs, without py-spy")
-    parser.add_argument("--prefill-tokens", type=int, default=0, help="token rows written before the warm-up")
+    parser.add_argument("--prefill-tokens", type=int, default=0,
+                        help="with --runs: measure, add this many token rows, measure again, print the ratio")
     asyncio.run(main(parser.parse_args()))
     del peer
