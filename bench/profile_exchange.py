@@ -69,7 +69,7 @@ def summarise(raw: Path, top: int) -> None:
             needles = (needles,) if isinstance(needles, str) else needles
             if any(needle in frame for frame in frames for needle in needles):
                 layers[layer] += count
-    idle = sum(c for leaf, c in leaves.items() if "epoll_wait" in leaf or "(select" in leaf)
+    idle = sum(c for leaf, c in leaves.items() if "epoll" in leaf or "(select" in leaf)
     print(f"\n{total} samples of the exchange process; {100 * idle / max(total, 1):.1f}% waiting in epoll (idle)")
     print("\nshare of samples through each layer (a sample may count in several)")
     for layer, count in layers.most_common():
