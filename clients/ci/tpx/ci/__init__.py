@@ -12,7 +12,18 @@ fast; the HTTP work is imported when a command runs.
 from __future__ import annotations
 
 import argparse
+from importlib import metadata
 from typing import Any
+
+def client_version() -> str:
+    """The client's own distribution (tpx-ci) where installed alone, else the server's (tpx) it came with."""
+    for distribution in ("tpx-ci", "tpx"):
+        try:
+            return metadata.version(distribution)
+        except metadata.PackageNotFoundError:
+            continue
+    return "0"
+
 
 DEFAULT_ID_TOKEN_VARIABLE = "TPX_ID_TOKEN"
 DEFAULT_ATTEMPTS = 5

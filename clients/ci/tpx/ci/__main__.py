@@ -1,7 +1,8 @@
-"""`python -m tpx.ci exchange|revoke|cargo-credential`: the client without the service's `tpx` entry point.
+"""`tpx-ci exchange|revoke|cargo-credential` (or `python -m tpx.ci ...`): the client on its own.
 
-Handy where only the package is installed (or a job pins it by module path),
-and what the tests run in a subprocess.
+The entry point of the `tpx-ci` distribution (clients/ci/pyproject.toml), which
+a release job installs without the server; the server's `tpx ci ...` runs the
+same commands. Also what the tests run in a subprocess.
 """
 
 from __future__ import annotations
@@ -10,11 +11,12 @@ import argparse
 import sys
 
 from tpx.ci import add_commands
-from tpx.ci import cargo_credential
+from tpx.ci import cargo_credential, client_version
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m tpx.ci", description="tpx's CI client.")
+    parser = argparse.ArgumentParser(prog="tpx-ci", description="tpx's CI client.")
+    parser.add_argument("--version", action="version", version=f"tpx-ci {client_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_commands(commands)
     cargo_credential.register(commands)

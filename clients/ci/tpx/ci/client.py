@@ -7,26 +7,19 @@ keeps the command free of an event loop.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from importlib import metadata
 from typing import Any, Mapping
 from urllib.parse import urlsplit
 
 import httpx
 
+from tpx.ci import client_version
 from tpx.ci.claims import claim_lines
 from tpx.ci.errors import CiError, Refused, UsageError, scrub
 from tpx.ci.idtoken import IdTokenSource
 from tpx.ci.retry import NOT_SENT_ERRORS, RetryPolicy, with_retries
 
 
-def _version() -> str:
-    try:
-        return metadata.version("tpx")
-    except metadata.PackageNotFoundError:
-        return "0"
-
-
-USER_AGENT = f"tpx-ci/{_version()}"
+USER_AGENT = f"tpx-ci/{client_version()}"
 
 
 def resolve_url(given: str | None, env: Mapping[str, str]) -> str:
