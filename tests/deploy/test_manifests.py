@@ -326,7 +326,13 @@ def test_dockerfile_builds_a_non_root_read_only_friendly_image():
     assert len(stages) >= 2, "multi-stage: build tools stay out of the runtime image"
     assert "ARG PYTHON_IMAGE=python:3.11-slim" in instructions
     assert all("${PYTHON_IMAGE}" in stage for stage in stages)
-    assert any("pip install ." in line for line in instructions)
+    assert any("pip install --require-hashes --only-binary :all: -r deploy/requirements.lock" in line
+               for line in instructions), "dependencies only as locked, by hash"
+    assert any("pip install --no-deps --no-build-isolation ." in line for line in instructions), \
+        "tpx itself resolves nothing the lock did not name"
+    labels = " ".join(line for line in instructions if line.upper().startswith("LABEL "))
+    for annotation in ("title", "description", "licenses", "version", "revision", "source", "created"):
+        assert f"org.opencontainers.image.{annotation}=" in labels
     users = [line for line in instructions if line.upper().startswith("USER ")]
     assert users and users[-1].split()[1].split(":")[0] == str(UID)
     assert 'ENTRYPOINT ["tpx"]' in instructions, "exec form, so tpx is PID 1 and receives SIGTERM"
@@ -335,6 +341,23 @@ def test_dockerfile_builds_a_non_root_read_only_friendly_image():
     for line in instructions:
         if line.upper().startswith(("ARG ", "ENV ")):
             assert not re.search(r"PASS|SECRET|TOKEN|DATABASE_URL|AMQP_URL", line, re.IGNORECASE), f"no secrets in the image: {line}"
+
+
+def test_the_image_lock_pins_every_dependency_and_the_build_backend_by_hash():
+    import tomllib
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    text = (DEPLOY / "requirements.lock").read_text()
+    assert "--index-url" not in text and "--find-links" not in text
+    pinned = {}
+    for block in re.split(r"\n(?=[a-z])", text):
+        match = re.match(r"([a-z0-9._-]+)==(\S+)", block)
+        if match:
+            pinned[match[1]] = re.findall(r"--hash=sha256:[0-9a-f]{64}", block)
+    wanted = [re.split(r"[<>=!~;\[ ]", requirement)[0].lower() for requirement in
+              project["project"]["dependencies"] + project["build-system"]["requires"]]
+    for name in wanted:
+        assert pinned.get(name.replace("_", "-")), f"{name} is missing from deploy/requirements.lock (regenerate it)"
+    assert all(pinned.values()), "every locked package needs its hashes"
 
 
 # ---------------------------------------------------------------- Kubernetes: schema
