@@ -22,12 +22,22 @@ $(VENV)/.installed: pyproject.toml
 	@echo "==> installed (log: $(VENV)/install.log)"
 	@touch $@
 
-test: venv
+# promtool checks the alert rules (tests/deploy/test_monitoring.py): Debian's prometheus package has
+# it; only the binary is unpacked into the venv, nothing is installed system-wide or started.
+PROMTOOL_BIN := $(VENV)/tools/usr/bin/promtool
+$(PROMTOOL_BIN):
+	@command -v apt-get > /dev/null && mkdir -p $(VENV)/tools && cd $(VENV)/tools \
+	  && apt-get download prometheus > download.log 2>&1 && dpkg -x prometheus_*.deb . && rm -f prometheus_*.deb \
+	  && echo "==> promtool unpacked into $(VENV)/tools" \
+	  || echo "==> promtool unavailable (no Debian prometheus package): the rules get structural checks only"
+
+test: venv $(PROMTOOL_BIN)
 	@$(VENV)/bin/lint-imports --no-cache --no-logo > $(VENV)/lint-imports.log 2>&1 \
 	  && echo "==> import boundaries hold: $$(grep -c ' KEPT$$' $(VENV)/lint-imports.log) contracts kept (pyproject.toml [tool.importlinter])" \
 	  || { cat $(VENV)/lint-imports.log; echo "make: an import crosses a boundary of the design (above); see docs/decisions.md"; exit 1; }
 	@$(PY) tests/preflight.py
-	@status=0; $(PY) -m pytest $(PYTEST_ARGS) || status=$$?; $(PY) tests/preflight.py --drop; exit $$status
+	@status=0; PROMTOOL=$$(test -x $(PROMTOOL_BIN) && echo $(abspath $(PROMTOOL_BIN))) $(PY) -m pytest $(PYTEST_ARGS) \
+	  || status=$$?; $(PY) tests/preflight.py --drop; exit $$status
 
 demo: venv
 	@$(PY) -m tpx.cli demo
