@@ -780,3 +780,29 @@ def test_kustomize_build_is_valid(directory):
         if directory != BASE and doc["kind"] != "Namespace":
             assert doc["metadata"]["namespace"] == yaml.safe_load(
                 (directory / "kustomization.yaml").read_text(encoding="utf-8"))["namespace"]
+
+
+@pytest.mark.parametrize("result", every_build(), ids=lambda b: str(b.directory.relative_to(K8S)))
+def test_argo_cd_applies_what_the_migration_needs_before_it_and_the_services_after(result):
+    """A first install works: a PreSync hook ran before the Namespace, ServiceAccount and ConfigMap existed."""
+    def wave(obj: dict) -> int:
+        annotations = obj["metadata"].get("annotations") or {}
+        assert "argocd.argoproj.io/sync-wave" in annotations, f"{obj['kind']}/{obj['metadata']['name']} has no wave"
+        return int(annotations["argocd.argoproj.io/sync-wave"])
+
+    objects = result.objects
+    job = objects["Job", "tpx-migrate"]
+    assert job["metadata"]["annotations"]["argocd.argoproj.io/hook"] == "Sync"
+    assert job["metadata"]["annotations"]["argocd.argoproj.io/hook-delete-policy"] == "BeforeHookCreation"
+    migrate = wave(job)
+    pod = pod_spec(job)
+    needs = [("ServiceAccount", pod["serviceAccountName"])]
+    needs += [("ConfigMap", ref["configMapRef"]["name"]) for c in pod["containers"] for ref in c.get("envFrom", [])
+              if "configMapRef" in ref]
+    needs += [key for key in objects if key[0] in ("Namespace", "NetworkPolicy")]
+    for key in needs:
+        if key in objects:
+            assert wave(objects[key]) < migrate, f"{key} must exist before the migration runs"
+    for key, obj in objects.items():
+        if key[0] in ("Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget"):
+            assert wave(obj) > migrate, f"{key} must wait for the migration"
