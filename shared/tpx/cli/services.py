@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
+import shutil
 import sys
+import tempfile
 from typing import Any, Awaitable, Callable
 
 from tpx.cli.settings import load_settings
@@ -81,8 +84,17 @@ def _exchange_processes(settings: Settings) -> int:
     options: dict[str, Any] = uvicorn_config(None, settings).__dict__
     keep = ("host", "port", "lifespan", "log_level", "log_config", "access_log", "server_header", "proxy_headers",
             "timeout_keep_alive", "timeout_graceful_shutdown", "limit_concurrency", "h11_max_incomplete_event_size")
-    uvicorn.run("tpx.exchange.asgi:app_from_env", factory=True, workers=settings.workers,
-                **{k: options[k] for k in keep if k in options})
+    # The processes keep their metrics in shared files, so any of them answers a scrape for all
+    # (tpx.core.metrics). Set before they start: prometheus-client reads it at import.
+    own_directory = not os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if own_directory:
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="tpx-metrics-")
+    try:
+        uvicorn.run("tpx.exchange.asgi:app_from_env", factory=True, workers=settings.workers,
+                    **{k: options[k] for k in keep if k in options})
+    finally:
+        if own_directory:
+            shutil.rmtree(os.environ.pop("PROMETHEUS_MULTIPROC_DIR"), ignore_errors=True)
     return 0
 
 

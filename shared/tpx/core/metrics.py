@@ -6,16 +6,29 @@ names we declare. Nothing from a request or a token becomes a label.
 Values that need a query (outbox backlog, queue depth) are sampled by the
 service's own background loop and only read here, so a scrape never touches
 the database.
+
+With several exchange processes (TPX_WORKERS > 1) one scrape reaches one of
+them, so the counts are kept in prometheus-client's multiprocess mode (files
+in PROMETHEUS_MULTIPROC_DIR, which `tpx exchange` sets up for its processes)
+and every scrape answers for all of them: counters and histograms summed, each
+gauge combined as its `multiprocess_mode` says. The pool and key collectors
+report the answering process (its pool; keys are the same in every process).
 """
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Callable, Iterable
 
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess,
+)
 from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
+
+MULTIPROCESS_DIRECTORY = "PROMETHEUS_MULTIPROC_DIR"   # read by prometheus-client when it is first imported
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
 
@@ -36,14 +49,18 @@ REVOCATION_LATENCY = Histogram("tpx_revocation_duration_seconds",
 TOKENS_REVOKED = Counter("tpx_tokens_revoked_total", "Tokens revoked, by reason.", ["reason"])
 TOKENS_EXPIRED = Counter("tpx_tokens_expired_total", "Tokens marked expired by the revoker.")
 PURGED = Counter("tpx_purged_rows_total", "Rows purged by the revoker.", ["table"])
-OUTBOX_BACKLOG = Gauge("tpx_outbox_backlog", "Events committed but not yet confirmed by RabbitMQ.")
-RELAY_LAG = Gauge("tpx_relay_lag_seconds", "Age of the oldest event not yet relayed (0 when none).")
-QUEUE_DEPTH = Gauge("tpx_queue_depth", "Messages waiting in a queue tpx consumes.", ["queue"])
-DRAINING = Gauge("tpx_draining", "1 while the service is shutting down.")
-DEPENDENCY_UP = Gauge("tpx_dependency_up", "0 while this process finds the dependency unreachable.", ["dependency"])
+OUTBOX_BACKLOG = Gauge("tpx_outbox_backlog", "Events committed but not yet confirmed by RabbitMQ.",
+                       multiprocess_mode="livemax")
+RELAY_LAG = Gauge("tpx_relay_lag_seconds", "Age of the oldest event not yet relayed (0 when none).",
+                  multiprocess_mode="livemax")
+QUEUE_DEPTH = Gauge("tpx_queue_depth", "Messages waiting in a queue tpx consumes.", ["queue"],
+                    multiprocess_mode="livemax")
+DRAINING = Gauge("tpx_draining", "1 while the service is shutting down.", multiprocess_mode="livemax")
+DEPENDENCY_UP = Gauge("tpx_dependency_up", "0 while this process finds the dependency unreachable.", ["dependency"],
+                      multiprocess_mode="livemin")
 DEPENDENCY_FAILURES = Counter("tpx_dependency_failures_total", "Operations that found a dependency unreachable.",
                               ["dependency"])
-BUILD = Gauge("tpx_build_info", "Always 1; labels say what runs.", ["service", "version"])
+BUILD = Gauge("tpx_build_info", "Always 1; labels say what runs.", ["service", "version"], multiprocess_mode="livemax")
 
 
 class _PoolCollector(Collector):
@@ -117,4 +134,16 @@ REGISTRY.register(KEYS)
 
 
 def exposition() -> tuple[bytes, str]:
-    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+    if not os.environ.get(MULTIPROCESS_DIRECTORY):
+        return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry)
+    registry.register(POOLS)
+    registry.register(KEYS)
+    return generate_latest(registry), CONTENT_TYPE_LATEST
+
+
+def process_exiting() -> None:
+    """Drop this process's live gauges from the shared files (counts it made stay counted)."""
+    if os.environ.get(MULTIPROCESS_DIRECTORY):
+        multiprocess.mark_process_dead(os.getpid())

@@ -159,6 +159,7 @@ def create_app(settings: Settings, *, run_relay: bool = True) -> Starlette:
                 await asyncio.gather(*tasks, return_exceptions=True)
         finally:
             metrics.POOLS.remove("exchange", pool)
+            metrics.process_exiting()
             await pool.close()
 
     route_list = routes()

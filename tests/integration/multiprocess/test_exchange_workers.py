@@ -1,0 +1,46 @@
+"""TPX_WORKERS > 1: any exchange process answers a scrape for all of them (prometheus multiprocess mode)."""
+
+from __future__ import annotations
+
+import re
+
+import httpx
+import pytest
+
+from tests.support.processes import ServiceProcess, free_ports, service_env, wait_healthy
+
+pytestmark = pytest.mark.integration
+REQUESTS = 60
+
+
+def malformed_count(text: str) -> float:
+    match = re.search(r'^tpx_exchanges_total\{code="malformed_request"\} ([0-9.e+]+)$', text, re.M)
+    return float(match[1]) if match else 0.0
+
+
+async def test_every_scrape_counts_the_requests_of_every_process(settings, db, amqp_prefix, tmp_path):
+    port, ops_port = free_ports(2)
+    env = service_env({
+        "TPX_DATABASE_URL": settings.database_url, "TPX_AMQP_URL": settings.amqp_url,
+        "TPX_AMQP_PREFIX": f"{amqp_prefix}-workers", "TPX_PORT": str(port), "TPX_OPS_PORT": str(ops_port),
+        "TPX_WORKERS": "2", "TPX_DB_POOL_MIN": "1", "TPX_DB_POOL_MAX": "2", "TPX_LOG_LEVEL": "warning",
+        "TPX_RATE_FAILED_PER_MINUTE": "0", "TPX_INSECURE_LOOPBACK_ISSUERS": "1"})
+    child = await ServiceProcess.start("exchange-workers", "exchange", env, tmp_path)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        async with httpx.AsyncClient(trust_env=False, timeout=10) as http:
+            await wait_healthy(http, child, f"{base}/healthz")
+            before = malformed_count((await http.get(f"{base}/metrics")).text)
+            for _ in range(REQUESTS):   # a new connection each time: the kernel spreads them over both processes
+                async with httpx.AsyncClient(trust_env=False, timeout=10) as once:
+                    response = await once.post(f"{base}/v1/exchange", content=b"{not json",
+                                               headers={"Content-Type": "application/json"})
+                    assert response.status_code == 400
+            scrapes = []
+            for _ in range(8):
+                async with httpx.AsyncClient(trust_env=False, timeout=10) as once:
+                    scrapes.append(malformed_count((await once.get(f"{base}/metrics")).text) - before)
+        assert scrapes == [REQUESTS] * 8, f"each scrape must count all {REQUESTS}: {scrapes}\n{child.describe()}"
+    finally:
+        await child.stop()
+    assert child.returncode == 0, child.describe()
