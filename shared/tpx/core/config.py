@@ -55,6 +55,8 @@ class Settings:
     trusted_proxies: tuple[str, ...] = ()
     drain_seconds: float = 0.0
     ops_port: int = 9000
+    # The exchange: /metrics and the detailed /readyz on ops_port instead of its public port.
+    ops_separate: bool = False
     workers: int = 1
     audit_max_age: str = "365D"
     audit_max_bytes: int = 20 * 1024**3
@@ -86,6 +88,7 @@ class Settings:
             token_ttl_max_seconds=env.integer("TPX_TOKEN_TTL_MAX_SECONDS", cls.token_ttl_max_seconds, 60, 7 * 86400),
             leeway_seconds=env.integer("TPX_LEEWAY_SECONDS", cls.leeway_seconds, 0, 300),
             insecure_loopback_issuers=env.boolean("TPX_INSECURE_LOOPBACK_ISSUERS", False),
+            ops_separate=env.boolean("TPX_OPS_SEPARATE", False),
             log_format=env.choice("TPX_LOG_FORMAT", cls.log_format, ("json", "console")),
             log_level=env.choice("TPX_LOG_LEVEL", cls.log_level, ("debug", "info", "warning", "error")),
             max_body_bytes=env.integer("TPX_MAX_BODY_BYTES", cls.max_body_bytes, 1024, 1024 * 1024),

@@ -44,3 +44,33 @@ async def test_every_scrape_counts_the_requests_of_every_process(settings, db, a
     finally:
         await child.stop()
     assert child.returncode == 0, child.describe()
+
+
+async def test_ops_separate_moves_metrics_and_the_readiness_report_off_the_public_port(settings, db, amqp_prefix,
+                                                                                      tmp_path):
+    port, ops_port = free_ports(2)
+    env = service_env({
+        "TPX_DATABASE_URL": settings.database_url, "TPX_AMQP_URL": settings.amqp_url,
+        "TPX_AMQP_PREFIX": f"{amqp_prefix}-ops", "TPX_PORT": str(port), "TPX_OPS_PORT": str(ops_port),
+        "TPX_OPS_SEPARATE": "1", "TPX_WORKERS": "2", "TPX_DB_POOL_MIN": "1", "TPX_DB_POOL_MAX": "2",
+        "TPX_LOG_LEVEL": "warning", "TPX_INSECURE_LOOPBACK_ISSUERS": "1"})
+    child = await ServiceProcess.start("exchange-ops", "exchange", env, tmp_path)
+    public, ops = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{ops_port}"
+    try:
+        async with httpx.AsyncClient(trust_env=False, timeout=10) as http:
+            await wait_healthy(http, child, f"{public}/healthz")
+            await wait_healthy(http, child, f"{ops}/healthz")
+            hidden = await http.get(f"{public}/metrics")
+            assert hidden.status_code == 404 and "ops port" in hidden.json()["detail"]
+            brief = await http.get(f"{public}/readyz")
+            assert set(brief.json()) == {"status"}
+            for _ in range(4):   # whichever process answers
+                async with httpx.AsyncClient(trust_env=False, timeout=10) as once:
+                    scraped = await once.get(f"{ops}/metrics")
+                    report = await once.get(f"{ops}/readyz")
+                assert scraped.status_code == 200 and 'tpx_build_info{service="exchange"' in scraped.text
+                assert {"status", "reasons", "dependencies", "issuers"} <= set(report.json())
+                assert report.json()["dependencies"]["database"] == "ok"
+    finally:
+        await child.stop()
+    assert child.returncode == 0, child.describe()

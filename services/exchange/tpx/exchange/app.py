@@ -32,6 +32,7 @@ from tpx.core.logging import get_logger
 from tpx.core.relay.backlog import sample_forever
 from tpx.core.relay.relay import OutboxRelay
 from tpx.core.relay.signal import OutboxSignal
+from tpx.core.serving.ops import bind_ops_socket, serve_ops
 from tpx.core.serving.server import freeze_startup_heap
 
 from tpx.exchange.auth import Credentials
@@ -136,9 +137,20 @@ def create_app(settings: Settings, *, run_relay: bool = True) -> Starlette:
             metrics.KEYS.add(key_source)
             metrics.BUILD.labels("exchange", build.version()).set(1)
             metrics.DRAINING.set(0)
+            stop_ops: list[asyncio.Event] = []
             tasks = [asyncio.create_task(listener.run(), name="exchange-listener"),
                      asyncio.create_task(keycache.run(), name="keycache"),
                      asyncio.create_task(sample_forever(pool), name="outbox-sampler")]
+            if settings.ops_separate:   # /metrics and the full readiness report, off the public port
+                ops_stop = asyncio.Event()
+                ops_socket = bind_ops_socket(settings, shared=True)   # every exchange process serves it
+
+                async def ops_readiness() -> tuple[bool, dict]:
+                    return await ops.readiness(ctx, operator=True)
+
+                tasks.append(asyncio.create_task(
+                    serve_ops(settings, ops_stop, ops_readiness, lambda: ctx.draining, ops_socket), name="ops"))
+                stop_ops.append(ops_stop)
             relay = OutboxRelay(settings, pool, signal) if run_relay else None
             if relay is not None:
                 tasks.append(asyncio.create_task(relay.run(), name="outbox-relay"))
@@ -154,8 +166,11 @@ def create_app(settings: Settings, *, run_relay: bool = True) -> Starlette:
                 metrics.KEYS.remove(key_source)
                 if relay is not None:
                     await relay.stop()
+                for event in stop_ops:
+                    event.set()
                 for task in tasks:
-                    task.cancel()
+                    if task.get_name() != "ops":
+                        task.cancel()
                 await asyncio.gather(*tasks, return_exceptions=True)
         finally:
             metrics.POOLS.remove("exchange", pool)

@@ -1,9 +1,10 @@
-"""The operations endpoints of the workers: /healthz, /readyz and /metrics on TPX_OPS_PORT.
+"""The operations endpoints: /healthz, /readyz and /metrics on TPX_OPS_PORT.
 
-The exchange serves the same paths on its own port; the workers have no other
-HTTP surface, so they get this plain ASGI app (no web framework: a worker
-loads neither Starlette nor the exchange). Readiness is the worker's own
-judgement (database reachable, broker consumer attached, ...), passed in.
+The workers' only HTTP surface, so a plain ASGI app (no web framework: a worker
+loads neither Starlette nor the exchange). The exchange serves the same paths on
+its public port, or here with TPX_OPS_SEPARATE=1 (then its public port keeps
+only what clients need). Readiness is the service's own judgement (database
+reachable, broker consumer attached, issuer keys, ...), passed in.
 """
 
 from __future__ import annotations
@@ -64,10 +65,10 @@ def _json(status: int, value: dict[str, Any]) -> Reply:
     return status, json.dumps(value, separators=(",", ":")).encode(), "application/json"
 
 
-def bind_ops_socket(settings: Settings) -> socket.socket:
-    """Bind the ops port before the worker starts, so a taken port stops the worker with a clear message."""
+def bind_ops_socket(settings: Settings, *, shared: bool = False) -> socket.socket:
+    """Bind the ops port before the service starts, so a taken port stops it with a clear message."""
     try:
-        return bind(settings.host, settings.ops_port)
+        return bind(settings.host, settings.ops_port, shared=shared)
     except OSError as exc:
         raise RuntimeError(f"cannot listen for the ops endpoints on {settings.host}:{settings.ops_port} "
                            f"({exc.strerror}); give each worker on this host its own TPX_OPS_PORT") from None

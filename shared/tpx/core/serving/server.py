@@ -54,10 +54,14 @@ def uvicorn_config(app: Any, settings: Settings, **overrides: Any) -> uvicorn.Co
     return uvicorn.Config(app, **options)
 
 
-def bind(host: str, port: int) -> socket.socket:
-    """Bind the listening socket up front, so a taken port fails the start with an OSError that says so."""
+def bind(host: str, port: int, *, shared: bool = False) -> socket.socket:
+    """Bind the listening socket up front, so a taken port fails the start with an OSError that says so.
+    `shared`: several processes of one service bind the same port (SO_REUSEPORT; the kernel spreads
+    connections), as the exchange's processes do for their ops port."""
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if shared:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     try:
         sock.bind((host, port))
     except OSError as exc:

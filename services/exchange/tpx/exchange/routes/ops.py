@@ -9,11 +9,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from tpx.core.db.pool import ping
+from tpx.core.errors import Problem
 from tpx.core.metrics import exposition
 from tpx.core.times import rfc3339_or_none
 
 from tpx.exchange.http import JSONResponse
-from tpx.exchange.context import context
+from tpx.exchange.context import ServiceContext, context
 from tpx.exchange.openapi import OPENAPI
 
 
@@ -26,10 +27,18 @@ async def readyz(request: Request) -> JSONResponse:
 
     Anyone may ask (load balancers, probes) and learns each issuer's state; the detail
     (key ids and age, the last fetch error, which can name internal addresses) is for a
-    caller with the admin credential.
+    caller with the admin credential. With TPX_OPS_SEPARATE=1 the public port answers the
+    status alone; the whole report is on the ops port.
     """
     ctx = context(request)
-    operator = ctx.admin.accepts(request)
+    ready, body = await readiness(ctx, operator=ctx.admin.accepts(request))
+    if ctx.settings.ops_separate:
+        body = {"status": body["status"]}
+    return JSONResponse(body, status_code=200 if ready else 503, headers={} if ready else {"Retry-After": "5"})
+
+
+async def readiness(ctx: ServiceContext, *, operator: bool) -> tuple[bool, dict]:
+    """(ready, the report): the database, each issuer's keys, the listener, draining."""
     reasons: list[str] = []
     database = "ok"
     if not await ping(ctx.pool):
@@ -66,14 +75,10 @@ async def readyz(request: Request) -> JSONResponse:
     degraded = listener_degraded(ctx.listener.connection.down_since, asyncio.get_running_loop().time(),
                                  ctx.settings.keys_reload_seconds)
     status = "not ready" if not ready else "degraded" if degraded else "ready"
-    return JSONResponse(
-        {"status": status, "reasons": reasons + ([degraded] if degraded else []),
-         "dependencies": {"database": database,
-                          "listener": "listening" if ctx.listener.healthy.is_set() else "reconnecting"},
-         "issuers": issuers},
-        status_code=200 if ready else 503,
-        headers={} if ready else {"Retry-After": "5"},
-    )
+    return ready, {"status": status, "reasons": reasons + ([degraded] if degraded else []),
+                   "dependencies": {"database": database,
+                                    "listener": "listening" if ctx.listener.healthy.is_set() else "reconnecting"},
+                   "issuers": issuers}
 
 
 # How long the listener may be reconnecting before readiness says so (a database restart takes longer).
@@ -94,6 +99,8 @@ def listener_degraded(down_since: float | None, now: float, reload_seconds: floa
 
 
 async def metrics(request: Request) -> Response:
+    if context(request).settings.ops_separate:
+        raise Problem("not_found", "metrics are served on the ops port (TPX_OPS_SEPARATE=1: TPX_OPS_PORT/metrics)")
     body, content_type = exposition()
     return Response(body, media_type=content_type)
 
