@@ -25,3 +25,17 @@ async def test_build_info_names_the_version(client):
     from importlib import metadata
     text = (await client.get("/metrics")).text
     assert f'tpx_build_info{{service="exchange",version="{metadata.version("tpx")}"}} 1.0' in text
+
+
+async def test_bulk_revocations_and_publisher_deletions_are_counted(repo, client):
+    from tests.integration.conftest import ADMIN
+    publisher = await repo.add_publisher()
+    before = revoked("revocation")
+    assert (await repo.exchange(repo.token())).status_code == 200
+    response = await client.post("/v1/admin/revocations", headers=ADMIN, json={"repository": repo.repository})
+    assert response.status_code == 202 and response.json()["revoked"] == 1
+    assert revoked("revocation") == before + 1
+    assert (await repo.exchange(repo.token())).status_code == 200
+    deleted = await client.delete(f"/v1/admin/publishers/{publisher['id']}", headers=ADMIN)
+    assert deleted.json()["revoked_tokens"] == 1
+    assert revoked("revocation") == before + 2

@@ -25,6 +25,7 @@ from tpx.core.errors import Problem
 from tpx.core.events import builders, types
 from tpx.core.events.types import EXCHANGE_SOURCE
 from tpx.core.issuers import issuer_changes, issuer_json
+from tpx.core.metrics import TOKENS_REVOKED
 from tpx.core.publishers import PACKAGE_RE, PACKAGE_TEXT, publisher_input, publisher_json
 from tpx.core.revocations import Selector
 from tpx.core.times import rfc3339_or_none
@@ -208,7 +209,9 @@ async def delete_publisher(request: Request) -> JSONResponse:
         return {"publisher": publisher_json(before), "revoked_tokens": progress.revoked,
                 "revocation": progress.rule.summary()}
 
-    return JSONResponse(await _mutate(ctx, work))
+    result = await _mutate(ctx, work)
+    TOKENS_REVOKED.labels("revocation").inc(result["revoked_tokens"])   # a publisher rule; the revoker counts the rest
+    return JSONResponse(result)
 
 
 # --- tokens --------------------------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from tpx.core.db import revocations as revocation_store
 from tpx.core.errors import Problem
 from tpx.core.events.types import EXCHANGE_SOURCE
 from tpx.core.logging import get_logger
+from tpx.core.metrics import TOKENS_REVOKED
 from tpx.core.revocations import parse_selector
 
 from tpx.exchange.context import context
@@ -33,6 +34,7 @@ async def create_revocation(request: Request) -> JSONResponse:
         async with conn.transaction():
             progress = await revocation_store.start(conn, selector, reason=reason, actor=actor, source=EXCHANGE_SOURCE)
     ctx.outbox_signal.notify()
+    TOKENS_REVOKED.labels("revocation").inc(progress.revoked)   # the first batch; the revoker counts the rest
     rule = progress.rule
     log.info("revocation.created", revocation_id=str(rule.id), kind=rule.kind, status=rule.status,
              revoked=rule.revoked, actor=actor)
