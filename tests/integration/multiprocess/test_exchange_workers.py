@@ -7,6 +7,7 @@ import re
 import httpx
 import pytest
 
+from tests.support.amqp import derived_prefix
 from tests.support.processes import ServiceProcess, free_ports, service_env, wait_healthy
 
 pytestmark = pytest.mark.integration
@@ -22,7 +23,7 @@ async def test_every_scrape_counts_the_requests_of_every_process(settings, db, a
     port, ops_port = free_ports(2)
     env = service_env({
         "TPX_DATABASE_URL": settings.database_url, "TPX_AMQP_URL": settings.amqp_url,
-        "TPX_AMQP_PREFIX": f"{amqp_prefix}-workers", "TPX_PORT": str(port), "TPX_OPS_PORT": str(ops_port),
+        "TPX_AMQP_PREFIX": derived_prefix(amqp_prefix, "workers"), "TPX_PORT": str(port), "TPX_OPS_PORT": str(ops_port),
         "TPX_WORKERS": "2", "TPX_DB_POOL_MIN": "1", "TPX_DB_POOL_MAX": "2", "TPX_LOG_LEVEL": "warning",
         "TPX_RATE_FAILED_PER_MINUTE": "0", "TPX_INSECURE_LOOPBACK_ISSUERS": "1"})
     child = await ServiceProcess.start("exchange-workers", "exchange", env, tmp_path)
@@ -51,7 +52,7 @@ async def test_ops_separate_moves_metrics_and_the_readiness_report_off_the_publi
     port, ops_port = free_ports(2)
     env = service_env({
         "TPX_DATABASE_URL": settings.database_url, "TPX_AMQP_URL": settings.amqp_url,
-        "TPX_AMQP_PREFIX": f"{amqp_prefix}-ops", "TPX_PORT": str(port), "TPX_OPS_PORT": str(ops_port),
+        "TPX_AMQP_PREFIX": derived_prefix(amqp_prefix, "ops"), "TPX_PORT": str(port), "TPX_OPS_PORT": str(ops_port),
         "TPX_OPS_SEPARATE": "1", "TPX_WORKERS": "2", "TPX_DB_POOL_MIN": "1", "TPX_DB_POOL_MAX": "2",
         "TPX_LOG_LEVEL": "warning", "TPX_INSECURE_LOOPBACK_ISSUERS": "1"})
     child = await ServiceProcess.start("exchange-ops", "exchange", env, tmp_path)
