@@ -28,7 +28,7 @@ import httpx
 
 from tpx.ci.retry import RETRY_STATUSES, RetryPolicy
 
-from tests.support.claims import github_claims
+from tests.support.claims import GitHubRepository
 from tests.support.oidc_issuer import LoopbackIssuer, SigningKey
 
 
@@ -66,28 +66,14 @@ class IdToken:
         return self.token_id is not None
 
 
-@dataclass
-class Identity:
+@dataclass(kw_only=True)
+class Identity(GitHubRepository):
     """A repository with a trusted publisher; ID tokens for it differ only in jti and run_id."""
 
     issuer: LoopbackIssuer
-    owner: str = field(default_factory=lambda: f"load-{uuid.uuid4().hex[:8]}")
-    name: str = field(default_factory=lambda: f"repo-{uuid.uuid4().hex[:8]}")
-    owner_id: str = field(default_factory=lambda: str(uuid.uuid4().int % 10**9))
-    repository_id: str = field(default_factory=lambda: str(uuid.uuid4().int % 10**9))
-    package: str = field(default_factory=lambda: f"pkg-{uuid.uuid4().hex[:8]}")
-
-    @property
-    def repository_key(self) -> str:
-        return f"{self.owner}/{self.name}".lower()
-
-    def publisher(self) -> dict[str, Any]:
-        return {"package": self.package, "provider": "github", "issuer": self.issuer.url, "repository_owner": self.owner,
-                "repository_name": self.name, "workflow_filename": "release.yml", "environments": ["prod"]}
 
     def jwt(self, run_id: str, key: SigningKey | None = None, **overrides: Any) -> str:
-        return self.issuer.mint(github_claims(owner=self.owner, repo=self.name, owner_id=self.owner_id,
-                                              repository_id=self.repository_id, run_id=run_id, **overrides), key=key)
+        return self.issuer.mint(self.claims(run_id=run_id, **overrides), key=key)
 
 
 class Load:

@@ -28,7 +28,7 @@ from typing import Any, Awaitable, Callable
 import asyncpg
 import httpx
 
-from tests.faults.ledger import audit_chain_verifies, reconcile
+from tests.faults.ledger import Ledger, audit_chain_verifies, reconcile
 from tests.faults.load import Identity, Load
 from tests.support.oidc_issuer import LoopbackIssuer, new_rsa_key
 from tests.support.processes import poll
@@ -72,9 +72,9 @@ async def pause(seconds: float) -> None:
 
 
 async def new_identity(stack: ServiceStack, issuer: LoopbackIssuer | None = None, via: str | None = None) -> Identity:
-    identity = Identity(issuer or stack.issuer)
+    identity = Identity(issuer=issuer or stack.issuer)
     client = stack.client(via or stack.exchange_names[0])
-    response = await client.post("/v1/admin/publishers", json=identity.publisher(), headers=stack.admin_headers)
+    response = await client.post("/v1/admin/publishers", json=identity.publisher(identity.issuer.url), headers=stack.admin_headers)
     assert response.status_code == 201, response.text
     return identity
 
@@ -85,6 +85,11 @@ def load_on(stack: ServiceStack, identity: Identity, scale: Scale) -> Load:
 
 def load_figures(load: Load) -> Figures:
     return {"ID tokens": len(load.tokens), "answers": dict(load.answers()), "final": dict(load.finals())}
+
+
+def check_ledger(ledger: Ledger, figures: Figures, what: str = "") -> None:
+    """Every answer agrees with the token rows and the events (tests.faults.ledger)."""
+    check(not ledger.problems, what + "; ".join(ledger.problems), figures)
 
 
 def check_load(load: Load, figures: Figures, *, all_succeed: bool = True) -> None:
@@ -122,10 +127,13 @@ def outage_lines(said: dict[str, list[str]]) -> Figures:
             for name, lines in said.items()}
 
 
-def check_quiet(said: dict[str, list[str]], figures: Figures) -> None:
+def check_quiet(stack: ServiceStack, marks: dict[str, int], figures: Figures) -> None:
     """An outage is one warning per process when it starts (and an info line when it ends, below this
-    stack's log level); never an error line or a traceback per attempt or per request."""
-    for name, counts in outage_lines(said).items():
+    stack's log level); never an error line or a traceback per attempt or per request. What the services
+    logged since `marks` goes into the figures."""
+    said = stack.log_since(marks)
+    figures["logged"] = outage_lines(said)
+    for name, counts in figures["logged"].items():
         check(counts["dependency.down"] <= 1 and not counts["error lines"] and not counts["tracebacks"],
               f"{name} logged more about one outage than one warning:\n" + "\n".join(said[name][:20]), figures)
 
@@ -152,11 +160,9 @@ async def broker_cut(stack: ServiceStack, scale: Scale) -> Figures:
     figures = {"cut (s)": scale.broker_cut, **load_figures(load), **ledger.figures(),
                "backlog delivered after restore": len(backlog),
                "backlog delivered within (s)": round(max(backlog) - restored, 2) if backlog else None}
-    said = stack.log_since(marks)
-    figures["logged"] = outage_lines(said)
     check_load(load, figures)
-    check_quiet(said, figures)
-    check(not ledger.problems, "; ".join(ledger.problems), figures)
+    check_quiet(stack, marks, figures)
+    check_ledger(ledger, figures)
     await all_ready(stack)
     return figures
 
@@ -181,14 +187,12 @@ async def database_cut(stack: ServiceStack, scale: Scale) -> Figures:
     recovered = load.first_success_after(restored)
     figures = {"cut (s)": scale.db_cut, **load_figures(load), "answers during the cut": dict(during),
                "first 200 after restore (s)": recovered and round(recovered, 3), **ledger.figures()}
-    said = stack.log_since(marks)
-    figures["logged"] = outage_lines(said)
     check_load(load, figures, all_succeed=False)
-    check_quiet(said, figures)
+    check_quiet(stack, marks, figures)
     check(set(during) <= {"503 unavailable"}, "an answer during the cut was not 503 unavailable", figures)
     check(recovered is not None and recovered < 2.0, "the exchanges did not succeed within 2 s of the restore",
           figures)
-    check(not ledger.problems, "; ".join(ledger.problems), figures)
+    check_ledger(ledger, figures)
     await all_ready(stack)
     return figures
 
@@ -211,7 +215,7 @@ async def short_database_cuts(stack: ServiceStack, scale: Scale) -> Figures:
                "ID tokens that met an outage": met_outage, **ledger.figures()}
     check_load(load, figures, all_succeed=False)
     check("409 token_reused" not in load.answers(), "a retry was told token_reused: an answer was lost", figures)
-    check(not ledger.problems, "; ".join(ledger.problems), figures)
+    check_ledger(ledger, figures)
     await all_ready(stack)
     return figures
 
@@ -336,7 +340,7 @@ async def caches_after_outage(stack: ServiceStack, scale: Scale) -> Figures:
     slow_new = [p.name for p in created if any(s is None or s > CACHE_BOUND + 1.0 for s in p.seconds.values())]
     check(not slow_new, f"a new issuer was not usable on every replica within {CACHE_BOUND + 1.0} s", figures)
     check_load(load, figures, all_succeed=False)
-    check(not ledger.problems, "; ".join(ledger.problems), figures)
+    check_ledger(ledger, figures)
     await all_ready(stack)
     return figures
 
@@ -399,7 +403,7 @@ async def kill_each_process(stack: ServiceStack, scale: Scale) -> Figures:
         check(not load.server_errors(), f"a 5xx other than 503 around the kill of {name}", figures)
         lost = [t for t in load.tokens if not t.succeeded and not any(a.status is None for a in t.attempts)]
         check(not lost, f"{len(lost)} ID tokens failed around the kill of {name} without meeting it", figures)
-        check(not ledger.problems, f"{name}: " + "; ".join(ledger.problems), figures)
+        check_ledger(ledger, figures, f"{name}: ")
         await all_ready(stack)
     return figures
 
@@ -462,7 +466,7 @@ async def kill_in_bulk_revocation(stack: ServiceStack, scale: Scale) -> Figures:
     check(set(per_token.values()) == {1} and len(per_token) == len(revoked_ids),
           "not exactly one token.revoked event per revoked token", figures)
     check(len(completions) == 1, "not exactly one revocation.completed event", figures)
-    check(not ledger.problems, "; ".join(ledger.problems), figures)
+    check_ledger(ledger, figures)
     await all_ready(stack)
     return figures
 
@@ -495,7 +499,7 @@ async def idp_down(stack: ServiceStack, scale: Scale) -> Figures:
     figures = {"warm": {**load_figures(load), **ledger.figures()}, "cold": dict(answers),
                "cold Retry-After": retry_after}
     check_load(load, figures)
-    check(not ledger.problems, "; ".join(ledger.problems), figures)
+    check_ledger(ledger, figures)
     check(set(answers) == {"503 keys_unavailable"} and retry_after is not None,
           "an issuer whose keys were never fetched did not answer 503 keys_unavailable with Retry-After", figures)
     return figures
@@ -661,7 +665,7 @@ async def rss_soak(stack: ServiceStack, scale: Scale, sample_every: float = 30.0
                "rss MB (every sample)": {name: [round(v / 2**20, 1) for v in values] for name, values in samples.items()},
                "growth after warm-up (MB)": {name: round(v / 2**20, 2) for name, v in growth.items()}}
     check_load(load, figures)
-    check(not ledger.problems, "; ".join(ledger.problems), figures)
+    check_ledger(ledger, figures)
     check(all(v < growth_limit for v in growth.values()), "a process's RSS grew by more than 8 MB", figures)
     return figures
 
@@ -697,7 +701,7 @@ async def failover(stack: ServiceStack, scale: Scale, pair: Any) -> Figures:
     check_load(load, figures)
     check(recovered is not None and recovered < 5.0, "the services did not follow the new primary within 5 s",
           figures)
-    check(not ledger.problems, "; ".join(ledger.problems), figures)
+    check_ledger(ledger, figures)
     await all_ready(stack)
     return figures
 

@@ -15,7 +15,7 @@ import pytest
 from tests.conftest import AMQP_URL
 from tests.faults import scenarios
 from tests.faults.scenarios import CI, FAULT_ENV, FAULT_SERVICES
-from tests.support.stack import running_stack
+from tests.support.stack import logs_on_failure, running_stack
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults, pytest.mark.timeout(300)]
 
@@ -28,10 +28,8 @@ async def stack():
 
 @pytest.fixture(autouse=True)
 def show_logs_on_failure(request, stack):
-    failed_before = request.session.testsfailed
-    yield
-    if request.session.testsfailed > failed_before:
-        print(f"\nservice logs after {request.node.name} failed:\n\n{stack.logs()}")
+    with logs_on_failure(request, stack):
+        yield
 
 
 def show(name: str, figures: dict) -> None:

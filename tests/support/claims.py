@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from dataclasses import dataclass, field
 from typing import Any
 
 
@@ -58,3 +59,28 @@ def github_claims(
         claims["environment"] = environment
     claims.update(overrides)
     return {k: v for k, v in claims.items() if v is not ...}
+
+
+@dataclass(kw_only=True)
+class GitHubRepository:
+    """A fresh GitHub repository (random names and ids, so tests never see each other's publishers),
+    the claims of its ID tokens, and the trusted publisher that matches them."""
+
+    owner: str = field(default_factory=lambda: f"org-{uuid.uuid4().hex[:8]}")
+    name: str = field(default_factory=lambda: f"repo-{uuid.uuid4().hex[:8]}")
+    owner_id: str = field(default_factory=lambda: str(uuid.uuid4().int % 10**9))
+    repository_id: str = field(default_factory=lambda: str(uuid.uuid4().int % 10**9))
+    package: str = field(default_factory=lambda: f"pkg-{uuid.uuid4().hex[:8]}")
+
+    @property
+    def repository_key(self) -> str:
+        return f"{self.owner}/{self.name}".lower()
+
+    def claims(self, **overrides: Any) -> dict[str, Any]:
+        return github_claims(owner=self.owner, repo=self.name, owner_id=self.owner_id,
+                             repository_id=self.repository_id, **overrides)
+
+    def publisher(self, issuer_url: str) -> dict[str, Any]:
+        """The admin API's body for a publisher of release.yml in environment prod."""
+        return {"package": self.package, "provider": "github", "issuer": issuer_url, "repository_owner": self.owner,
+                "repository_name": self.name, "workflow_filename": "release.yml", "environments": ["prod"]}

@@ -28,10 +28,10 @@ import shutil
 import tempfile
 import time
 import uuid
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, AsyncIterator, Mapping
+from typing import Any, AsyncIterator, Iterator, Mapping
 
 import aio_pika
 import asyncpg
@@ -217,6 +217,22 @@ class ServiceStack:
 
         await poll(all_ready, f"every exchange to report {url} ready (keys fetched by a refresher)", timeout,
                    alive=self.processes.values())
+
+
+@contextmanager
+def logs_on_failure(request: Any, stack: ServiceStack) -> Iterator[None]:
+    """Around one test (an autouse fixture's body): if it failed, print what every child process wrote."""
+    failed_before = request.session.testsfailed
+    yield
+    if request.session.testsfailed > failed_before:
+        reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+        text = f"service logs after {request.node.name} failed:\n\n{stack.logs()}"
+        if reporter is None:  # pragma: no cover - pytest always has one unless run with -p no:terminal
+            print(text)
+            return
+        reporter.write_line("")
+        reporter.write_sep("-", "service logs")
+        reporter.write_line(text)
 
 
 async def _create_database(admin_url: str, name: str) -> None:

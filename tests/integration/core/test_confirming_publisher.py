@@ -10,6 +10,7 @@ import pytest
 from pamqp.commands import Basic
 
 from tpx.core.relay.confirming_publisher import ConfirmingPublisher, Declarations, Outgoing, PublisherClosed
+from tests.support.amqp import derived_prefix
 from tests.support.tcp_proxy import TcpProxy, target_of, through
 
 pytestmark = pytest.mark.integration
@@ -111,9 +112,15 @@ async def test_a_broker_that_goes_silent_is_noticed_after_two_heartbeats(setting
             await publisher.close()
 
 
+def declarations(amqp_prefix: str, tag: str) -> Declarations:
+    """The relay's names under a prefix of this test's own: the run deletes them however the test ends."""
+    prefix = derived_prefix(amqp_prefix, tag)
+    return Declarations(f"{prefix}.events", f"{prefix}.audit",
+                        {"x-queue-type": "stream", "x-max-age": "1D", "x-max-length-bytes": 10 * 1024**2})
+
+
 async def test_opening_declares_the_exchange_and_the_audit_stream_bound_to_it(settings, amqp_prefix):
-    names = Declarations(f"{amqp_prefix}.declared", f"{amqp_prefix}.declared-audit",
-                         {"x-queue-type": "stream", "x-max-age": "1D", "x-max-length-bytes": 10 * 1024**2})
+    names = declarations(amqp_prefix, "declared")
     publisher = await ConfirmingPublisher.connect(settings.amqp_url, timeout=5, name="test", declarations=names)
     connection = await aio_pika.connect(settings.amqp_url)
     try:
@@ -133,15 +140,11 @@ async def test_opening_declares_the_exchange_and_the_audit_stream_bound_to_it(se
         assert ids == ["id-0", "id-1", "id-2"]   # bound to everything the exchange routes
     finally:
         await publisher.close()
-        channel = await connection.channel()
-        await channel.queue_delete(names.stream)
-        await channel.exchange_delete(names.exchange)
         await connection.close()
 
 
 async def test_a_stream_configured_otherwise_is_left_as_it_is_and_publishing_goes_on(settings, amqp_prefix):
-    names = Declarations(f"{amqp_prefix}.differs", f"{amqp_prefix}.differs-audit",
-                         {"x-queue-type": "stream", "x-max-age": "1D", "x-max-length-bytes": 10 * 1024**2})
+    names = declarations(amqp_prefix, "differs")
     connection = await aio_pika.connect(settings.amqp_url)
     channel = await connection.channel()
     await channel.declare_queue(names.stream, durable=True, arguments={**names.stream_arguments, "x-max-age": "2D"})
@@ -151,7 +154,4 @@ async def test_a_stream_configured_otherwise_is_left_as_it_is_and_publishing_goe
         assert await publisher.publish([message(names.exchange, 1)], timeout=10) == (1, None)
     finally:
         await publisher.close()
-        channel = await connection.channel()
-        await channel.queue_delete(names.stream)
-        await channel.exchange_delete(names.exchange)
         await connection.close()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+from contextlib import asynccontextmanager
+from typing import AsyncIterator
 
 import httpx
 import pytest
@@ -14,21 +16,32 @@ pytestmark = pytest.mark.integration
 REQUESTS = 60
 
 
+@asynccontextmanager
+async def two_exchange_processes(settings, amqp_prefix: str, tmp_path, tag: str, **env: str
+                                 ) -> AsyncIterator[tuple[ServiceProcess, str, str]]:
+    """`tpx exchange` with TPX_WORKERS=2 on the run's database; (the child, public URL, ops URL). It must
+    stop cleanly on SIGTERM."""
+    port, ops_port = free_ports(2)
+    child = await ServiceProcess.start(f"exchange-{tag}", "exchange", service_env({
+        "TPX_DATABASE_URL": settings.database_url, "TPX_AMQP_URL": settings.amqp_url,
+        "TPX_AMQP_PREFIX": derived_prefix(amqp_prefix, tag), "TPX_PORT": str(port), "TPX_OPS_PORT": str(ops_port),
+        "TPX_WORKERS": "2", "TPX_DB_POOL_MIN": "1", "TPX_DB_POOL_MAX": "2", "TPX_LOG_LEVEL": "warning",
+        "TPX_INSECURE_LOOPBACK_ISSUERS": "1", **env}), tmp_path)
+    try:
+        yield child, f"http://127.0.0.1:{port}", f"http://127.0.0.1:{ops_port}"
+    finally:
+        await child.stop()
+    assert child.returncode == 0, child.describe()
+
+
 def malformed_count(text: str) -> float:
     match = re.search(r'^tpx_exchanges_total\{code="malformed_request"\} ([0-9.e+]+)$', text, re.M)
     return float(match[1]) if match else 0.0
 
 
 async def test_every_scrape_counts_the_requests_of_every_process(settings, db, amqp_prefix, tmp_path):
-    port, ops_port = free_ports(2)
-    env = service_env({
-        "TPX_DATABASE_URL": settings.database_url, "TPX_AMQP_URL": settings.amqp_url,
-        "TPX_AMQP_PREFIX": derived_prefix(amqp_prefix, "workers"), "TPX_PORT": str(port), "TPX_OPS_PORT": str(ops_port),
-        "TPX_WORKERS": "2", "TPX_DB_POOL_MIN": "1", "TPX_DB_POOL_MAX": "2", "TPX_LOG_LEVEL": "warning",
-        "TPX_RATE_FAILED_PER_MINUTE": "0", "TPX_INSECURE_LOOPBACK_ISSUERS": "1"})
-    child = await ServiceProcess.start("exchange-workers", "exchange", env, tmp_path)
-    base = f"http://127.0.0.1:{port}"
-    try:
+    async with two_exchange_processes(settings, amqp_prefix, tmp_path, "workers",
+                                      TPX_RATE_FAILED_PER_MINUTE="0") as (child, base, _ops):
         async with httpx.AsyncClient(trust_env=False, timeout=10) as http:
             await wait_healthy(http, child, f"{base}/healthz")
             before = malformed_count((await http.get(f"{base}/metrics")).text)
@@ -42,22 +55,12 @@ async def test_every_scrape_counts_the_requests_of_every_process(settings, db, a
                 async with httpx.AsyncClient(trust_env=False, timeout=10) as once:
                     scrapes.append(malformed_count((await once.get(f"{base}/metrics")).text) - before)
         assert scrapes == [REQUESTS] * 8, f"each scrape must count all {REQUESTS}: {scrapes}\n{child.describe()}"
-    finally:
-        await child.stop()
-    assert child.returncode == 0, child.describe()
 
 
 async def test_ops_separate_moves_metrics_and_the_readiness_report_off_the_public_port(settings, db, amqp_prefix,
                                                                                       tmp_path):
-    port, ops_port = free_ports(2)
-    env = service_env({
-        "TPX_DATABASE_URL": settings.database_url, "TPX_AMQP_URL": settings.amqp_url,
-        "TPX_AMQP_PREFIX": derived_prefix(amqp_prefix, "ops"), "TPX_PORT": str(port), "TPX_OPS_PORT": str(ops_port),
-        "TPX_OPS_SEPARATE": "1", "TPX_WORKERS": "2", "TPX_DB_POOL_MIN": "1", "TPX_DB_POOL_MAX": "2",
-        "TPX_LOG_LEVEL": "warning", "TPX_INSECURE_LOOPBACK_ISSUERS": "1"})
-    child = await ServiceProcess.start("exchange-ops", "exchange", env, tmp_path)
-    public, ops = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{ops_port}"
-    try:
+    async with two_exchange_processes(settings, amqp_prefix, tmp_path, "ops",
+                                      TPX_OPS_SEPARATE="1") as (child, public, ops):
         async with httpx.AsyncClient(trust_env=False, timeout=10) as http:
             await wait_healthy(http, child, f"{public}/healthz")
             await wait_healthy(http, child, f"{ops}/healthz")
@@ -72,6 +75,3 @@ async def test_ops_separate_moves_metrics_and_the_readiness_report_off_the_publi
                 assert scraped.status_code == 200 and 'tpx_build_info{service="exchange"' in scraped.text
                 assert {"status", "reasons", "dependencies", "issuers"} <= set(report.json())
                 assert report.json()["dependencies"]["database"] == "ok"
-    finally:
-        await child.stop()
-    assert child.returncode == 0, child.describe()

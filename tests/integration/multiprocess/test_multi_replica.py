@@ -22,18 +22,18 @@ import asyncio
 import json
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
 import pytest
 
 from tpx.core.events import schemas
-from tests.support.claims import github_claims
+from tests.support.claims import GitHubRepository
 from tests.support.events import eventually
 from tests.support.oidc_issuer import SigningKey, new_rsa_key
 from tests.support.processes import poll
-from tests.support.stack import SOON, ServiceStack, running_stack
+from tests.support.stack import SOON, ServiceStack, logs_on_failure, running_stack
 
 pytestmark = pytest.mark.integration
 
@@ -66,7 +66,7 @@ class Stack(ServiceStack):
         return [self.a, self.b]
 
     async def repo(self) -> "Repo":
-        repo = Repo(self)
+        repo = Repo(stack=self)
         await repo.add_publisher()
         return repo
 
@@ -101,31 +101,16 @@ class Stack(ServiceStack):
         await poll(over, "the JWKS refresh cooldown to pass", SOON, alive=self.processes.values())
 
 
-@dataclass
-class Repo:
+@dataclass(kw_only=True)
+class Repo(GitHubRepository):
     """A fresh GitHub repository identity with one trusted publisher of its own."""
 
     stack: Stack
-    owner: str = field(default_factory=lambda: f"org-{uuid.uuid4().hex[:8]}")
-    name: str = field(default_factory=lambda: f"repo-{uuid.uuid4().hex[:8]}")
-    owner_id: str = field(default_factory=lambda: str(uuid.uuid4().int % 10**9))
-    repository_id: str = field(default_factory=lambda: str(uuid.uuid4().int % 10**9))
-    package: str = field(default_factory=lambda: f"pkg-{uuid.uuid4().hex[:8]}")
-
-    @property
-    def repository_key(self) -> str:
-        return f"{self.owner}/{self.name}".lower()
 
     async def add_publisher(self) -> None:
-        body = {"package": self.package, "provider": "github", "issuer": self.stack.issuer.url,
-                "repository_owner": self.owner, "repository_name": self.name, "workflow_filename": "release.yml",
-                "environments": ["prod"]}
-        response = await self.stack.a.post("/v1/admin/publishers", json=body, headers=self.stack.admin_headers)
+        response = await self.stack.a.post("/v1/admin/publishers", json=self.publisher(self.stack.issuer.url),
+                                           headers=self.stack.admin_headers)
         assert response.status_code == 201, response.text
-
-    def claims(self, **overrides: Any) -> dict[str, Any]:
-        return github_claims(owner=self.owner, repo=self.name, owner_id=self.owner_id,
-                             repository_id=self.repository_id, **overrides)
 
     def jwt(self, key: SigningKey | None = None, **overrides: Any) -> str:
         return self.stack.issuer.mint(self.claims(**overrides), key=key)
@@ -149,18 +134,8 @@ async def stack():
 
 @pytest.fixture(autouse=True)
 def show_logs_on_failure(request, stack):
-    """After a failed test, print what every child process wrote (straight to the terminal)."""
-    failed_before = request.session.testsfailed
-    yield
-    if request.session.testsfailed > failed_before:
-        reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-        text = f"service logs after {request.node.name} failed:\n\n{stack.logs()}"
-        if reporter is not None:
-            reporter.write_line("")
-            reporter.write_sep("-", "multi-replica service logs")
-            reporter.write_line(text)
-        else:  # pragma: no cover - pytest always has a terminal reporter unless run with -p no:terminal
-            print(text)
+    with logs_on_failure(request, stack):
+        yield
 
 
 # -- the tests ----------------------------------------------------------------------------------
