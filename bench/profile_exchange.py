@@ -28,7 +28,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import peer  # noqa: E402
 from peer import ISSUERS, Minter, Target, measure, start_tpx_service  # noqa: E402
 from support import PG, free_port, progress, rss_mb, runtime_tpx, serve_app  # noqa: E402
 
@@ -163,4 +162,3 @@ if __name__ == "__main__":
     parser.add_argument("--prefill-tokens", type=int, default=0,
                         help="with --runs: measure, add this many token rows, measure again, print the ratio")
     asyncio.run(main(parser.parse_args()))
-    del peer

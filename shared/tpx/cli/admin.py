@@ -17,6 +17,7 @@ from typing import Any
 
 import httpx
 
+from tpx.cli.progress import Progress
 from tpx.core.times import MOMENT_SYNTAX, parse_moment, rfc3339
 
 
@@ -98,7 +99,10 @@ def issuers(args: argparse.Namespace) -> None:
             show(call(http, "PATCH", f"/v1/admin/issuers/{args.target}", json={"enabled": args.action == "enable"})["issuer"])
         elif args.action == "delete":
             call(http, "DELETE", f"/v1/admin/issuers/{args.target}")
-            show({"deleted": args.target}) if args.json else print(f"deleted issuer {args.target}")
+            if args.json:
+                show({"deleted": args.target})
+            else:
+                print(f"deleted issuer {args.target}")
 
 
 # --- publishers ----------------------------------------------------------------------------------------------
@@ -165,6 +169,7 @@ def revoke(args: argparse.Namespace) -> None:
     if args.reason:
         body["reason"] = args.reason
     started = time.monotonic()
+    progress = Progress()
     with client(args) as http:
         result = call(http, "POST", "/v1/admin/revocations", json=body)
         revocation_id = result["revocation_id"]
@@ -172,25 +177,17 @@ def revoke(args: argparse.Namespace) -> None:
             print(f"revocation {revocation_id}: matching tokens are inactive everywhere from now on", flush=True)
         status, revoked = result["status"], result["revoked"]
         while status != "done":
-            _progress(revoked, time.monotonic() - started)
+            progress.update(f"  revoking… {revoked} token(s), {time.monotonic() - started:.1f} s")
             time.sleep(0.2)
             current = call(http, "GET", f"/v1/admin/revocations/{revocation_id}")["revocation"]
             status, revoked = current["status"], current["revoked"]
-        _progress(revoked, time.monotonic() - started, final=True)
+        progress.finish(f"  {revoked} token(s) revoked")
     if args.json:
         show({"revocation_id": revocation_id, "status": "done", "revoked": revoked,
                "seconds": round(time.monotonic() - started, 3)})
         return
     print(f"done: {revoked} live token(s) revoked in {time.monotonic() - started:.2f} s; "
           "a revocation.completed event records it")
-
-
-def _progress(revoked: int, elapsed: float, final: bool = False) -> None:
-    if sys.stderr.isatty():
-        end = "\n" if final else "\r"
-        print(f"  revoking… {revoked} token(s), {elapsed:.1f} s", end=end, file=sys.stderr, flush=True)
-    elif final:
-        print(f"  {revoked} token(s) revoked", file=sys.stderr)
 
 
 def register(sub) -> None:

@@ -19,6 +19,7 @@ from typing import Any, AsyncIterator, Callable
 
 import aio_pika
 
+from tpx.cli.progress import Progress
 from tpx.cli.settings import load_settings
 from tpx.core.config import Settings
 from tpx.core.events import chain
@@ -126,28 +127,6 @@ async def replay(settings: Settings, args: argparse.Namespace, out: Callable[[st
     return 0
 
 
-class Progress:
-    """A one-line count on a terminal's stderr, redrawn at most twice a second; silent when piped."""
-
-    def __init__(self, stream=sys.stderr) -> None:
-        self._stream = stream
-        self._enabled = stream.isatty()
-        self._started = self._shown = time.monotonic()
-
-    def tick(self, checked: int, sequence: int | None) -> None:
-        now = time.monotonic()
-        if self._enabled and now - self._shown >= 0.5:
-            self._shown = now
-            rate = checked / max(now - self._started, 1e-9)
-            self._stream.write(f"\r  verified {checked:,} events (sequence {sequence}), {rate:,.0f}/s ")
-            self._stream.flush()
-
-    def done(self) -> None:
-        if self._enabled:
-            self._stream.write("\r" + " " * 72 + "\r")
-            self._stream.flush()
-
-
 async def verify(settings: Settings, args: argparse.Namespace, out: Callable[[str], None]) -> int:
     """Check the chain as the events arrive, in constant memory (tpx.core.events.chain.ChainVerifier)."""
     verifier = chain.ChainVerifier(anchor=bytes.fromhex(args.anchor) if args.anchor else None)
@@ -157,9 +136,12 @@ async def verify(settings: Settings, args: argparse.Namespace, out: Callable[[st
                                           idle_timeout=args.idle_timeout, limit=args.limit):
             if verifier.feed(event) is not None:
                 break
-            progress.tick(verifier.checked, verifier.last_sequence)
+            if progress.due():
+                rate = verifier.checked / max(time.monotonic() - progress.started, 1e-9)
+                progress.update(f"  verified {verifier.checked:,} events (sequence {verifier.last_sequence}), "
+                                f"{rate:,.0f}/s")
     finally:
-        progress.done()
+        progress.finish()
     report = verifier.report()
     out(report.describe())
     return 0 if report.ok else 1

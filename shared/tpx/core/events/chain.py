@@ -86,14 +86,16 @@ class ChainVerifier:
             return self.broken
         sequence = int(event["sequence"])
         event_id = str(event.get("id"))
-        digest = hashlib.sha256(encode(event)).digest()
+        claimed = event.get(CHAIN_ATTRIBUTE)
+        # Encoded once: the canonical form gives the link, and with the claimed link the event's identity.
+        canonical = encode({k: v for k, v in event.items() if k != CHAIN_ATTRIBUTE})
+        digest = hashlib.sha256(canonical + str(claimed).encode()).digest()
         if event_id in self._recent:
             # Delivery is at least once: a redelivered event is the same bytes again, not tampering.
             if self._recent[event_id] == digest and self._previous_sequence is not None \
                     and sequence <= self._previous_sequence:
                 return None
             return self._fail("modified: an event id appears twice with different content", sequence, event_id)
-        claimed = event.get(CHAIN_ATTRIBUTE)
         if self._first is None:
             self._first = sequence
             if self._previous_hash is None and sequence == 1:
@@ -107,7 +109,7 @@ class ChainVerifier:
             if sequence != self._previous_sequence + 1:
                 return self._fail(f"missing: sequences {self._previous_sequence + 1}..{sequence - 1} are absent",
                                   self._previous_sequence + 1, None)
-        if self._previous_hash is not None and link(self._previous_hash, event).hex() != claimed:
+        if self._previous_hash is not None and link_encoded(self._previous_hash, canonical).hex() != claimed:
             return self._fail("modified: the event does not match its chainhash (its content or an earlier "
                               "event was changed)", sequence, event_id)
         self._recent[event_id] = digest
