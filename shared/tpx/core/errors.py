@@ -10,7 +10,9 @@ same precise reason on every route.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
+
+import msgspec
 
 # code -> (HTTP status, title). The table is the contract; do not renumber.
 ERROR_CODES: dict[str, tuple[int, str]] = {
@@ -40,6 +42,20 @@ ERROR_CODES: dict[str, tuple[int, str]] = {
 }
 
 
+class ProblemDetails(msgspec.Struct, omit_defaults=True):
+    """A refusal as RFC 9457 problem details (application/problem+json), tpx's extensions included."""
+
+    type: str
+    title: str
+    status: int
+    code: Literal[tuple(ERROR_CODES)]  # type: ignore[valid-type]
+    detail: str
+    request_id: str | None = None
+    hints: list[str] = []
+    checks: list[dict[str, Any]] | None = None
+    field: str | None = None
+
+
 @dataclass
 class Problem(Exception):
     """A refusal with everything a client needs to fix its request."""
@@ -57,6 +73,8 @@ class Problem(Exception):
     def __post_init__(self) -> None:
         if self.code not in ERROR_CODES:
             raise ValueError(f"unknown error code {self.code!r}")
+        if not set(self.extra) <= {"field"}:
+            raise ValueError(f"unknown problem members {sorted(set(self.extra) - {'field'})}")
         super().__init__(f"{self.code}: {self.detail}")
 
     @property
@@ -67,18 +85,8 @@ class Problem(Exception):
     def title(self) -> str:
         return ERROR_CODES[self.code][1]
 
-    def body(self, request_id: str | None) -> dict[str, Any]:
-        body: dict[str, Any] = {
-            "type": f"urn:tpx:error:{self.code}",
-            "title": self.title,
-            "status": self.status,
-            "code": self.code,
-            "detail": self.detail,
-            "request_id": request_id,
-        }
-        if self.hints:
-            body["hints"] = list(self.hints)
-        if self.checks is not None:
-            body["checks"] = self.checks
-        body.update(self.extra)
-        return body
+    def body(self, request_id: str | None) -> ProblemDetails:
+        return ProblemDetails(
+            type=f"urn:tpx:error:{self.code}", title=self.title, status=self.status, code=self.code,
+            detail=self.detail, request_id=request_id, hints=list(self.hints), checks=self.checks,
+            field=self.extra.get("field"))

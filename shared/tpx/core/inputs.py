@@ -1,10 +1,8 @@
-"""Field-level checks for admin input: each refusal names the field and says what it accepts.
+"""One shape for every refusal of a field: `<code>` with `field` and a sentence saying what it accepts.
 
-The admin API's request bodies (issuers, publishers, revocations) are checked
-with these few helpers, by the module that owns each kind of input
-(`tpx.core.issuers`, `tpx.core.publishers`, `tpx.core.revocations`, and each
-provider for its own identity fields), so every refusal has one shape:
-`422 <code>` with `field` and a sentence.
+Bodies are checked by their types (`tpx.core.bodies`); what a type cannot say
+(query parameters, path ids, an RFC 3339 time cut to microseconds, rules that
+span fields) is checked with these helpers, so every refusal reads the same.
 """
 
 from __future__ import annotations
@@ -35,70 +33,11 @@ def show(value: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-def reject_unknown(body: dict[str, Any], allowed: set[str], code: str) -> None:
-    unknown = sorted(set(body) - allowed)
-    if unknown:
-        raise invalid(code, unknown[0], f"is not a known field; accepted fields: {', '.join(sorted(allowed))}")
 
 
-def text(body: dict[str, Any], field: str, pattern: re.Pattern[str], accepts: str, code: str, *,
-         required: bool = True) -> str | None:
-    value = body.get(field)
-    if value is None:
-        if required:
-            raise invalid(code, field, f"is required; it must be {accepts}")
-        return None
-    if not isinstance(value, str) or not pattern.fullmatch(value):
-        raise invalid(code, field, f"{show(value)} is not valid; it must be {accepts}")
-    return value
 
 
-def required_text(body: dict[str, Any], field: str, pattern: re.Pattern[str], accepts: str, code: str) -> str:
-    value = text(body, field, pattern, accepts, code)
-    assert value is not None
-    return value
 
-
-def text_list(body: dict[str, Any], field: str, pattern: re.Pattern[str], accepts: str, code: str,
-              limit: int) -> tuple[str, ...]:
-    """A list of strings, each of the given shape; duplicates dropped, order kept."""
-    value = body.get(field)
-    if value is None:
-        return ()
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise invalid(code, field, f"must be a list of strings, each {accepts}")
-    if len(value) > limit:
-        raise invalid(code, field, f"has {len(value)} entries; at most {limit} are allowed")
-    for item in value:
-        if not pattern.fullmatch(item):
-            raise invalid(code, field, f"{show(item)} is not valid; each entry must be {accepts}")
-    return tuple(dict.fromkeys(value))
-
-
-def boolean(body: dict[str, Any], field: str, default: bool, code: str) -> bool:
-    value = body.get(field, default)
-    if not isinstance(value, bool):
-        raise invalid(code, field, "must be true or false")
-    return value
-
-
-def seconds(body: dict[str, Any], field: str, low: int, high: int, code: str) -> int | None:
-    value = body.get(field)
-    if value is None:
-        return None
-    if type(value) is not int or not low <= value <= high:
-        raise invalid(code, field, f"must be a whole number of seconds between {low} and {high}")
-    return value
-
-
-def uuid_field(body: dict[str, Any], field: str, code: str) -> uuid.UUID:
-    value = body.get(field)
-    try:
-        if not isinstance(value, str):
-            raise ValueError
-        return uuid.UUID(value)
-    except ValueError:
-        raise invalid(code, field, f"{show(value)} is not an id; it must be a UUID") from None
 
 
 def time_field(body: dict[str, Any], field: str, code: str) -> datetime | None:

@@ -9,78 +9,77 @@ says when two publishers are the same one.
 from __future__ import annotations
 
 import json
-import re
-from typing import Any
+from typing import Annotated, Any
 
-from tpx.core import inputs
+import msgspec
+from msgspec import Meta
+
+from tpx.core import bodies, inputs
 from tpx.core.issuers import issuer_url
 from tpx.core.providers import PROVIDERS
-from tpx.core.providers.base import PERMISSIONS, Publisher
+from tpx.core.providers.base import PERMISSIONS, Provider, Publisher
 from tpx.core.times import rfc3339_or_none
 
 CODE = "invalid_publisher"
-PACKAGE_RE = re.compile(r"[A-Za-z0-9@][A-Za-z0-9._@/+~-]{0,213}")
-PACKAGE_TEXT = "a package name (letters, digits, '.', '_', '-', '@', '/')"
-_PRINTABLE_255 = re.compile(r"[\x20-\x7e]{1,255}")
-COMMON_FIELDS = {"package", "provider", "issuer", "environments", "ref_patterns", "allow_self_hosted_runners",
-                 "token_ttl_seconds", "permissions"}
+# The body of `POST /v1/admin/publishers`: one type per provider, picked by the `provider` member.
+PUBLISHER_INPUT = bodies.one_of(*(provider.publisher_input for provider in PROVIDERS.values()))
+_PROVIDER_OF_INPUT = {provider.publisher_input: provider for provider in PROVIDERS.values()}
 
 
 def publisher_input(body: dict[str, Any], *, ttl_max: int, allow_loopback: bool) -> Publisher:
     """A new publisher from `POST /v1/admin/publishers`; refusals are `422 invalid_publisher` naming the field."""
-    provider = PROVIDERS.get(body.get("provider"))  # type: ignore[arg-type]
-    if provider is None:
-        kinds = " or ".join(f'"{name}"' for name in PROVIDERS)
-        raise inputs.invalid(CODE, "provider", f"must be {kinds}")
-    inputs.reject_unknown(body, COMMON_FIELDS | set(provider.fields.values()) | set(provider.options), CODE)
-    package = inputs.required_text(body, "package", PACKAGE_RE, PACKAGE_TEXT, CODE)
-    issuer = body.get("issuer", provider.public_issuer)
+    typed = bodies.convert(body, PUBLISHER_INPUT, CODE)
+    provider = _PROVIDER_OF_INPUT[type(typed)]
+    issuer = typed.issuer or provider.public_issuer
     if issuer != provider.public_issuer:
         issuer = issuer_url(issuer, allow_loopback, code=CODE, field="issuer")
-    identity = provider.publisher_fields(body, CODE)
-    environments = inputs.text_list(body, "environments", provider.environment_name, provider.environment_name_text,
-                                    CODE, 20)
-    ref_patterns = inputs.text_list(body, "ref_patterns", _PRINTABLE_255, "a git ref or glob such as refs/tags/v*",
-                                    CODE, 20)
-    permissions = body.get("permissions", ["publish-update"])
-    if (not isinstance(permissions, list) or not permissions
-            or not all(isinstance(p, str) and p in PERMISSIONS for p in permissions)):
-        raise inputs.invalid(CODE, "permissions", f"must be a non-empty list drawn from {list(PERMISSIONS)}")
+    if typed.token_ttl_seconds is not None and typed.token_ttl_seconds > ttl_max:
+        raise inputs.invalid(CODE, "token_ttl_seconds", f"{typed.token_ttl_seconds} is not valid; it must be a whole "
+                                                        f"number of seconds between 60 and {ttl_max}")
+    identity = typed.identity_fields()
     return Publisher(
-        id="", package=package, provider=provider.name, issuer=issuer,
+        id="", package=typed.package, provider=provider.name, issuer=issuer,
         owner=identity.owner, name=identity.name, workflow=identity.workflow,
-        owner_id=identity.owner_id, name_id=identity.name_id, environments=environments, ref_patterns=ref_patterns,
-        allow_self_hosted_runners=inputs.boolean(body, "allow_self_hosted_runners", False, CODE),
+        owner_id=identity.owner_id, name_id=identity.name_id, environments=identity.environments,
+        ref_patterns=tuple(dict.fromkeys(typed.ref_patterns)),
+        allow_self_hosted_runners=typed.allow_self_hosted_runners,
         require_protected_ref=identity.options.get("require_protected_ref", False),
-        token_ttl_seconds=inputs.seconds(body, "token_ttl_seconds", 60, ttl_max, CODE),
-        permissions=tuple(p for p in PERMISSIONS if p in permissions),
+        token_ttl_seconds=typed.token_ttl_seconds,
+        permissions=tuple(p for p in PERMISSIONS if p in typed.permissions),
     )
 
 
-def publisher_json(publisher: Publisher) -> dict[str, Any]:
-    """The publisher with its provider's field names, as the API and admin events show it."""
+def _view(provider: Provider) -> type[msgspec.Struct]:
+    """A stored publisher as the API shows it: its provider's input type, plus the id and creation time."""
+    base = provider.publisher_input
+    return msgspec.defstruct(
+        base.__name__.removesuffix("Input"), [("id", Annotated[str, Meta(description="a UUID")]),
+                                              ("created_at", Annotated[str, Meta(description="RFC 3339")] | None)],
+        bases=(base,), tag=provider.name, kw_only=True, module=__name__)
+
+
+PUBLISHER_VIEWS = {name: _view(provider) for name, provider in PROVIDERS.items()}
+PUBLISHER = bodies.one_of(*PUBLISHER_VIEWS.values())
+
+
+def publisher_view(publisher: Publisher) -> msgspec.Struct:
+    """The publisher with its provider's field names (`Provider.fields`), as its view type."""
     provider = PROVIDERS[publisher.provider]
     names = provider.fields
-    out: dict[str, Any] = {
-        "id": publisher.id,
-        "package": publisher.package,
-        "provider": publisher.provider,
-        "issuer": publisher.issuer,
-        names["owner"]: publisher.owner,
-        names["owner_id"]: publisher.owner_id,
-        names["name"]: publisher.name,
-        names["name_id"]: publisher.name_id,
-        names["workflow"]: publisher.workflow,
-        "environments": list(publisher.environments),
-        "ref_patterns": list(publisher.ref_patterns),
-        "allow_self_hosted_runners": publisher.allow_self_hosted_runners,
-        "token_ttl_seconds": publisher.token_ttl_seconds,
-        "permissions": list(publisher.permissions),
-        "created_at": rfc3339_or_none(publisher.created_at),
-    }
-    for option in provider.options:
-        out[option] = getattr(publisher, option)
-    return out
+    return PUBLISHER_VIEWS[provider.name](
+        id=publisher.id, package=publisher.package, issuer=publisher.issuer,
+        **{names[neutral]: getattr(publisher, neutral) for neutral in ("owner", "owner_id", "name", "name_id",
+                                                                        "workflow")},
+        environments=list(publisher.environments), ref_patterns=list(publisher.ref_patterns),
+        allow_self_hosted_runners=publisher.allow_self_hosted_runners,
+        token_ttl_seconds=publisher.token_ttl_seconds, permissions=list(publisher.permissions),
+        created_at=rfc3339_or_none(publisher.created_at),
+        **{option: getattr(publisher, option) for option in provider.options})
+
+
+def publisher_json(publisher: Publisher) -> dict[str, Any]:
+    """The publisher as the API and admin events show it."""
+    return msgspec.to_builtins(publisher_view(publisher))
 
 
 def identity_key(publisher: Publisher) -> str:

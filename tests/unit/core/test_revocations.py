@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime, timezone
 
+import msgspec
 import pytest
 
 from tpx.core.errors import Problem
@@ -57,10 +58,10 @@ def test_a_rule_shows_its_selector_and_times_in_utc():
     rule = Rule(id=uuid.uuid4(), kind="repository", token_id=None, publisher_id=None, package=None,
                 repository_key="o/r", workflow=None, issued_after=now, issued_before=None, cutoff=now, reason="r",
                 actor=None, status="pending", revoked=0, created_at=now, completed_at=None)
-    shown = rule.to_api()
+    shown = msgspec.to_builtins(rule.to_api())
     assert shown["selector"] == {"repository": "o/r", "issued_after": "2026-12-04T23:00:00.000000Z"}
     assert shown["cutoff"] == "2026-12-04T23:00:00.000000Z" and shown["completed_at"] is None
-    assert rule.summary() == {"revocation_id": str(rule.id), "status": "pending", "revoked": 0}
+    assert msgspec.to_builtins(rule.summary()) == {"revocation_id": str(rule.id), "status": "pending", "revoked": 0}
 
 
 def test_a_selector_needs_its_kinds_field():

@@ -13,6 +13,8 @@ import asyncio
 import contextlib
 from typing import AsyncIterator
 
+import msgspec
+
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -42,6 +44,7 @@ from tpx.exchange.group_commit import GroupCommit
 from tpx.exchange.http import RequestContextMiddleware, problem_response
 from tpx.exchange.keycache import KeyCache
 from tpx.exchange.ratelimit import RateLimits, parse_networks
+from tpx.exchange.openapi import openapi
 from tpx.exchange.routes import admin, exchange, ops, revocations, tokens
 from tpx.exchange.routes.compat import compat_routes
 
@@ -69,7 +72,7 @@ def routes() -> list[Route]:
         Route("/healthz", ops.healthz, methods=["GET"]),
         Route("/readyz", ops.readyz, methods=["GET"]),
         Route("/metrics", ops.metrics, methods=["GET"]),
-        Route("/openapi.json", ops.openapi, methods=["GET"]),
+        Route("/openapi.json", openapi, methods=["GET"]),
     ]
 
 
@@ -146,7 +149,8 @@ def create_app(settings: Settings, *, run_relay: bool = True) -> Starlette:
                 ops_socket = bind_ops_socket(settings, shared=True)   # every exchange process serves it
 
                 async def ops_readiness() -> tuple[bool, dict]:
-                    return await ops.readiness(ctx, operator=True)
+                    ready, report = await ops.readiness(ctx, operator=True)
+                    return ready, msgspec.to_builtins(report)
 
                 tasks.append(asyncio.create_task(
                     serve_ops(settings, ops_stop, ops_readiness, lambda: ctx.draining, ops_socket), name="ops"))

@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextvars
 import json
 
-import orjson
+import msgspec
 import re
 import time
 import uuid
@@ -100,11 +100,11 @@ def _unexpected(exc: Exception, scope) -> Problem:
 
 
 class JSONResponse(responses.JSONResponse):
-    """Starlette's JSON answer rendered by orjson: the same compact UTF-8 bytes for tpx's payloads
-    (str keys, no NaN), in a fraction of json.dumps's time on the exchange's hot path."""
+    """Starlette's JSON answer rendered by msgspec: an answer declared as a type (a Struct) or a plain
+    dict, as the same compact UTF-8 bytes json.dumps would give, in a fraction of its time."""
 
     def render(self, content: Any) -> bytes:
-        return orjson.dumps(content)
+        return msgspec.json.encode(content)
 
 
 class ProblemResponse(JSONResponse):
@@ -195,18 +195,3 @@ async def read_object(request: Request, max_bytes: int, *, allow_form: bool = Fa
     if not raw:
         raise Problem("malformed_request", "the body is empty; send a JSON object")
     return parse_json_object(raw)
-
-
-def require_string(body: dict[str, Any], name: str, *, example: str) -> str:
-    value = body.get(name)
-    if value is None:
-        raise Problem("malformed_request", f"the body has no {name!r} member; send {example}")
-    if not isinstance(value, str):
-        raise Problem("malformed_request", f"{name!r} must be a string, not {type(value).__name__}")
-    return value
-
-
-def reject_unknown(body: dict[str, Any], allowed: set[str], code: str = "malformed_request") -> None:
-    unknown = sorted(set(body) - allowed)
-    if unknown:
-        raise Problem(code, f"unknown member(s) {', '.join(map(repr, unknown))}; accepted: {', '.join(sorted(allowed))}")

@@ -18,11 +18,14 @@ import asyncio
 import fnmatch
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Callable
+from typing import Annotated, Callable
 
 import asyncpg
+import msgspec
+from msgspec import Meta
 
 from tpx.core import tokens
+from tpx.core.bodies import anchored
 from tpx.core.backoff import Backoff
 from tpx.core.config import Settings
 from tpx.core.db import outbox
@@ -67,6 +70,18 @@ class Decision:
     unbound: list[tuple[Publisher, dict[str, str]]]
 
 
+class ExchangeResult(msgspec.Struct):
+    """What `POST /v1/exchange` answers: the publish token (shown once, never stored) and its scope."""
+
+    token: Annotated[str, Meta(pattern=anchored(tokens.TOKEN_RE.pattern), description="the publish token, shown only once")]
+    token_id: Annotated[str, Meta(description="the token's id (a UUID), for revocation and audit")]
+    expires_at: Annotated[str, Meta(description="RFC 3339, UTC, whole seconds")]
+    expires_in: Annotated[int, Meta(description="seconds from now until expires_at")]
+    packages: list[str]
+    publisher_ids: list[str]
+    permissions: Annotated[dict[str, list[str]], Meta(description="package -> the permissions granted on it")]
+
+
 @dataclass(frozen=True)
 class MintedToken:
     token: str
@@ -77,16 +92,11 @@ class MintedToken:
     issued_at: datetime
     expires_at: datetime
 
-    def response(self) -> dict[str, Any]:
-        return {
-            "token": self.token,
-            "token_id": self.token_id,
-            "expires_at": rfc3339(self.expires_at, seconds=True),
-            "expires_in": int((self.expires_at - self.issued_at).total_seconds()),
-            "packages": self.packages,
-            "publisher_ids": self.publisher_ids,
-            "permissions": self.permissions,
-        }
+    def response(self) -> ExchangeResult:
+        return ExchangeResult(
+            token=self.token, token_id=self.token_id, expires_at=rfc3339(self.expires_at, seconds=True),
+            expires_in=int((self.expires_at - self.issued_at).total_seconds()), packages=self.packages,
+            publisher_ids=self.publisher_ids, permissions=self.permissions)
 
 
 # --- the decision (pure) -------------------------------------------------------------------------------------

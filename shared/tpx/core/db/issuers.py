@@ -48,7 +48,7 @@ async def insert(conn: asyncpg.Connection, fields: Mapping[str, Any]) -> uuid.UU
 
 
 async def update(conn: asyncpg.Connection, issuer_id: uuid.UUID, fields: Mapping[str, Any]) -> None:
-    """Set the given (validated) columns; the column names come from `tpx.core.issuers.FIELDS`, never a client."""
+    """Set the given (validated) columns; the column names are the fields of `tpx.core.issuers.IssuerChange`, never a client."""
     if not fields:
         return
     assignments = ", ".join(f"{name} = ${i + 2}" for i, name in enumerate(fields))

@@ -15,7 +15,12 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Mapping, Protocol
+from typing import Annotated, Any, Literal, Mapping, Protocol
+
+import msgspec
+from msgspec import Meta
+
+from tpx.core.bodies import Body, Flag, choices, text, text_list
 
 PERMISSIONS = ("publish-update", "publish-new")
 
@@ -131,16 +136,46 @@ class Publisher:
 
 @dataclass(frozen=True)
 class IdentityFields:
-    """The provider-specific part of a publisher, read from admin input by its provider."""
+    """The provider-specific part of a publisher, in neutral fields."""
 
     owner: str
     name: str
     workflow: str
     owner_id: str | None
     name_id: str | None
+    environments: tuple[str, ...] = ()
     options: Mapping[str, bool] = field(default_factory=dict)
 
 
+# A package name as registries spell them (npm scopes included); the same shape in every input that names one.
+PACKAGE_RE = re.compile(r"[A-Za-z0-9@][A-Za-z0-9._@/+~-]{0,213}")
+PACKAGE_TEXT = "a package name (letters, digits, '.', '_', '-', '@', '/')"
+Package = text(PACKAGE_RE, PACKAGE_TEXT)
+NumericId = text(r"[0-9]{1,20}", 'a numeric id given as a string, e.g. "65"')
+IssuerUrl = text(r"[\x21-\x7e]{1,1024}", "the URL of a registered issuer of this provider's kind; default: the "
+                                          "provider's public issuer")
+RefPatterns = text_list(r"[\x20-\x7e]{1,255}", "a git ref or glob such as refs/tags/v*", 20)
+Permissions = Annotated[list[Literal[PERMISSIONS]], Meta(  # type: ignore[valid-type]
+    min_length=1, description=f"a non-empty list, each {choices(PERMISSIONS)}")]
+TokenLifetime = Annotated[int, Meta(ge=60, le=7 * 86400, description=(
+    "a whole number of seconds, at least 60 and at most the operator's TPX_TOKEN_TTL_MAX_SECONDS (default 21600)"))]
+
+
+class PublisherInput(Body, tag_field="provider", kw_only=True):
+    """`POST /v1/admin/publishers`: the fields every publisher has. Each provider declares a subclass
+    tagged with its name that adds its identity fields (and its environment-name rules), so the
+    `provider` member picks the type that checks the rest."""
+
+    package: Package
+    issuer: IssuerUrl | None = None
+    ref_patterns: RefPatterns = []
+    allow_self_hosted_runners: Flag = False
+    token_ttl_seconds: TokenLifetime | None = None
+    permissions: Permissions = msgspec.field(default_factory=lambda: ["publish-update"])
+
+    def identity_fields(self) -> IdentityFields:
+        """This provider's fields in neutral form (its subclass knows them)."""
+        raise NotImplementedError
 
 
 class Provider(Protocol):
@@ -153,9 +188,8 @@ class Provider(Protocol):
     options: tuple[str, ...]
     # Whether the forge compares environment names ignoring case (GitHub does, GitLab does not).
     environments_ignore_case: bool
-    # The environment names the forge allows (a publisher naming another could never match), and in words.
-    environment_name: re.Pattern[str]
-    environment_name_text: str
+    # The admin input of this provider's publishers: a PublisherInput subclass tagged with `name`.
+    publisher_input: type[PublisherInput]
 
     def identity(self, claims: dict[str, Any], issuer_url: str) -> Identity:
         """Build the typed identity; raise Problem('malformed_token') on a missing or mistyped claim."""
@@ -165,6 +199,3 @@ class Provider(Protocol):
 
     def bindings(self, identity: Identity, publisher: Publisher) -> dict[str, str]:
         """Ids the publisher does not pin yet, to bind on a successful exchange."""
-
-    def publisher_fields(self, body: dict[str, Any], code: str) -> IdentityFields:
-        """Read and check this provider's publisher fields from admin input; refusals name the field."""

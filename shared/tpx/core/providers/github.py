@@ -12,9 +12,9 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from tpx.core import inputs
+from tpx.core.bodies import text, text_list
 from tpx.core.errors import Problem
-from tpx.core.providers.base import CheckResult, Identity, IdentityFields, Publisher
+from tpx.core.providers.base import CheckResult, Identity, IdentityFields, NumericId, Publisher, PublisherInput
 from tpx.core.providers.checks import hosted_runner, pinned_id, ref_patterns, repository_match, unbound_ids
 from tpx.core.providers.claims import (
     ID, ID_TEXT, PRINTABLE_1K, PRINTABLE_1K_OR_EMPTY, PRINTABLE_255, PRINTABLE_255_OR_EMPTY, TEXT_1K,
@@ -60,6 +60,32 @@ _OPTIONAL: dict[str, tuple[re.Pattern[str], str]] = {
 _EXTRA_CLAIMS = ("job_workflow_ref", "ref_type", "ref_protected", "repository_visibility", "run_attempt")
 
 
+# A GitHub publisher's fields as the admin API takes them; each description completes "it must be ...".
+Owner = text(OWNER_RE, "a GitHub user or organisation name")
+RepositoryName = text(NAME_RE, "a GitHub repository name")
+WorkflowFile = text(WORKFLOW_FILE_RE, "the file name of a workflow in .github/workflows, e.g. release.yml "
+                                      "(no directory, no surrounding space)")
+Environments = text_list(ENVIRONMENT_RE, "a GitHub environment name: printable ASCII, at most 255 characters, "
+                                         "no leading or trailing space, none of ' \" ` , ; \\", 20)
+
+
+class GitHubPublisherInput(PublisherInput, tag="github", kw_only=True):
+    """A GitHub Actions publisher: the repository by name (and, optionally, by its immutable ids) and the
+    workflow file that publishes; environment names are compared ignoring case, as GitHub does."""
+
+    repository_owner: Owner
+    repository_owner_id: NumericId | None = None
+    repository_name: RepositoryName
+    repository_id: NumericId | None = None
+    workflow_filename: WorkflowFile
+    environments: Environments = []
+
+    def identity_fields(self) -> IdentityFields:
+        return IdentityFields(owner=self.repository_owner, name=self.repository_name, workflow=self.workflow_filename,
+                              owner_id=self.repository_owner_id, name_id=self.repository_id,
+                              environments=tuple(dict.fromkeys(self.environments)))
+
+
 class GitHubProvider:
     name = "github"
     public_issuer = "https://token.actions.githubusercontent.com"
@@ -72,9 +98,7 @@ class GitHubProvider:
     }
     options: tuple[str, ...] = ()
     environments_ignore_case = True
-    environment_name = ENVIRONMENT_RE
-    environment_name_text = ("a GitHub environment name: printable ASCII, at most 255 characters, no leading or "
-                             "trailing space, none of ' \" ` , ; \\")
+    publisher_input = GitHubPublisherInput
 
     def identity(self, claims: dict[str, Any], issuer_url: str) -> Identity:
         if not isinstance(claims, dict):
@@ -138,21 +162,6 @@ class GitHubProvider:
 
     def bindings(self, identity: Identity, publisher: Publisher) -> dict[str, str]:
         return unbound_ids(identity, publisher)
-
-    def publisher_fields(self, body: dict[str, Any], code: str) -> IdentityFields:
-        names = self.fields
-        return IdentityFields(
-            owner=inputs.required_text(body, names["owner"], OWNER_RE, "a GitHub user or organisation name", code),
-            name=inputs.required_text(body, names["name"], NAME_RE, "a GitHub repository name", code),
-            workflow=inputs.required_text(
-                body, names["workflow"], WORKFLOW_FILE_RE,
-                "the file name of a workflow in .github/workflows, e.g. release.yml (no directory, no surrounding "
-                "space)", code),
-            owner_id=inputs.text(body, names["owner_id"], ID, 'a numeric id given as a string, e.g. "65"', code,
-                                 required=False),
-            name_id=inputs.text(body, names["name_id"], ID, 'a numeric id given as a string, e.g. "74"', code,
-                                required=False),
-        )
 
 
 def _workflow(identity: Identity, publisher: Publisher) -> CheckResult:

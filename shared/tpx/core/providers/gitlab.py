@@ -16,10 +16,10 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from tpx.core import inputs
+from tpx.core.bodies import Flag, text, text_list
 from tpx.core.errors import Problem
 from tpx.core.jose.strict_json import json_type
-from tpx.core.providers.base import CheckResult, Identity, IdentityFields, Publisher
+from tpx.core.providers.base import CheckResult, Identity, IdentityFields, NumericId, Publisher, PublisherInput
 from tpx.core.providers.checks import hosted_runner, pinned_id, ref_patterns, repository_match, unbound_ids
 from tpx.core.providers.claims import (
     ID, ID_TEXT, PRINTABLE_1K, PRINTABLE_255_OR_EMPTY, TEXT_1K, TEXT_255_OR_EMPTY, required_claim, string_claim,
@@ -103,6 +103,34 @@ def _runner_id(claims: dict[str, Any]) -> None:
         raise Problem("malformed_token", "claim 'runner_id' is not a non-negative 64-bit integer")
 
 
+# A GitLab publisher's fields as the admin API takes them; each description completes "it must be ...".
+Namespace = text(NAMESPACE_RE, "a GitLab group path, e.g. my-group/sub-group (no part ending in .git or .atom)")
+ProjectName = text(PROJECT_RE, "a GitLab project path name (not ending in .git or .atom)")
+CiFile = text(CI_FILE_RE, "the relative path of the CI configuration in the project, e.g. .gitlab-ci.yml or "
+                          "ci/release.yml")
+Environments = text_list(ENVIRONMENT_RE, "a GitLab environment name: letters, digits, spaces and - _ / $ { } . , "
+                                         "at most 255 characters, not starting or ending with '/' or a space", 20)
+
+
+class GitLabPublisherInput(PublisherInput, tag="gitlab", kw_only=True):
+    """A GitLab CI/CD publisher: the project by path (and, optionally, by its immutable ids) and the CI
+    configuration file; environment names are case-sensitive, as GitLab compares them."""
+
+    namespace: Namespace
+    namespace_id: NumericId | None = None
+    project: ProjectName
+    project_id: NumericId | None = None
+    workflow_filepath: CiFile
+    environments: Environments = []
+    require_protected_ref: Flag = False
+
+    def identity_fields(self) -> IdentityFields:
+        return IdentityFields(owner=self.namespace, name=self.project, workflow=self.workflow_filepath,
+                              owner_id=self.namespace_id, name_id=self.project_id,
+                              environments=tuple(dict.fromkeys(self.environments)),
+                              options={"require_protected_ref": self.require_protected_ref})
+
+
 class GitLabProvider:
     name = "gitlab"
     public_issuer = "https://gitlab.com"
@@ -115,9 +143,7 @@ class GitLabProvider:
     }
     options = ("require_protected_ref",)
     environments_ignore_case = False
-    environment_name = ENVIRONMENT_RE
-    environment_name_text = ("a GitLab environment name: letters, digits, spaces and - _ / $ { } . , at most 255 "
-                             "characters, not starting or ending with '/' or a space")
+    publisher_input = GitLabPublisherInput
 
     def identity(self, claims: dict[str, Any], issuer_url: str) -> Identity:
         if not isinstance(claims, dict):
@@ -194,24 +220,6 @@ class GitLabProvider:
 
     def bindings(self, identity: Identity, publisher: Publisher) -> dict[str, str]:
         return unbound_ids(identity, publisher)
-
-    def publisher_fields(self, body: dict[str, Any], code: str) -> IdentityFields:
-        names = self.fields
-        return IdentityFields(
-            owner=inputs.required_text(body, names["owner"], NAMESPACE_RE,
-                                       "a GitLab group path, e.g. my-group/sub-group (no part ending in .git or "
-                                       ".atom)", code),
-            name=inputs.required_text(body, names["name"], PROJECT_RE,
-                                      "a GitLab project path name (not ending in .git or .atom)", code),
-            workflow=inputs.required_text(body, names["workflow"], CI_FILE_RE,
-                                          "the relative path of the CI configuration in the project, e.g. "
-                                          ".gitlab-ci.yml or ci/release.yml", code),
-            owner_id=inputs.text(body, names["owner_id"], ID, 'a numeric id given as a string, e.g. "65"', code,
-                                 required=False),
-            name_id=inputs.text(body, names["name_id"], ID, 'a numeric id given as a string, e.g. "74"', code,
-                                required=False),
-            options={"require_protected_ref": inputs.boolean(body, "require_protected_ref", False, code)},
-        )
 
 
 def _job_project(identity: Identity) -> CheckResult:

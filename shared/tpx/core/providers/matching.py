@@ -14,6 +14,8 @@ import string
 from dataclasses import dataclass
 from typing import Any, Iterable
 
+import msgspec
+
 from tpx.core.errors import Problem
 from tpx.core.providers.base import CheckResult, Identity, Provider, Publisher
 
@@ -34,6 +36,26 @@ def ascii_lower(value: str) -> str:
 
 def ascii_iequal(a: str, b: str) -> bool:
     return ascii_lower(a) == ascii_lower(b)
+
+
+class CheckRow(msgspec.Struct, omit_defaults=True):
+    """One row of a check table as explain and denials show it."""
+
+    check: str
+    claim: str
+    expected: Any
+    actual: Any
+    passed: bool
+    note: str | None = None
+
+
+class PublisherExplanation(msgspec.Struct):
+    """One candidate publisher with every row of its check table (`PublisherEvaluation.as_explain`)."""
+
+    id: str
+    package: str
+    matched: bool
+    checks: list[CheckRow]
 
 
 @dataclass

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import fnmatch
 import uuid
-from typing import Any, Awaitable, Callable
+from typing import Annotated, Any, Awaitable, Callable
 
 import asyncpg
+import msgspec
+from msgspec import Meta
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -26,8 +28,9 @@ from tpx.core.events import builders, types
 from tpx.core.events.types import EXCHANGE_SOURCE
 from tpx.core.issuers import issuer_changes, issuer_json
 from tpx.core.metrics import TOKENS_REVOKED
-from tpx.core.publishers import PACKAGE_RE, PACKAGE_TEXT, publisher_input, publisher_json
-from tpx.core.revocations import Selector
+from tpx.core.providers.base import PACKAGE_RE, PACKAGE_TEXT
+from tpx.core.publishers import PUBLISHER, publisher_input, publisher_json
+from tpx.core.revocations import RevocationSummary, Selector
 from tpx.core.times import rfc3339_or_none
 
 from tpx.exchange.context import ServiceContext, context
@@ -47,6 +50,43 @@ async def _mutate(ctx: ServiceContext, work: Callable[[asyncpg.Connection], Awai
             result = await work(conn)
     ctx.outbox_signal.notify()
     return result
+
+
+# --- the answers' types (those of issuers, publishers and revocations are declared with them) -------------------
+
+class PublisherResult(msgspec.Struct):
+    publisher: PUBLISHER  # type: ignore[valid-type]
+
+
+class PublisherList(msgspec.Struct):
+    publishers: list[PUBLISHER]  # type: ignore[valid-type]
+
+
+class PublisherDeleted(msgspec.Struct):
+    """The deleted publisher, the tokens revoked by this call, and the revocation that finishes the rest."""
+
+    publisher: PUBLISHER  # type: ignore[valid-type]
+    revoked_tokens: int
+    revocation: RevocationSummary
+
+
+class TokenMetadata(msgspec.Struct):
+    """A token's metadata; never the token or its hash."""
+
+    token_id: str
+    active: bool
+    packages: list[str]
+    permissions: dict[str, list[str]]
+    publisher_ids: list[str]
+    issued_at: str | None
+    expires_at: str | None
+    revoked_at: str | None
+    revocation_reason: str | None
+    ci: Annotated[dict[str, Any], Meta(description="the CI identity the token was issued to")]
+
+
+class TokenList(msgspec.Struct):
+    tokens: list[TokenMetadata]
 
 
 # --- issuers -------------------------------------------------------------------------------------------------
@@ -194,7 +234,7 @@ async def delete_publisher(request: Request) -> JSONResponse:
     actor = ctx.admin.authenticate(request)
     publisher_id = inputs.path_id(request.path_params["id"], "publisher")
 
-    async def work(conn: asyncpg.Connection) -> dict[str, Any]:
+    async def work(conn: asyncpg.Connection) -> PublisherDeleted:
         # The mint gate first, then the row: the same lock order as a mint, so the two cannot deadlock.
         await revocation_store.enter_gate_alone(conn)
         before = await publisher_store.get(conn, publisher_id)
@@ -206,11 +246,11 @@ async def delete_publisher(request: Request) -> JSONResponse:
                          source=EXCHANGE_SOURCE)
         progress = await revocation_store.start(conn, Selector("publisher", publisher_id=publisher_id),
                                                 reason="publisher deleted", actor=actor, source=EXCHANGE_SOURCE)
-        return {"publisher": publisher_json(before), "revoked_tokens": progress.revoked,
-                "revocation": progress.rule.summary()}
+        return PublisherDeleted(publisher=publisher_json(before), revoked_tokens=progress.revoked,
+                                revocation=progress.rule.summary())
 
     result = await _mutate(ctx, work)
-    TOKENS_REVOKED.labels("revocation").inc(result["revoked_tokens"])   # a publisher rule; the revoker counts the rest
+    TOKENS_REVOKED.labels("revocation").inc(result.revoked_tokens)   # a publisher rule; the revoker counts the rest
     return JSONResponse(result)
 
 
@@ -238,10 +278,9 @@ async def list_tokens(request: Request) -> JSONResponse:
         rows = await token_store.list_metadata(
             conn, package=package, publisher_id=publisher_id,
             active=None if active_text is None else active_text == "true", limit=max(limit, 1))
-    return JSONResponse({"tokens": [{
-        "token_id": str(row["id"]), "active": row["active"], "packages": list(row["packages"]),
-        "permissions": row["permissions"], "publisher_ids": [str(p) for p in row["publisher_ids"]],
-        "issued_at": rfc3339_or_none(row["issued_at"]), "expires_at": rfc3339_or_none(row["expires_at"]),
-        "revoked_at": rfc3339_or_none(row["revoked_at"]), "revocation_reason": row["revocation_reason"],
-        "ci": row["ci"],
-    } for row in rows]})
+    return JSONResponse(TokenList([TokenMetadata(
+        token_id=str(row["id"]), active=row["active"], packages=list(row["packages"]),
+        permissions=row["permissions"], publisher_ids=[str(p) for p in row["publisher_ids"]],
+        issued_at=rfc3339_or_none(row["issued_at"]), expires_at=rfc3339_or_none(row["expires_at"]),
+        revoked_at=rfc3339_or_none(row["revoked_at"]), revocation_reason=row["revocation_reason"], ci=row["ci"],
+    ) for row in rows]))

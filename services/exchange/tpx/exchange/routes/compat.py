@@ -50,13 +50,16 @@ Like PyPI, the mint route reads its body as JSON whatever the Content-Type.
 from __future__ import annotations
 
 import functools
-from typing import Any, Awaitable, Callable
+from typing import Annotated, Any, Awaitable, Callable, Literal
 
+import msgspec
+from msgspec import Meta
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from tpx.core import tokens
+from tpx.core.bodies import Body
 from tpx.core.db.pool import UNAVAILABLE_ERRORS
 from tpx.core.errors import Problem
 from tpx.core.logging import get_logger
@@ -64,9 +67,11 @@ from tpx.core.metrics import EXCHANGES
 from tpx.core.outages import DATABASE
 
 from tpx.exchange.context import ServiceContext, context
-from tpx.exchange.http import JSONResponse, parse_json_object, read_body, reject_unknown, require_string
+from tpx.exchange.http import JSONResponse, parse_json_object, read_body
 from tpx.exchange.minting import MintedToken
-from tpx.exchange.routes.exchange import JWT_EXAMPLE, client_failures_limited, exchange_token, read_verified
+from tpx.exchange.routes.exchange import (
+    ID_TOKEN_TEXT, IdTokenBody, client_failures_limited, exchange_token, id_token_of, read_verified,
+)
 from tpx.exchange.routes.tokens import revoke_token
 from tpx.exchange.verification import VerifiedToken, verify_id_token
 
@@ -123,7 +128,17 @@ def guarded(render: Renderer) -> Callable[[Handler], Handler]:
     return decorate
 
 
-async def read_verified_any_type(request: Request, ctx: ServiceContext, member: str) -> VerifiedToken:
+class PypiTokenBody(Body):
+    """PyPI's mint-token body: `{"token": "<ID token>"}`."""
+
+    token: Annotated[str, Meta(description=ID_TOKEN_TEXT)]
+
+    @property
+    def id_token(self) -> str:
+        return self.token
+
+
+async def read_verified_any_type(request: Request, ctx: ServiceContext, body_type: Any) -> VerifiedToken:
     """`read_verified`, but the body is read as JSON whatever its Content-Type, as PyPI does.
 
     PyPI's own GitLab example posts with `curl -d`, which labels the JSON as a
@@ -131,18 +146,16 @@ async def read_verified_any_type(request: Request, ctx: ServiceContext, member: 
     ambient credentials for a cross-site form to ride on.
     """
     body = parse_json_object(await read_body(request, ctx.settings.max_body_bytes))
-    reject_unknown(body, {member})
-    value = require_string(body, member, example=JWT_EXAMPLE.replace("jwt", member))
-    return await verify_id_token(value, ctx.keycache, ctx.settings)
+    return await verify_id_token(id_token_of(body, body_type), ctx.keycache, ctx.settings)
 
 
-async def exchange(request: Request, *, member: str, any_content_type: bool = False) -> MintedToken:
+async def exchange(request: Request, *, body_type: Any, any_content_type: bool = False) -> MintedToken:
     """Exactly the native exchange (abuse limits, verification, minting, metrics), minus the envelope."""
     ctx = context(request)
     reader = read_verified_any_type if any_content_type else read_verified
     try:
         with client_failures_limited(ctx, request):
-            verified = await reader(request, ctx, member=member)
+            verified = await reader(request, ctx, body_type)
             minted = await exchange_token(ctx, verified)
     except Problem as problem:
         EXCHANGES.labels(problem.code).inc()
@@ -162,8 +175,24 @@ def crates_status(problem: Problem) -> int:
     return status if status in CRATES_KEPT_STATUSES or status >= 500 else 400
 
 
+class CratesToken(msgspec.Struct):
+    """crates.io's exchange answer."""
+
+    token: Annotated[str, Meta(description="the publish token, shown only once")]
+
+
+class CratesErrorDetail(msgspec.Struct):
+    detail: str
+
+
+class CratesError(msgspec.Struct):
+    """crates.io's error shape: every refusal's sentence (with tpx's hints) in `errors[].detail`."""
+
+    errors: list[CratesErrorDetail]
+
+
 def crates_error(status: int, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"errors": [{"detail": detail}]}, status_code=status, headers=headers)
+    return JSONResponse(CratesError([CratesErrorDetail(detail)]), status_code=status, headers=headers)
 
 
 # RFC 9110 asks every 401 for a challenge; the token goes in as RFC 6750's Bearer credential.
@@ -181,8 +210,8 @@ def render_crates(problem: Problem) -> Response:
 
 
 async def _crates_exchange(request: Request) -> Response:
-    minted = await exchange(request, member="jwt")
-    return JSONResponse({"token": minted.token}, headers=NO_STORE)
+    minted = await exchange(request, body_type=IdTokenBody)
+    return JSONResponse(CratesToken(minted.token), headers=NO_STORE)
 
 
 async def _crates_revoke(request: Request) -> Response:
@@ -237,9 +266,33 @@ def pypi_status(problem: Problem) -> int:
     return problem.status if problem.status == 429 or problem.status >= 500 else 422
 
 
+class PypiToken(msgspec.Struct):
+    """PyPI's mint-token answer; `expires` in seconds since the epoch."""
+
+    success: Literal[True]
+    token: Annotated[str, Meta(description="the publish token, shown only once")]
+    expires: int
+
+
+class PypiErrorDetail(msgspec.Struct):
+    code: Annotated[str, Meta(description="PyPI's error code, e.g. invalid-publisher")]
+    description: str
+
+
+class PypiError(msgspec.Struct, omit_defaults=True):
+    """PyPI's error shape (a 405 carries the message alone)."""
+
+    message: str
+    errors: list[PypiErrorDetail] = []
+
+
+class PypiAudience(msgspec.Struct):
+    audience: Annotated[str, Meta(description="the audience to request the CI provider's ID token for")]
+
+
 def pypi_error(status: int, code: str, description: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    body: dict[str, Any] = {"message": "Token request failed", "errors": [{"code": code, "description": description}]}
-    return JSONResponse(body, status_code=status, headers=headers)
+    return JSONResponse(PypiError("Token request failed", [PypiErrorDetail(code, description)]), status_code=status,
+                        headers=headers)
 
 
 def render_pypi(problem: Problem) -> Response:
@@ -254,9 +307,8 @@ def _mint_token(path: str) -> Handler:
         if request.method != "POST":
             return pypi_error(405, "invalid-payload", f"{request.method} is not allowed on {path}; use POST",
                               {"Allow": "POST"})
-        minted = await exchange(request, member="token", any_content_type=True)
-        return JSONResponse({"success": True, "token": minted.token, "expires": int(minted.expires_at.timestamp())},
-                            headers=NO_STORE)
+        minted = await exchange(request, body_type=PypiTokenBody, any_content_type=True)
+        return JSONResponse(PypiToken(True, minted.token, int(minted.expires_at.timestamp())), headers=NO_STORE)
 
     return mint_token
 
@@ -269,9 +321,9 @@ pypi_mint_token_legacy = _mint_token(PYPI_LEGACY_MINT_PATH)
 async def pypi_audience(request: Request) -> Response:
     """The audience CI clients must request their ID token for (TPX_AUDIENCE)."""
     if request.method not in ("GET", "HEAD"):
-        return JSONResponse({"message": f"{request.method} is not allowed on {PYPI_AUDIENCE_PATH}; use GET"},
+        return JSONResponse(PypiError(f"{request.method} is not allowed on {PYPI_AUDIENCE_PATH}; use GET"),
                             status_code=405, headers={"Allow": "GET, HEAD"})
-    return JSONResponse({"audience": context(request).settings.audience})
+    return JSONResponse(PypiAudience(context(request).settings.audience))
 
 
 def compat_routes() -> list[Route]:

@@ -4,31 +4,59 @@ from __future__ import annotations
 
 import contextlib
 import time
-from typing import Iterator
+from typing import Annotated, Any, Iterator
 
+import msgspec
+from msgspec import Meta
 from starlette.requests import Request
 
+from tpx.core import bodies
+from tpx.core.bodies import Body
 from tpx.core.db.pool import UNAVAILABLE_ERRORS
 from tpx.core.errors import Problem
 from tpx.core.logging import get_logger
 from tpx.core.metrics import EXCHANGE_LATENCY, EXCHANGES
 from tpx.core.outages import DATABASE
+from tpx.core.providers.matching import PublisherExplanation
 
 from tpx.exchange.context import ServiceContext, context
-from tpx.exchange.http import JSONResponse, read_object, reject_unknown, require_string
+from tpx.exchange.http import JSONResponse, read_object
 from tpx.exchange.minting import AmbiguousMint, MintedToken, explain, mint, record_denial, resolve_ambiguous
 from tpx.exchange.ratelimit import client_address
 from tpx.exchange.verification import VerifiedToken, verify_id_token
 
 log = get_logger("tpx.exchange")
-JWT_EXAMPLE = '{"jwt": "<your CI provider\'s OIDC ID token>"}'
 
 
-async def read_verified(request: Request, ctx: ServiceContext, member: str = "jwt") -> VerifiedToken:
+ID_TOKEN_TEXT = "the CI provider's OIDC ID token (a JWT)"
+
+
+class IdTokenBody(Body):
+    """`POST /v1/exchange`, `POST /v1/explain` and crates.io's exchange: `{"jwt": "<ID token>"}`."""
+
+    jwt: Annotated[str, Meta(description=ID_TOKEN_TEXT)]
+
+    @property
+    def id_token(self) -> str:
+        return self.jwt
+
+
+def id_token_of(body: dict[str, Any], body_type: type[IdTokenBody] | Any) -> str:
+    """The ID token a parsed body carries; refusals are `400 malformed_request` naming the member."""
+    return bodies.convert(body, body_type, "malformed_request").id_token
+
+
+class Explanation(msgspec.Struct):
+    """What `POST /v1/explain` answers: the identity the token proves and each candidate, check by check."""
+
+    would_issue: bool
+    identity: Annotated[dict[str, Any], Meta(description="the CI identity the token proves")]
+    publishers: list[PublisherExplanation]
+
+
+async def read_verified(request: Request, ctx: ServiceContext, body_type: Any = IdTokenBody) -> VerifiedToken:
     body = await read_object(request, ctx.settings.max_body_bytes)
-    reject_unknown(body, {member})
-    value = require_string(body, member, example=JWT_EXAMPLE.replace("jwt", member))
-    return await verify_id_token(value, ctx.keycache, ctx.settings)
+    return await verify_id_token(id_token_of(body, body_type), ctx.keycache, ctx.settings)
 
 
 @contextlib.contextmanager
@@ -102,9 +130,6 @@ async def explain_route(request: Request) -> JSONResponse:
         verified = await read_verified(request, ctx)
     async with ctx.pool.acquire() as conn:
         evaluations = await explain(conn, verified)
-    identity = verified.identity
-    return JSONResponse({
-        "would_issue": any(e.matched for e in evaluations),
-        "identity": identity.ci(),
-        "publishers": [e.as_explain() for e in evaluations],
-    })
+    return JSONResponse(Explanation(
+        would_issue=any(e.matched for e in evaluations), identity=verified.identity.ci(),
+        publishers=msgspec.convert([e.as_explain() for e in evaluations], list[PublisherExplanation])))

@@ -1,10 +1,13 @@
-"""`/healthz`, `/readyz` and `/openapi.json`."""
+"""`/healthz`, `/readyz` and `/metrics`."""
 
 from __future__ import annotations
 
 import asyncio
 from datetime import datetime, timezone
+from typing import Annotated, Literal
 
+import msgspec
+from msgspec import UNSET, Meta, UnsetType
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -15,11 +18,41 @@ from tpx.core.times import rfc3339_or_none
 
 from tpx.exchange.http import JSONResponse
 from tpx.exchange.context import ServiceContext, context
-from tpx.exchange.openapi import OPENAPI
+
+
+class Health(msgspec.Struct):
+    status: Literal["ok"]
+
+
+class IssuerReadiness(msgspec.Struct, omit_defaults=True):
+    """One issuer's state; the key details only for a caller with the admin credential."""
+
+    url: str
+    kind: str
+    state: Literal["ready", "disabled", "no usable keys", "stale keys"]
+    enabled: bool | UnsetType = UNSET
+    key_count: int | UnsetType = UNSET
+    key_ids: list[str] | UnsetType = UNSET
+    keys_fetched_at: str | None | UnsetType = UNSET
+    key_age_seconds: int | None | UnsetType = UNSET
+    last_error: str | None | UnsetType = UNSET
+
+
+class Readiness(msgspec.Struct, omit_defaults=True):
+    """The readiness report (the status alone on the public port with TPX_OPS_SEPARATE=1)."""
+
+    status: Literal["ready", "degraded", "not ready"]
+    reasons: list[str] | UnsetType = UNSET
+    dependencies: Annotated[dict[str, str], Meta(description="database: ok | unreachable; "
+                                                             "listener: listening | reconnecting")] | UnsetType = UNSET
+    issuers: list[IssuerReadiness] | UnsetType = UNSET
+
+
+HEALTHY = Health("ok")
 
 
 async def healthz(request: Request) -> JSONResponse:
-    return JSONResponse({"status": "ok"})
+    return JSONResponse(HEALTHY)
 
 
 async def readyz(request: Request) -> JSONResponse:
@@ -31,13 +64,13 @@ async def readyz(request: Request) -> JSONResponse:
     status alone; the whole report is on the ops port.
     """
     ctx = context(request)
-    ready, body = await readiness(ctx, operator=ctx.admin.accepts(request))
+    ready, report = await readiness(ctx, operator=ctx.admin.accepts(request))
     if ctx.settings.ops_separate:
-        body = {"status": body["status"]}
-    return JSONResponse(body, status_code=200 if ready else 503, headers={} if ready else {"Retry-After": "5"})
+        report = Readiness(report.status)
+    return JSONResponse(report, status_code=200 if ready else 503, headers={} if ready else {"Retry-After": "5"})
 
 
-async def readiness(ctx: ServiceContext, *, operator: bool) -> tuple[bool, dict]:
+async def readiness(ctx: ServiceContext, *, operator: bool) -> tuple[bool, Readiness]:
     """(ready, the report): the database, each issuer's keys, the listener, draining."""
     reasons: list[str] = []
     database = "ok"
@@ -59,13 +92,12 @@ async def readiness(ctx: ServiceContext, *, operator: bool) -> tuple[bool, dict]
         else:
             state = "ready"
             usable += 1
-        shown = {"url": entry.url, "kind": entry.kind, "state": state}
+        shown = IssuerReadiness(entry.url, entry.kind, state)
         if operator:
-            shown.update({
-                "enabled": entry.enabled, "key_count": len(entry.keys), "key_ids": sorted(entry.keys),
-                "keys_fetched_at": rfc3339_or_none(entry.keys_fetched_at),
-                "key_age_seconds": int(age) if age is not None else None, "last_error": entry.last_error,
-            })
+            shown = IssuerReadiness(
+                entry.url, entry.kind, state, enabled=entry.enabled, key_count=len(entry.keys),
+                key_ids=sorted(entry.keys), keys_fetched_at=rfc3339_or_none(entry.keys_fetched_at),
+                key_age_seconds=int(age) if age is not None else None, last_error=entry.last_error)
         issuers.append(shown)
     if not usable:
         reasons.append("no enabled issuer has usable keys (is the jwks-refresher running?)")
@@ -75,10 +107,10 @@ async def readiness(ctx: ServiceContext, *, operator: bool) -> tuple[bool, dict]
     degraded = listener_degraded(ctx.listener.connection.down_since, asyncio.get_running_loop().time(),
                                  ctx.settings.keys_reload_seconds)
     status = "not ready" if not ready else "degraded" if degraded else "ready"
-    return ready, {"status": status, "reasons": reasons + ([degraded] if degraded else []),
-                   "dependencies": {"database": database,
-                                    "listener": "listening" if ctx.listener.healthy.is_set() else "reconnecting"},
-                   "issuers": issuers}
+    return ready, Readiness(status, reasons + ([degraded] if degraded else []),
+                            {"database": database,
+                             "listener": "listening" if ctx.listener.healthy.is_set() else "reconnecting"},
+                            issuers)
 
 
 # How long the listener may be reconnecting before readiness says so (a database restart takes longer).
@@ -104,6 +136,3 @@ async def metrics(request: Request) -> Response:
     body, content_type = exposition()
     return Response(body, media_type=content_type)
 
-
-async def openapi(request: Request) -> JSONResponse:
-    return JSONResponse(OPENAPI)

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
+import msgspec
+from msgspec import Meta
 from starlette.requests import Request
 from starlette.responses import Response
 
-from tpx.core import tokens
+from tpx.core import bodies, tokens
+from tpx.core.bodies import Body
 from tpx.core.db import tokens as token_store
 from tpx.core.db.outbox import add_events
 from tpx.core.errors import Problem
@@ -17,7 +20,19 @@ from tpx.core.metrics import INTROSPECTIONS, TOKENS_REVOKED
 from tpx.core.providers.base import PERMISSIONS
 
 from tpx.exchange.context import ServiceContext, context
-from tpx.exchange.http import JSONResponse, read_object, reject_unknown
+from tpx.exchange.http import JSONResponse, read_object
+
+
+class TokenBody(Body):
+    """`POST /v1/revoke` and `POST /v1/introspect` (RFC 7662), as JSON or as a urlencoded form."""
+
+    token: Annotated[str, Meta(description="a tpx token: tpx_ followed by 46 letters and digits")] | None = None
+    token_type_hint: Annotated[str, Meta(description="accepted and ignored (RFC 7662 section 2.1)")] | None = None
+
+
+async def read_token(request: Request, ctx: ServiceContext) -> str | None:
+    body = await read_object(request, ctx.settings.max_body_bytes, allow_form=True)
+    return bodies.convert(body, TokenBody, "malformed_request").token
 
 
 def _bearer(request: Request) -> str | None:
@@ -29,9 +44,7 @@ async def revoke(request: Request) -> Response:
     ctx = context(request)
     token = _bearer(request)
     if token is None:
-        body = await read_object(request, ctx.settings.max_body_bytes, allow_form=True)
-        reject_unknown(body, {"token", "token_type_hint"})
-        token = body.get("token")
+        token = await read_token(request, ctx)
         if token is None:
             raise Problem("malformed_request",
                           "send the token to revoke as `Authorization: Bearer <token>`, {\"token\": ...} or token=...")
@@ -53,38 +66,48 @@ async def revoke_token(ctx: ServiceContext, token: str, reason: str) -> None:
         ctx.outbox_signal.notify()
 
 
-def introspection_body(row) -> dict[str, Any]:
-    """RFC 7662's answer. `permissions` (per package) is authoritative; `scope` holds only the
-    permissions every package of the token has, so a registry reading `scope` alone never grants
-    one package what only another may do."""
+class Introspection(msgspec.Struct, omit_defaults=True):
+    """RFC 7662's answer: `{"active": false}` alone for a token that is not active (unknown, expired,
+    revoked), and for an active one what a registry needs to authorise the upload."""
+
+    active: bool
+    token_id: str | None = None
+    token_type: str | None = None
+    scope: Annotated[str, Meta(description="the permissions every package of the token has, space-separated")] \
+        | None = None
+    packages: list[str] | None = None
+    permissions: Annotated[dict[str, list[str]], Meta(
+        description="package -> the permissions granted on it; authoritative over scope")] | None = None
+    iat: int | None = None
+    exp: int | None = None
+    publisher_ids: list[str] | None = None
+    ci: Annotated[dict[str, Any], Meta(description="the CI identity the token was issued to")] | None = None
+
+
+INACTIVE = Introspection(active=False)
+
+
+def introspection_body(row) -> Introspection:
+    """`permissions` (per package) is authoritative; `scope` holds only the permissions every package
+    of the token has, so a registry reading `scope` alone never grants one package what only another may do."""
     permissions = row["permissions"]
     common = set.intersection(*(set(granted) for granted in permissions.values())) if permissions else set()
-    scope = [p for p in PERMISSIONS if p in common]
-    return {
-        "active": True,
-        "token_id": str(row["id"]),
-        "token_type": "tpx_publish",
-        "scope": " ".join(scope),
-        "packages": list(row["packages"]),
-        "permissions": permissions,
-        "iat": int(row["issued_at"].timestamp()),
-        "exp": int(row["expires_at"].timestamp()),
-        "publisher_ids": [str(p) for p in row["publisher_ids"]],
-        "ci": row["ci"],
-    }
+    return Introspection(
+        active=True, token_id=str(row["id"]), token_type="tpx_publish",
+        scope=" ".join(p for p in PERMISSIONS if p in common), packages=list(row["packages"]),
+        permissions=permissions, iat=int(row["issued_at"].timestamp()), exp=int(row["expires_at"].timestamp()),
+        publisher_ids=[str(p) for p in row["publisher_ids"]], ci=row["ci"])
 
 
 async def introspect(request: Request) -> JSONResponse:
     ctx = context(request)
     ctx.introspection.authenticate(request)
-    body = await read_object(request, ctx.settings.max_body_bytes, allow_form=True)
-    reject_unknown(body, {"token", "token_type_hint"})
-    token = body.get("token")
-    if not isinstance(token, str):
+    token = await read_token(request, ctx)
+    if token is None:
         raise Problem("malformed_request", "send the token to introspect as {\"token\": \"tpx_...\"} or token=tpx_...")
     headers = {"Cache-Control": "no-store"}
     row = await token_store.active_by_hash(ctx.pool, tokens.hash_token(token)) if tokens.is_well_formed(token) else None
     INTROSPECTIONS.labels("active" if row is not None else "inactive").inc()
     if row is None:
-        return JSONResponse({"active": False}, headers=headers)
+        return JSONResponse(INACTIVE, headers=headers)
     return JSONResponse(introspection_body(row), headers=headers)
