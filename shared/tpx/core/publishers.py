@@ -46,6 +46,7 @@ def publisher_input(body: dict[str, Any], *, ttl_max: int, allow_loopback: bool)
         require_protected_ref=identity.options.get("require_protected_ref", False),
         token_ttl_seconds=typed.token_ttl_seconds,
         permissions=tuple(p for p in PERMISSIONS if p in typed.permissions),
+        conditions={name: value for name, value in identity.conditions.items() if value is not None},
     )
 
 
@@ -65,16 +66,16 @@ PUBLISHER = bodies.one_of(*PUBLISHER_VIEWS.values())
 def publisher_view(publisher: Publisher) -> msgspec.Struct:
     """The publisher with its provider's field names (`Provider.fields`), as its view type."""
     provider = PROVIDERS[publisher.provider]
-    names = provider.fields
-    return PUBLISHER_VIEWS[provider.name](
-        id=publisher.id, package=publisher.package, issuer=publisher.issuer,
-        **{names[neutral]: getattr(publisher, neutral) for neutral in ("owner", "owner_id", "name", "name_id",
-                                                                        "workflow")},
-        environments=list(publisher.environments), ref_patterns=list(publisher.ref_patterns),
-        allow_self_hosted_runners=publisher.allow_self_hosted_runners,
-        token_ttl_seconds=publisher.token_ttl_seconds, permissions=list(publisher.permissions),
-        created_at=rfc3339_or_none(publisher.created_at),
-        **{option: getattr(publisher, option) for option in provider.options})
+    common: dict[str, Any] = {
+        "id": publisher.id, "package": publisher.package, "issuer": publisher.issuer,
+        "environments": list(publisher.environments), "ref_patterns": list(publisher.ref_patterns),
+        "allow_self_hosted_runners": publisher.allow_self_hosted_runners,
+        "token_ttl_seconds": publisher.token_ttl_seconds, "permissions": list(publisher.permissions),
+        "created_at": rfc3339_or_none(publisher.created_at),
+    }
+    view = PUBLISHER_VIEWS[provider.name]
+    fields = {**common, **provider.view_fields(publisher)}
+    return view(**{name: value for name, value in fields.items() if name in view.__struct_fields__})
 
 
 def publisher_json(publisher: Publisher) -> dict[str, Any]:
@@ -90,6 +91,8 @@ def identity_key(publisher: Publisher) -> str:
         if PROVIDERS[publisher.provider].environments_ignore_case
         else sorted(set(publisher.environments))
     )
-    return json.dumps([
-        publisher.package.lower(), publisher.owner.lower(), publisher.name.lower(), publisher.workflow, environments,
-    ])
+    key: list[Any] = [publisher.package.lower(), publisher.owner.lower(), publisher.name.lower(), publisher.workflow,
+                      environments]
+    if publisher.conditions:   # absent for publishers without any, so their keys stay what they were
+        key.append(dict(sorted(publisher.conditions.items())))
+    return json.dumps(key)

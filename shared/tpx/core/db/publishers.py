@@ -18,7 +18,7 @@ CHANGED_CHANNEL = "tpx_publishers"
 
 _COLUMNS = """p.id, p.package, p.provider, i.url AS issuer, p.owner, p.owner_id, p.name, p.name_id, p.workflow,
               p.environments, p.ref_patterns, p.allow_self_hosted_runners, p.require_protected_ref,
-              p.token_ttl_seconds, p.permissions, p.created_at"""
+              p.token_ttl_seconds, p.permissions, p.created_at, p.conditions"""
 
 
 def from_row(row: asyncpg.Record) -> Publisher:
@@ -39,6 +39,7 @@ def from_row(row: asyncpg.Record) -> Publisher:
         token_ttl_seconds=row["token_ttl_seconds"],
         permissions=tuple(row["permissions"]),
         created_at=row["created_at"],
+        conditions=row["conditions"],
     )
 
 
@@ -72,14 +73,14 @@ async def insert(conn: asyncpg.Connection, publisher: Publisher, issuer_id: Any)
     row = await conn.fetchrow(
         """INSERT INTO publishers (package, provider, issuer_id, owner, owner_id, name, name_id, workflow,
                                    environments, ref_patterns, allow_self_hosted_runners, require_protected_ref,
-                                   token_ttl_seconds, permissions, identity_key)
-           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
+                                   token_ttl_seconds, permissions, identity_key, conditions)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)
            ON CONFLICT (issuer_id, identity_key) DO NOTHING
            RETURNING id""",
         publisher.package, publisher.provider, issuer_id, publisher.owner, publisher.owner_id, publisher.name,
         publisher.name_id, publisher.workflow, list(publisher.environments), list(publisher.ref_patterns),
         publisher.allow_self_hosted_runners, publisher.require_protected_ref, publisher.token_ttl_seconds,
-        list(publisher.permissions), identity_key(publisher),
+        list(publisher.permissions), identity_key(publisher), dict(publisher.conditions),
     )
     return await get(conn, row["id"]) if row else None
 

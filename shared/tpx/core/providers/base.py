@@ -128,6 +128,8 @@ class Publisher:
     token_ttl_seconds: int | None = None
     permissions: tuple[str, ...] = ("publish-update",)
     created_at: datetime | None = None
+    # Conditions only its provider has (`Provider.conditions` names them), as JSON values.
+    conditions: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def repository(self) -> str:
@@ -145,6 +147,7 @@ class IdentityFields:
     name_id: str | None
     environments: tuple[str, ...] = ()
     options: Mapping[str, bool] = field(default_factory=dict)
+    conditions: Mapping[str, Any] = field(default_factory=dict)
 
 
 # A package name as registries spell them (npm scopes included); the same shape in every input that names one.
@@ -186,6 +189,8 @@ class Provider(Protocol):
     fields: Mapping[str, str]
     # Boolean publisher options only this provider has (GitLab: require_protected_ref).
     options: tuple[str, ...]
+    # The publisher conditions only this provider has (stored in `Publisher.conditions`), by API name.
+    conditions: tuple[str, ...]
     # Whether the forge compares environment names ignoring case (GitHub does, GitLab does not).
     environments_ignore_case: bool
     # The admin input of this provider's publishers: a PublisherInput subclass tagged with `name`.
@@ -199,3 +204,25 @@ class Provider(Protocol):
 
     def bindings(self, identity: Identity, publisher: Publisher) -> dict[str, str]:
         """Ids the publisher does not pin yet, to bind on a successful exchange."""
+
+    def view_fields(self, publisher: Publisher) -> dict[str, Any]:
+        """The publisher's provider-specific fields under their API names (the view adds the common ones)."""
+
+    def publisher_hint(self, identity: Identity) -> dict[str, Any]:
+        """The provider-specific fields of a publisher this identity would match (for "add one" hints)."""
+
+
+def named_fields(provider: Provider, publisher: Publisher) -> dict[str, Any]:
+    """`view_fields` of a provider whose neutral fields map one to one onto its own names."""
+    names = provider.fields
+    out: dict[str, Any] = {names[neutral]: getattr(publisher, neutral)
+                           for neutral in ("owner", "owner_id", "name", "name_id", "workflow")}
+    out.update({option: getattr(publisher, option) for option in provider.options})
+    out.update({name: publisher.conditions.get(name) for name in provider.conditions})
+    return out
+
+
+def named_hint(provider: Provider, identity: Identity) -> dict[str, Any]:
+    """`publisher_hint` of a provider whose neutral fields map one to one onto its own names."""
+    names = provider.fields
+    return {names["owner"]: identity.owner, names["name"]: identity.name, names["workflow"]: identity.workflow}

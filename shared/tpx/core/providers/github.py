@@ -14,7 +14,9 @@ from typing import Any
 
 from tpx.core.bodies import text, text_list
 from tpx.core.errors import Problem
-from tpx.core.providers.base import CheckResult, Identity, IdentityFields, NumericId, Publisher, PublisherInput
+from tpx.core.providers.base import (
+    CheckResult, Identity, IdentityFields, NumericId, Publisher, PublisherInput, named_fields, named_hint,
+)
 from tpx.core.providers.checks import hosted_runner, pinned_id, ref_patterns, repository_match, unbound_ids
 from tpx.core.providers.claims import (
     ID, ID_TEXT, PRINTABLE_1K, PRINTABLE_1K_OR_EMPTY, PRINTABLE_255, PRINTABLE_255_OR_EMPTY, TEXT_1K,
@@ -38,6 +40,10 @@ NAME_RE = re.compile(_NAME)
 _REPOSITORY = re.compile(rf"(?P<owner>{_OWNER})/(?P<name>{_NAME})")
 # A file in .github/workflows: no directory, no surrounding space (such a publisher could never match).
 WORKFLOW_FILE_RE = re.compile(r"[A-Za-z0-9._-][A-Za-z0-9._ -]{0,199}\.ya?ml")
+# A reusable workflow a publisher may require the job to run, as `job_workflow_ref` names it:
+# owner/repo/.github/workflows/file.yml, optionally @ the ref or commit it must be called at.
+_CALLED_PATH = rf"{_OWNER}/{_NAME}/\.github/workflows/{WORKFLOW_FILE_RE.pattern}"
+CALLED_WORKFLOW_RE = re.compile(rf"{_CALLED_PATH}(?:@[\x21-\x7e]{{1,255}})?")
 # GitHub's rules for environment names, within the printable ASCII the `environment` claim may hold:
 # at most 255 characters, no leading or trailing space, none of ' " ` , ; \
 _ENVIRONMENT_CHAR = r"\x21\x23-\x26\x28-\x2b\x2d-\x3a\x3c-\x5b\x5d-\x5f\x61-\x7e"
@@ -65,6 +71,9 @@ Owner = text(OWNER_RE, "a GitHub user or organisation name")
 RepositoryName = text(NAME_RE, "a GitHub repository name")
 WorkflowFile = text(WORKFLOW_FILE_RE, "the file name of a workflow in .github/workflows, e.g. release.yml "
                                       "(no directory, no surrounding space)")
+CalledWorkflow = text(CALLED_WORKFLOW_RE, "the reusable workflow the job must run, as the job_workflow_ref claim "
+                                          "names it: owner/repo/.github/workflows/file.yml, optionally followed by "
+                                          "@ and the ref or commit it must be called at (e.g. @refs/heads/main)")
 Environments = text_list(ENVIRONMENT_RE, "a GitHub environment name: printable ASCII, at most 255 characters, "
                                          "no leading or trailing space, none of ' \" ` , ; \\", 20)
 
@@ -79,11 +88,13 @@ class GitHubPublisherInput(PublisherInput, tag="github", kw_only=True):
     repository_id: NumericId | None = None
     workflow_filename: WorkflowFile
     environments: Environments = []
+    job_workflow_ref: CalledWorkflow | None = None
 
     def identity_fields(self) -> IdentityFields:
         return IdentityFields(owner=self.repository_owner, name=self.repository_name, workflow=self.workflow_filename,
                               owner_id=self.repository_owner_id, name_id=self.repository_id,
-                              environments=tuple(dict.fromkeys(self.environments)))
+                              environments=tuple(dict.fromkeys(self.environments)),
+                              conditions={"job_workflow_ref": self.job_workflow_ref})
 
 
 class GitHubProvider:
@@ -97,6 +108,7 @@ class GitHubProvider:
         "workflow": "workflow_filename",
     }
     options: tuple[str, ...] = ()
+    conditions = ("job_workflow_ref",)
     environments_ignore_case = True
     publisher_input = GitHubPublisherInput
 
@@ -154,6 +166,7 @@ class GitHubProvider:
             pinned_id("repository_id", identity.repository_id, publisher.name_id,
                        "the repository may have been deleted and re-created under the same name"),
             _workflow(identity, publisher),
+            *_called_workflow(identity, publisher),
             _trigger(identity),
             _environment(identity, publisher),
             ref_patterns(identity, publisher, "ref"),
@@ -162,6 +175,12 @@ class GitHubProvider:
 
     def bindings(self, identity: Identity, publisher: Publisher) -> dict[str, str]:
         return unbound_ids(identity, publisher)
+
+    def view_fields(self, publisher: Publisher) -> dict[str, Any]:
+        return named_fields(self, publisher)
+
+    def publisher_hint(self, identity: Identity) -> dict[str, Any]:
+        return named_hint(self, identity)
 
 
 def _workflow(identity: Identity, publisher: Publisher) -> CheckResult:
@@ -182,6 +201,40 @@ def _workflow(identity: Identity, publisher: Publisher) -> CheckResult:
     else:
         note = f"expected workflow_ref {expected_ref!r}; file names are case-sensitive"
     return CheckResult("workflow", "workflow_ref", publisher.workflow, actual, passed, note=note)
+
+
+def _called_workflow(identity: Identity, publisher: Publisher) -> list[CheckResult]:
+    """A publisher that names a reusable workflow publishes only from a job running it.
+
+    `workflow_ref` (the `workflow` row) is the caller, which starts the run; `job_workflow_ref`
+    is the workflow whose job asked for the token: a shared, reviewed release workflow when a
+    caller uses one. Owner and repository compare ignoring case (GitHub routes them so); the file
+    path and the ref exactly. No row without the field: nothing changes for other publishers.
+    """
+    pinned = publisher.conditions.get("job_workflow_ref")
+    if pinned is None:
+        return []
+    actual = identity.extra.get("job_workflow_ref")
+    note = None
+    if actual is None:
+        passed, note = False, "the token carries no job_workflow_ref claim"
+    else:
+        want_owner, want_repository, want_file, want_ref = _called_parts(pinned)
+        owner, repository, file, ref = _called_parts(actual)
+        passed = (ascii_iequal(owner, want_owner) and ascii_iequal(repository, want_repository) and file == want_file
+                  and (want_ref is None or ref == want_ref))
+        if not passed:
+            note = ("the job must run the publisher's reusable workflow" + (" at that ref" if want_ref else "")
+                    + "; owner and repository compare ignoring case, the path and the ref exactly")
+    return [CheckResult("called_workflow", "job_workflow_ref", pinned, actual, passed, note=note)]
+
+
+def _called_parts(value: str) -> tuple[str, str, str, str | None]:
+    """owner, repository, the file's path in it, and the ref (None without one); names cannot hold '@', a ref can."""
+    path, at, ref = value.partition("@")
+    owner, _, rest = path.partition("/")
+    repository, _, file = rest.partition("/")
+    return owner, repository, file, ref if at else None
 
 
 def _trigger(identity: Identity) -> CheckResult:

@@ -19,7 +19,9 @@ from typing import Any
 from tpx.core.bodies import Flag, text, text_list
 from tpx.core.errors import Problem
 from tpx.core.jose.strict_json import json_type
-from tpx.core.providers.base import CheckResult, Identity, IdentityFields, NumericId, Publisher, PublisherInput
+from tpx.core.providers.base import (
+    CheckResult, Identity, IdentityFields, NumericId, Publisher, PublisherInput, named_fields, named_hint,
+)
 from tpx.core.providers.checks import hosted_runner, pinned_id, ref_patterns, repository_match, unbound_ids
 from tpx.core.providers.claims import (
     ID, ID_TEXT, PRINTABLE_1K, PRINTABLE_255_OR_EMPTY, TEXT_1K, TEXT_255_OR_EMPTY, required_claim, string_claim,
@@ -142,6 +144,7 @@ class GitLabProvider:
         "workflow": "workflow_filepath",
     }
     options = ("require_protected_ref",)
+    conditions: tuple[str, ...] = ()
     environments_ignore_case = False
     publisher_input = GitLabPublisherInput
 
@@ -220,6 +223,12 @@ class GitLabProvider:
 
     def bindings(self, identity: Identity, publisher: Publisher) -> dict[str, str]:
         return unbound_ids(identity, publisher)
+
+    def view_fields(self, publisher: Publisher) -> dict[str, Any]:
+        return named_fields(self, publisher)
+
+    def publisher_hint(self, identity: Identity) -> dict[str, Any]:
+        return named_hint(self, identity)
 
 
 def _job_project(identity: Identity) -> CheckResult:

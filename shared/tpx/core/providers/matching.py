@@ -130,15 +130,8 @@ def denial(provider: Provider, identity: Identity, evaluations: list[PublisherEv
 
 
 def _no_candidates(provider: Provider, identity: Identity) -> Problem:
-    names = provider.fields
-    body = {
-        "package": "<package>",
-        "provider": identity.provider,
-        "issuer": identity.issuer,
-        names["owner"]: identity.owner,
-        names["name"]: identity.name,
-        names["workflow"]: identity.workflow,
-    }
+    body = {"package": "<package>", "provider": identity.provider, "issuer": identity.issuer,
+            **provider.publisher_hint(identity)}
     return Problem(
         "no_matching_publisher",
         f"no trusted publisher is configured for repository {identity.repository} on issuer {identity.issuer}",
