@@ -30,13 +30,13 @@ def publisher_input(body: dict[str, Any], *, ttl_max: int, allow_loopback: bool)
     """A new publisher from `POST /v1/admin/publishers`; refusals are `422 invalid_publisher` naming the field."""
     typed = bodies.convert(body, PUBLISHER_INPUT, CODE)
     provider = _PROVIDER_OF_INPUT[type(typed)]
-    issuer = typed.issuer or provider.public_issuer
+    identity = typed.identity_fields()
+    issuer = typed.issuer or provider.default_issuer(identity)
     if issuer != provider.public_issuer:
         issuer = issuer_url(issuer, allow_loopback, code=CODE, field="issuer")
     if typed.token_ttl_seconds is not None and typed.token_ttl_seconds > ttl_max:
         raise inputs.invalid(CODE, "token_ttl_seconds", f"{typed.token_ttl_seconds} is not valid; it must be a whole "
                                                         f"number of seconds between 60 and {ttl_max}")
-    identity = typed.identity_fields()
     return Publisher(
         id="", package=typed.package, provider=provider.name, issuer=issuer,
         owner=identity.owner, name=identity.name, workflow=identity.workflow,

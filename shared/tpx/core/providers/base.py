@@ -205,6 +205,10 @@ class Provider(Protocol):
     def bindings(self, identity: Identity, publisher: Publisher) -> dict[str, str]:
         """Ids the publisher does not pin yet, to bind on a successful exchange."""
 
+    def default_issuer(self, fields: IdentityFields) -> str:
+        """The issuer a publisher uses when its input names none (GitHub: github.com's; CircleCI: its
+        organization's own issuer URL)."""
+
     def view_fields(self, publisher: Publisher) -> dict[str, Any]:
         """The publisher's provider-specific fields under their API names (the view adds the common ones)."""
 

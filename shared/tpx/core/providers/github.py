@@ -176,6 +176,9 @@ class GitHubProvider:
     def bindings(self, identity: Identity, publisher: Publisher) -> dict[str, str]:
         return unbound_ids(identity, publisher)
 
+    def default_issuer(self, fields: IdentityFields) -> str:
+        return self.public_issuer
+
     def view_fields(self, publisher: Publisher) -> dict[str, Any]:
         return named_fields(self, publisher)
 
