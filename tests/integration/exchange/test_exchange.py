@@ -428,3 +428,13 @@ async def test_a_resurrected_owner_cannot_bind_through_an_unpinned_sibling(repo,
     row = await db.fetchrow("SELECT owner_id FROM publishers WHERE id = $1", uuid.UUID(sibling["id"]))
     assert row["owner_id"] is None
     assert first["id"] in hints
+
+
+async def test_a_github_token_without_a_jti_is_malformed_and_spends_nothing(repo, db):
+    await repo.add_publisher()
+    claims = repo.claims()
+    del claims["jti"]
+    response = await repo.exchange(repo.issuer.mint(claims))
+    assert response.status_code == 400 and response.json()["code"] == "malformed_token", response.text
+    assert "no 'jti' claim" in response.json()["detail"]
+    assert await db.fetchval("SELECT count(*) FROM tokens WHERE ci->>'repository' = $1", repo.repository) == 0

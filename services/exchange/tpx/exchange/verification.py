@@ -6,6 +6,8 @@ returns a verified identity or raises the Problem the contract prescribes.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -13,6 +15,7 @@ from typing import Any
 from tpx.core.config import Settings
 from tpx.core.errors import Problem
 from tpx.core.jose import parse_compact, verify
+from tpx.core.jose.verify import UnverifiedToken
 from tpx.core.providers import get_provider
 from tpx.core.providers.base import Identity, Provider
 
@@ -26,10 +29,9 @@ class VerifiedToken:
     identity: Identity
     claims: dict[str, Any]
     kid: str  # the key that verified it: the mint checks it is still stored
-
-    @property
-    def jti(self) -> str:
-        return self.claims["jti"]
+    # What replay protection claims per issuer: the `jti`, or for a provider that issues none (Google
+    # Cloud, CircleCI) the SHA-256 of the decoded claims, so the same token can be exchanged once.
+    jti: str
 
     @property
     def exp(self) -> int:
@@ -73,5 +75,17 @@ async def verify_id_token(value: object, keycache: KeyCache, settings: Settings,
                                         "(the jwks-refresher cannot reach the issuer)")
     claims = verify(token, issuer.policy, issuer.keys.get(token.kid), now=moment, leeway=settings.leeway_seconds)
     provider = get_provider(issuer.kind)
+    if provider.issues_jti and "jti" not in claims:
+        raise Problem("malformed_token", f"The ID token has no 'jti' claim; {provider.name} tokens always carry one.")
     identity = provider.identity(claims, issuer.url)
-    return VerifiedToken(issuer, provider, identity, claims, token.kid)
+    return VerifiedToken(issuer, provider, identity, claims, token.kid, replay_key(token, claims))
+
+
+def replay_key(token: UnverifiedToken, claims: dict[str, Any]) -> str:
+    """The token's `jti`, or `sha256:<hex>` of its decoded payload: never of the raw token string, whose
+    signature can be re-encoded (a base64 variant that still verifies) to look like another token."""
+    if "jti" in claims:
+        return claims["jti"]
+    payload = token.signing_input.split(b".", 1)[1]
+    decoded = base64.urlsafe_b64decode(payload + b"=" * (-len(payload) % 4))
+    return "sha256:" + hashlib.sha256(decoded).hexdigest()

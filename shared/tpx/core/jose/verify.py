@@ -210,8 +210,9 @@ def _check_claims(claims: dict[str, Any], raw: bytes | None = None) -> None:
     _int_claim(claims, "exp", required=True)
     _int_claim(claims, "iat", required=True)
     _int_claim(claims, "nbf", required=False)
-    _string_claim(claims, "jti", MAX_CLAIM_BYTES, required=True)
-    if not JTI_RE.fullmatch(claims["jti"]):
+    # Required where the provider issues one (tpx.exchange.verification); Google's and CircleCI's do not.
+    _string_claim(claims, "jti", MAX_CLAIM_BYTES, required=False)
+    if "jti" in claims and not JTI_RE.fullmatch(claims["jti"]):
         raise _malformed(
             "The 'jti' claim must start with a letter or digit and contain only letters, "
             "digits, '.', '_', ':' and '-' (at most 255 characters)."

@@ -187,6 +187,9 @@ class Provider(Protocol):
     public_issuer: str
     # Neutral publisher field -> the provider's own field name in the API and in events.
     fields: Mapping[str, str]
+    # Whether its tokens always carry a `jti` (then one without is malformed); otherwise replay
+    # protection keys on the hash of the decoded claims (tpx.exchange.verification.replay_key).
+    issues_jti: bool
     # Boolean publisher options only this provider has (GitLab: require_protected_ref).
     options: tuple[str, ...]
     # The publisher conditions only this provider has (stored in `Publisher.conditions`), by API name.

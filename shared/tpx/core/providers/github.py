@@ -109,6 +109,7 @@ class GitHubProvider:
     }
     options: tuple[str, ...] = ()
     conditions = ("job_workflow_ref",)
+    issues_jti = True
     environments_ignore_case = True
     publisher_input = GitHubPublisherInput
 

@@ -145,6 +145,7 @@ class GitLabProvider:
     }
     options = ("require_protected_ref",)
     conditions: tuple[str, ...] = ()
+    issues_jti = True
     environments_ignore_case = False
     publisher_input = GitLabPublisherInput
 
