@@ -30,7 +30,7 @@ def verified(allowed_packages: tuple[str, ...] | None = None, **claims: Any) -> 
                          enabled=True, allowed_packages=allowed_packages, keys={}, keys_fetched_at=None,
                          last_error=None)
     provider = PROVIDERS["github"]
-    return VerifiedToken(issuer, provider, provider.identity(values, ISSUER), values, "kid-1")
+    return VerifiedToken(issuer, provider, provider.identity(values, ISSUER), values, "kid-1", values["jti"])
 
 
 def publisher(package: str = "pkg", **changes: Any) -> Publisher:
