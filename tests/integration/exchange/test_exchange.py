@@ -438,3 +438,21 @@ async def test_a_github_token_without_a_jti_is_malformed_and_spends_nothing(repo
     assert response.status_code == 400 and response.json()["code"] == "malformed_token", response.text
     assert "no 'jti' claim" in response.json()["detail"]
     assert await db.fetchval("SELECT count(*) FROM tokens WHERE ci->>'repository' = $1", repo.repository) == 0
+
+
+async def test_a_publisher_pinned_to_a_reusable_workflow(repo, client):
+    """A release published only by a shared, reviewed workflow: the caller is checked as before, and the
+    called workflow (job_workflow_ref) too; explain shows both."""
+    shared = f"{repo.owner}/release-workflows/.github/workflows/publish.yml"
+    await repo.add_publisher(job_workflow_ref=f"{shared}@refs/heads/main")
+    called = await repo.exchange(repo.token(job_workflow_ref=f"{shared}@refs/heads/main"))
+    assert called.status_code == 200, called.text
+    direct = await repo.exchange(repo.token())   # the caller publishing itself, without the shared workflow
+    assert direct.status_code == 403 and direct.json()["code"] == "no_matching_publisher"
+    assert any("called_workflow" in hint for hint in direct.json()["hints"]), direct.json()["hints"]
+    moved = await repo.exchange(repo.token(job_workflow_ref=f"{shared}@refs/heads/experiment"))
+    assert moved.status_code == 403
+    explained = (await client.post("/v1/explain", json={"jwt": repo.token()})).json()
+    rows = {row["check"]: row for row in explained["publishers"][0]["checks"]}
+    assert rows["workflow"]["passed"] and not rows["called_workflow"]["passed"]
+    assert rows["called_workflow"]["expected"] == f"{shared}@refs/heads/main"

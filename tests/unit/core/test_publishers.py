@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -145,3 +146,30 @@ def test_identity_key_folds_names_and_github_environments_only():
     assert github == identity_key(read({**GITHUB, "repository_owner": "OCTO-org", "environments": ["prod"]}))
     gitlab = identity_key(read({**GITLAB, "environments": ["Prod"]}))
     assert gitlab != identity_key(read({**GITLAB, "environments": ["prod"]}))
+
+
+@pytest.mark.parametrize(("called", "ok"), [
+    ("octo-org/shared/.github/workflows/publish.yml", True),
+    ("octo-org/shared/.github/workflows/publish.yml@refs/heads/main", True),
+    ("octo-org/shared/.github/workflows/publish.yml@0123456789abcdef0123456789abcdef01234567", True),
+    ("octo-org/shared/.github/workflows/publish.txt", False),
+    ("octo-org/shared/workflows/publish.yml", False),
+    ("octo-org/.github/workflows/publish.yml", False),
+    ("octo-org/shared/.github/workflows/sub/publish.yml", False),
+    ("octo-org/shared/.github/workflows/publish.yml@", False),
+    ("octo-org/shared/.github/workflows/publish.yml@refs/heads/a b", False),
+])
+def test_a_github_publisher_may_pin_the_called_workflow(called, ok):
+    if ok:
+        p = read({**GITHUB, "job_workflow_ref": called})
+        assert p.conditions == {"job_workflow_ref": called}
+        assert publisher_json(p)["job_workflow_ref"] == called
+        assert identity_key(p) != identity_key(read(GITHUB))   # another publisher than the unpinned one
+    else:
+        assert refused({**GITHUB, "job_workflow_ref": called}).extra == {"field": "job_workflow_ref"}
+
+
+def test_a_publisher_without_conditions_keeps_its_identity_key():
+    p = read(GITHUB)
+    assert p.conditions == {} and publisher_json(p)["job_workflow_ref"] is None
+    assert json.loads(identity_key(p)) == ["pkg", "octo-org", "octo-repo", "release.yml", []]

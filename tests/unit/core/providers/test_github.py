@@ -621,3 +621,48 @@ def test_get_provider() -> None:
 )
 def test_ascii_iequal_folds_only_ascii(a: str, b: str, equal: bool) -> None:
     assert ascii_iequal(a, b) is equal
+
+
+# --- reusable workflows: a publisher may require the called workflow (job_workflow_ref) --------------------
+
+CALLED = "octo-org/octo-automation/.github/workflows/oidc.yml"   # the fixture's job_workflow_ref, without @ref
+
+
+def pinned_to(called: str) -> Publisher:
+    return publisher(conditions={"job_workflow_ref": called})
+
+
+@pytest.mark.parametrize(
+    ("claims", "called", "passed"),
+    [
+        pytest.param({}, CALLED, True, id="path-only-any-ref"),
+        pytest.param({}, f"{CALLED}@refs/heads/main", True, id="path-and-ref"),
+        pytest.param({}, f"{CALLED}@refs/tags/v1", False, id="other-ref"),
+        pytest.param({}, "OCTO-ORG/Octo-Automation/.github/workflows/oidc.yml", True, id="owner-repo-ignore-case"),
+        pytest.param({}, "octo-org/octo-automation/.github/workflows/OIDC.yml", False, id="file-case-sensitive"),
+        pytest.param({}, "octo-org/other/.github/workflows/oidc.yml", False, id="other-repository"),
+        pytest.param({}, "evil-org/octo-automation/.github/workflows/oidc.yml", False, id="other-owner"),
+        pytest.param({"job_workflow_ref": f"{CALLED}@refs/heads/main@x"}, f"{CALLED}@refs/heads/main", False,
+                     id="ref-compared-whole"),
+        pytest.param({"job_workflow_ref": f"{CALLED}x@refs/heads/main"}, CALLED, False, id="no-prefix-match"),
+        pytest.param({"job_workflow_ref": DELETE}, CALLED, False, id="claim-missing"),
+        pytest.param({"job_workflow_ref": f"{WORKFLOWS}/release.yml@refs/heads/main"}, CALLED, False,
+                     id="not-a-reusable-workflow"),
+    ],
+)
+def test_a_pinned_called_workflow(claims: dict[str, Any], called: str, passed: bool) -> None:
+    row = results_by_check(identity_with(**claims), pinned_to(called))["called_workflow"]
+    assert (row.passed, row.claim, row.expected) == (passed, "job_workflow_ref", called)
+    assert failed_checks(identity_with(**claims), pinned_to(called)) == (set() if passed else {"called_workflow"})
+
+
+def test_the_caller_is_still_checked_and_explain_shows_both() -> None:
+    rows = results_by_check(identity_with(), replace(pinned_to(CALLED), workflow="deploy.yml"))
+    assert not rows["workflow"].passed and rows["called_workflow"].passed
+    order = [r.check for r in PROVIDER.checks(identity_with(), pinned_to(CALLED))]
+    assert order == [*CHECK_ORDER[:4], "called_workflow", *CHECK_ORDER[4:]]
+    assert rows["called_workflow"].actual == base_claims()["job_workflow_ref"]
+
+
+def test_without_the_field_nothing_changes() -> None:
+    assert [r.check for r in PROVIDER.checks(identity_with(), publisher())] == CHECK_ORDER
