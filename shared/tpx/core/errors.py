@@ -26,6 +26,7 @@ ERROR_CODES: dict[str, tuple[int, str]] = {
     "unauthorized": (401, "Unauthorized"),
     "no_matching_publisher": (403, "No matching trusted publisher"),
     "forbidden_trigger": (403, "Forbidden workflow trigger"),
+    "not_granted": (403, "Not granted"),
     "not_found": (404, "Not found"),
     "method_not_allowed": (405, "Method not allowed"),
     "token_reused": (409, "Token already used"),

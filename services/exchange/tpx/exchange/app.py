@@ -45,7 +45,7 @@ from tpx.exchange.http import RequestContextMiddleware, problem_response
 from tpx.exchange.keycache import KeyCache
 from tpx.exchange.ratelimit import RateLimits, parse_networks
 from tpx.exchange.openapi import openapi
-from tpx.exchange.routes import admin, exchange, ops, revocations, tokens
+from tpx.exchange.routes import admin, exchange, ops, revocations, token_exchange, tokens
 from tpx.exchange.routes.compat import compat_routes
 
 log = get_logger("tpx.exchange.app")
@@ -55,6 +55,7 @@ def routes() -> list[Route]:
     return [
         Route("/v1/exchange", exchange.exchange, methods=["POST"]),
         Route("/v1/explain", exchange.explain_route, methods=["POST"]),
+        Route(token_exchange.PATH, token_exchange.token, methods=["POST"]),
         Route("/v1/revoke", tokens.revoke, methods=["POST"]),
         Route("/v1/introspect", tokens.introspect, methods=["POST"]),
         Route("/v1/admin/issuers", admin.create_issuer, methods=["POST"]),

@@ -57,6 +57,19 @@ RESOLVE_SECONDS = 10.0
 
 
 @dataclass(frozen=True)
+class Narrowing:
+    """What an exchange asked for, when it wants less than everything its identity is granted: some of
+    the matching packages, some of the permissions, a shorter lifetime (`None`: no limit)."""
+
+    packages: tuple[str, ...] | None = None
+    permissions: tuple[str, ...] | None = None
+    lifetime_seconds: int | None = None
+
+
+EVERYTHING = Narrowing()
+
+
+@dataclass(frozen=True)
 class Decision:
     """What one exchange will write, decided before any write."""
 
@@ -150,17 +163,24 @@ def evaluate_candidates(verified: VerifiedToken, candidates: list[Publisher]) ->
     return evaluations
 
 
-def decide(verified: VerifiedToken, candidates: list[Publisher], settings: Settings) -> Decision:
-    """The exchange's decision on these candidates; raises the refusal when none matches."""
+def decide(verified: VerifiedToken, candidates: list[Publisher], settings: Settings,
+           narrowing: Narrowing = EVERYTHING) -> Decision:
+    """The exchange's decision on these candidates; raises the refusal when none matches, or when the
+    request asks for a package or permission the matching publishers do not grant (`not_granted`)."""
     evaluations = evaluate_candidates(verified, candidates)
     matched = [e for e in evaluations if e.matched]
     if not matched:
         raise denial(verified.provider, verified.identity, evaluations)
+    matched = narrowed_publishers(matched, narrowing)
     granted: dict[str, set[str]] = {}
     for evaluation in matched:
         granted.setdefault(evaluation.publisher.package, set()).update(evaluation.publisher.permissions)
+    if narrowing.permissions is not None:
+        granted = narrowed_permissions(granted, narrowing.permissions)
     packages = sorted(granted)
     lifetime = min(e.publisher.token_ttl_seconds or settings.token_ttl_seconds for e in matched)
+    if narrowing.lifetime_seconds is not None:
+        lifetime = min(lifetime, narrowing.lifetime_seconds)
     unbound = [(e.publisher, wanted) for e in matched
                if (wanted := verified.provider.bindings(verified.identity, e.publisher))]
     return Decision(
@@ -172,6 +192,32 @@ def decide(verified: VerifiedToken, candidates: list[Publisher], settings: Setti
         lifetime_seconds=min(lifetime, settings.token_ttl_max_seconds),
         unbound=unbound,
     )
+
+
+def narrowed_publishers(matched: list[PublisherEvaluation], narrowing: Narrowing) -> list[PublisherEvaluation]:
+    """The matching publishers of the packages asked for; every package asked for must be among them."""
+    if narrowing.packages is None:
+        return matched
+    offered = {e.publisher.package for e in matched}
+    missing = [package for package in narrowing.packages if package not in offered]
+    if missing:
+        raise Problem("not_granted", f"packages: {', '.join(missing)} {'is' if len(missing) == 1 else 'are'} not "
+                                     f"granted to this identity; its matching publishers grant "
+                                     f"{', '.join(sorted(offered))}; ask for those only, or add a publisher",
+                      extra={"field": "packages"})
+    return [e for e in matched if e.publisher.package in narrowing.packages]
+
+
+def narrowed_permissions(granted: dict[str, set[str]], wanted: tuple[str, ...]) -> dict[str, set[str]]:
+    """Each package's permissions, cut to those asked for; a package left with none is refused."""
+    narrowed = {package: permissions & set(wanted) for package, permissions in granted.items()}
+    empty = sorted(package for package, permissions in narrowed.items() if not permissions)
+    if empty:
+        raise Problem("not_granted", f"permissions: {', '.join(wanted)} {'is' if len(wanted) == 1 else 'are'} not "
+                                     f"granted on {', '.join(empty)} (granted there: "
+                                     f"{', '.join(sorted(set().union(*(granted[p] for p in empty))))})",
+                      extra={"field": "permissions"})
+    return narrowed
 
 
 def events_of(decision: Decision, token_id: str) -> list[Event]:
@@ -282,15 +328,15 @@ async def write(writer: MintWriter, settings: Settings, decision: Decision) -> M
 
 
 async def mint(reader: asyncpg.Pool | asyncpg.Connection, settings: Settings, verified: VerifiedToken,
-               cache: CandidateCache, writer: MintWriter, admit: Callable[[Decision], None] | None = None
-               ) -> MintedToken:
+               cache: CandidateCache, writer: MintWriter, admit: Callable[[Decision], None] | None = None,
+               narrowing: Narrowing = EVERYTHING) -> MintedToken:
     """Decide on the (possibly cached) candidates, then write; `admit` may refuse the first decision
     before anything is written (the per-publisher rate limit). `reader` reads candidates on a cache miss."""
     issuer_id, repository_key = verified.issuer.id, verified.identity.repository_key
     candidates, fresh = await cache.get(reader, issuer_id, repository_key)
     for _attempt in range(MAX_ATTEMPTS):
         try:
-            decision = decide(verified, candidates, settings)
+            decision = decide(verified, candidates, settings, narrowing)
         except Problem:
             if fresh:
                 raise

@@ -24,14 +24,17 @@ from tpx.core.revocations import RevocationInput, RevocationResult, RevocationSu
 from tpx.exchange.minting import ExchangeResult
 from tpx.exchange.routes.admin import PublisherDeleted, PublisherList, PublisherResult, TokenList
 from tpx.exchange.routes.compat import CratesError, CratesToken, PypiAudience, PypiError, PypiToken, PypiTokenBody
-from tpx.exchange.routes.exchange import Explanation, IdTokenBody
+from tpx.exchange.routes.exchange import ExchangeRequest, Explanation, IdTokenBody
 from tpx.exchange.routes.ops import Health, Readiness
+from tpx.exchange.routes.token_exchange import OAuthError, TokenExchangeRequest, TokenExchangeResult
 from tpx.exchange.routes.tokens import Introspection, TokenBody
 
 # Every named schema: its component name and its type. Tagged unions get a name of their own here.
 NAMED_TYPES: dict[str, Any] = {
     "Problem": ProblemDetails,
-    "IdTokenBody": IdTokenBody, "PypiTokenBody": PypiTokenBody, "TokenBody": TokenBody,
+    "IdTokenBody": IdTokenBody, "ExchangeRequest": ExchangeRequest, "PypiTokenBody": PypiTokenBody,
+    "TokenBody": TokenBody, "TokenExchangeRequest": TokenExchangeRequest,
+    "TokenExchangeResult": TokenExchangeResult, "OAuthError": OAuthError,
     "IssuerInput": IssuerInput, "IssuerChange": IssuerChange, "PublisherInput": PUBLISHER_INPUT,
     "RevocationInput": RevocationInput,
     "ExchangeResult": ExchangeResult, "Explanation": Explanation, "Introspection": Introspection,
@@ -69,10 +72,13 @@ def _problems(*codes: str) -> dict[str, Any]:
     return out
 
 
+FORM = "application/x-www-form-urlencoded"
+
+
 def _body(name: str, *, required: bool = True, form: bool = False) -> dict[str, Any]:
     content = {"application/json": {"schema": _ref(name)}}
     if form:
-        content["application/x-www-form-urlencoded"] = {"schema": _ref(name)}
+        content[FORM] = {"schema": _ref(name)}
     return {"required": required, "content": content}
 
 
@@ -94,9 +100,24 @@ OPENAPI: dict[str, Any] = {
              "Trusted publishing as a service: exchange a CI OIDC ID token for a short-lived, scoped publish token."},
     "paths": {
         "/v1/exchange": {"post": {
-            "summary": "Exchange an OIDC ID token for a publish token", "requestBody": _body("IdTokenBody"),
+            "summary": "Exchange an OIDC ID token for a publish token (optionally for fewer packages, permissions "
+                       "or a shorter lifetime)", "requestBody": _body("ExchangeRequest"),
             "responses": {"200": _json("ExchangeResult"),
-                          **_problems(*_VERIFY_ERRORS, "token_reused", "no_matching_publisher", "forbidden_trigger")}}},
+                          **_problems(*_VERIFY_ERRORS, "token_reused", "no_matching_publisher", "forbidden_trigger",
+                                      "not_granted")}}},
+        "/v1/token": {"post": {
+            "summary": "RFC 8693 token exchange: subject_token (the ID token) -> access_token; audience/resource "
+                       "name packages, scope permissions",
+            "requestBody": {"required": True, "content": {FORM: {"schema": _ref("TokenExchangeRequest")}}},
+            "responses": {"200": _json("TokenExchangeResult"),
+                          **{status: _json("OAuthError", description) for status, description in (
+                              ("400", "RFC 6749 section 5.2 error: invalid_request, invalid_target, invalid_scope, "
+                                      "unsupported_grant_type"),
+                              ("413", "invalid_request: the body is too large"),
+                              ("415", "invalid_request: not a form"),
+                              ("429", "temporarily_unavailable (Retry-After)"),
+                              ("500", "server_error"),
+                              ("503", "temporarily_unavailable (Retry-After)"))}}}},
         "/v1/explain": {"post": {
             "summary": "Dry run: which publishers would match, check by check (nothing minted or consumed)",
             "requestBody": _body("IdTokenBody"),
@@ -189,7 +210,7 @@ OPENAPI: dict[str, Any] = {
 
 # Every operation by name (clients generated from this document use them), in path order.
 OPERATION_IDS = {
-    ("/v1/exchange", "post"): "exchange", ("/v1/explain", "post"): "explain", ("/v1/revoke", "post"): "revoke",
+    ("/v1/exchange", "post"): "exchange", ("/v1/token", "post"): "tokenExchange", ("/v1/explain", "post"): "explain", ("/v1/revoke", "post"): "revoke",
     ("/v1/introspect", "post"): "introspect",
     ("/v1/admin/issuers", "get"): "listIssuers", ("/v1/admin/issuers", "post"): "createIssuer",
     ("/v1/admin/issuers/{id}", "get"): "getIssuer", ("/v1/admin/issuers/{id}", "patch"): "updateIssuer",

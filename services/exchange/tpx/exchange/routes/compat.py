@@ -63,15 +63,12 @@ from tpx.core.bodies import Body
 from tpx.core.db.pool import UNAVAILABLE_ERRORS
 from tpx.core.errors import Problem
 from tpx.core.logging import get_logger
-from tpx.core.metrics import EXCHANGES
 from tpx.core.outages import DATABASE
 
 from tpx.exchange.context import ServiceContext, context
 from tpx.exchange.http import JSONResponse, parse_json_object, read_body
-from tpx.exchange.minting import MintedToken
-from tpx.exchange.routes.exchange import (
-    ID_TOKEN_TEXT, IdTokenBody, client_failures_limited, exchange_token, id_token_of, read_verified,
-)
+from tpx.exchange.minting import EVERYTHING, MintedToken, Narrowing
+from tpx.exchange.routes.exchange import ID_TOKEN_TEXT, IdTokenBody, counted_exchange, id_token_of, read_verified
 from tpx.exchange.routes.tokens import revoke_token
 from tpx.exchange.verification import VerifiedToken, verify_id_token
 
@@ -97,7 +94,7 @@ def with_hints(problem: Problem) -> str:
     return f"{problem.detail.rstrip('. ')}. Hints: " + "; ".join(hint.rstrip("; ") for hint in problem.hints)
 
 
-def _retry_headers(problem: Problem) -> dict[str, str]:
+def retry_headers(problem: Problem) -> dict[str, str]:
     return {"Retry-After": str(problem.retry_after)} if problem.retry_after is not None else {}
 
 
@@ -151,17 +148,12 @@ async def read_verified_any_type(request: Request, ctx: ServiceContext, body_typ
 
 async def exchange(request: Request, *, body_type: Any, any_content_type: bool = False) -> MintedToken:
     """Exactly the native exchange (abuse limits, verification, minting, metrics), minus the envelope."""
-    ctx = context(request)
     reader = read_verified_any_type if any_content_type else read_verified
-    try:
-        with client_failures_limited(ctx, request):
-            verified = await reader(request, ctx, body_type)
-            minted = await exchange_token(ctx, verified)
-    except Problem as problem:
-        EXCHANGES.labels(problem.code).inc()
-        raise
-    EXCHANGES.labels("issued").inc()
-    return minted
+
+    async def read(request: Request, ctx: ServiceContext) -> tuple[VerifiedToken, Narrowing]:
+        return await reader(request, ctx, body_type), EVERYTHING
+
+    return await counted_exchange(request, read)
 
 
 # --- crates.io -------------------------------------------------------------------------------
@@ -206,7 +198,7 @@ def render_crates(problem: Problem) -> Response:
     detail = with_hints(problem)
     if problem.code in CRATES_DETAILS:
         detail = f"{CRATES_DETAILS[problem.code]}: {detail}"
-    return crates_error(crates_status(problem), detail, _retry_headers(problem))
+    return crates_error(crates_status(problem), detail, retry_headers(problem))
 
 
 async def _crates_exchange(request: Request) -> Response:
@@ -297,7 +289,7 @@ def pypi_error(status: int, code: str, description: str, headers: dict[str, str]
 
 def render_pypi(problem: Problem) -> Response:
     return pypi_error(pypi_status(problem), PYPI_CODES.get(problem.code, "invalid-payload"), with_hints(problem),
-                      _retry_headers(problem))
+                      retry_headers(problem))
 
 
 def _mint_token(path: str) -> Handler:

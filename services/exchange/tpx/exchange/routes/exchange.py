@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from typing import Annotated, Any, Iterator
+from typing import Annotated, Any, Awaitable, Callable, Iterator, Literal
 
 import msgspec
 from msgspec import Meta
@@ -17,11 +17,14 @@ from tpx.core.errors import Problem
 from tpx.core.logging import get_logger
 from tpx.core.metrics import EXCHANGE_LATENCY, EXCHANGES
 from tpx.core.outages import DATABASE
+from tpx.core.providers.base import PERMISSIONS, Package
 from tpx.core.providers.matching import PublisherExplanation
 
 from tpx.exchange.context import ServiceContext, context
 from tpx.exchange.http import JSONResponse, read_object
-from tpx.exchange.minting import AmbiguousMint, MintedToken, explain, mint, record_denial, resolve_ambiguous
+from tpx.exchange.minting import (
+    EVERYTHING, AmbiguousMint, MintedToken, Narrowing, explain, mint, record_denial, resolve_ambiguous,
+)
 from tpx.exchange.ratelimit import client_address
 from tpx.exchange.verification import VerifiedToken, verify_id_token
 
@@ -39,6 +42,29 @@ class IdTokenBody(Body):
     @property
     def id_token(self) -> str:
         return self.jwt
+
+
+Packages = Annotated[list[Package], Meta(min_length=1, max_length=100, description=(
+    "the packages the token is for: some of those the matching publishers grant (default: all of them)"))]
+Permissions = Annotated[list[Literal[PERMISSIONS]], Meta(  # type: ignore[valid-type]
+    min_length=1, description=f"the permissions the token carries on each package, each {bodies.choices(PERMISSIONS)} "
+                              "(default: all that are granted)")]
+Lifetime = Annotated[int, Meta(ge=60, le=86400, description=(
+    "the token's lifetime in seconds, at least 60; it never exceeds what the publishers and the operator allow"))]
+
+
+class ExchangeRequest(IdTokenBody, kw_only=True):
+    """`POST /v1/exchange`: the ID token and, optionally, less than everything it is granted."""
+
+    packages: Packages | None = None
+    permissions: Permissions | None = None
+    lifetime_seconds: Lifetime | None = None
+
+    def narrowing(self) -> Narrowing:
+        return Narrowing(
+            packages=tuple(dict.fromkeys(self.packages)) if self.packages is not None else None,
+            permissions=tuple(dict.fromkeys(self.permissions)) if self.permissions is not None else None,
+            lifetime_seconds=self.lifetime_seconds)
 
 
 def id_token_of(body: dict[str, Any], body_type: type[IdTokenBody] | Any) -> str:
@@ -59,6 +85,13 @@ async def read_verified(request: Request, ctx: ServiceContext, body_type: Any = 
     return await verify_id_token(id_token_of(body, body_type), ctx.keycache, ctx.settings)
 
 
+async def read_exchange(request: Request, ctx: ServiceContext) -> tuple[VerifiedToken, Narrowing]:
+    """The native exchange's body: checked whole (narrowing included) before the token is verified."""
+    typed = bodies.convert(await read_object(request, ctx.settings.max_body_bytes), ExchangeRequest,
+                           "malformed_request")
+    return await verify_id_token(typed.jwt, ctx.keycache, ctx.settings), typed.narrowing()
+
+
 @contextlib.contextmanager
 def client_failures_limited(ctx: ServiceContext, request: Request) -> Iterator[None]:
     """Refuse a client address that keeps failing; count this attempt if it fails on the client's side."""
@@ -73,12 +106,13 @@ def client_failures_limited(ctx: ServiceContext, request: Request) -> Iterator[N
         raise
 
 
-async def exchange_token(ctx: ServiceContext, verified: VerifiedToken) -> MintedToken:
-    """Mint for a verified token; shared by the native and compatibility routes."""
+async def exchange_token(ctx: ServiceContext, verified: VerifiedToken, narrowing: Narrowing = EVERYTHING) -> MintedToken:
+    """Mint for a verified token; shared by the native, token-exchange and compatibility routes."""
     try:
         try:
             minted = await mint(ctx.pool, ctx.settings, verified, ctx.candidates, ctx.group_commit,
-                                admit=lambda d: ctx.limits.admit_publishers(e.publisher for e in d.matched))
+                                admit=lambda d: ctx.limits.admit_publishers(e.publisher for e in d.matched),
+                                narrowing=narrowing)
         except Problem as problem:
             if problem.code in ("no_matching_publisher", "forbidden_trigger"):
                 async with ctx.pool.acquire() as conn:
@@ -100,13 +134,18 @@ async def exchange_token(ctx: ServiceContext, verified: VerifiedToken) -> Minted
     return minted
 
 
-async def exchange(request: Request) -> JSONResponse:
+Reader = Callable[[Request, ServiceContext], Awaitable[tuple[VerifiedToken, Narrowing]]]
+
+
+async def counted_exchange(request: Request, read: Reader) -> MintedToken:
+    """The whole exchange behind every route that mints (native, RFC 8693, crates.io, PyPI): abuse
+    limits, the route's own body, verification, minting, and the metrics, counted once per attempt."""
     ctx = context(request)
     started = time.perf_counter()
     try:
         with client_failures_limited(ctx, request):
-            verified = await read_verified(request, ctx)
-            minted = await exchange_token(ctx, verified)
+            verified, narrowing = await read(request, ctx)
+            minted = await exchange_token(ctx, verified, narrowing)
     except Problem as problem:
         EXCHANGES.labels(problem.code).inc()
         raise
@@ -119,6 +158,11 @@ async def exchange(request: Request) -> JSONResponse:
     finally:
         EXCHANGE_LATENCY.observe(time.perf_counter() - started)
     EXCHANGES.labels("issued").inc()
+    return minted
+
+
+async def exchange(request: Request) -> JSONResponse:
+    minted = await counted_exchange(request, read_exchange)
     return JSONResponse(minted.response(), headers={"Cache-Control": "no-store"})
 
 
