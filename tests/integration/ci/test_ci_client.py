@@ -242,3 +242,15 @@ async def test_revoke_of_a_string_that_is_no_tpx_token_fails(exchange_app):
     assert run.code == 1
     assert "malformed_token" in run.stderr
     assert "not-a-tpx-token" not in run.stderr
+
+
+async def test_exchange_may_ask_for_one_package_and_a_shorter_lifetime(repo, exchange_app, client):
+    wanted = await repo.add_publisher()
+    await repo.add_publisher()
+    env = {"GITLAB_CI": "true", "TPX_ID_TOKEN": repo.token(), "TPX_URL": exchange_app.state.url}
+    run = await run_ci("exchange", "--package", wanted["package"], "--lifetime", "120", env=env)
+    assert run.code == 0, run.stderr
+    info = await introspect(client, run.stdout.strip())
+    assert info["packages"] == [wanted["package"]] and info["exp"] - info["iat"] <= 120
+    refused = await run_ci("exchange", "--package", "not-granted-here", env={**env, "TPX_ID_TOKEN": repo.token()})
+    assert refused.code == 1 and "not_granted" in refused.stderr

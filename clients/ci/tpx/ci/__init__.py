@@ -74,6 +74,11 @@ def add_commands(commands: Any) -> None:
                     "or written to $GITHUB_OUTPUT with --github-output; on GitHub Actions it is masked first.")
     add_connection_options(exchange)
     add_id_token_options(exchange)
+    exchange.add_argument("--package", action="append", dest="packages", metavar="NAME",
+                          help="ask for a token for this package only (repeat for several; default: every package "
+                               "the job's publishers grant)")
+    exchange.add_argument("--lifetime", type=int, metavar="SECONDS",
+                          help="ask for a shorter-lived token (at least 60 s; never longer than the publishers allow)")
     exchange.add_argument("--github-output", metavar="NAME",
                           help="write NAME=<token> to the file named by $GITHUB_OUTPUT instead of stdout")
     exchange.set_defaults(func=_run_exchange)

@@ -87,7 +87,8 @@ class TpxClient:
                           ["pass --audience with the value of the service's TPX_AUDIENCE"])
         return audience
 
-    def exchange(self, source: IdTokenSource) -> Exchanged:
+    def exchange(self, source: IdTokenSource, *, packages: list[str] | None = None,
+                 lifetime_seconds: int | None = None) -> Exchanged:
         """POST /v1/exchange; retried on 429/503/connection errors, with a fresh ID token when that is possible.
 
         After a failure that may have reached the server (the answer was lost),
@@ -95,6 +96,11 @@ class TpxClient:
         that can mint a new one is asked again.
         """
         url = f"{self.base_url}/v1/exchange"
+        narrowing: dict[str, object] = {}
+        if packages:
+            narrowing["packages"] = packages
+        if lifetime_seconds is not None:
+            narrowing["lifetime_seconds"] = lifetime_seconds
         state = {"jwt": source.get(), "refresh": False, "maybe_used": False}
 
         def note(exc: httpx.TransportError) -> None:
@@ -108,7 +114,7 @@ class TpxClient:
                     state["jwt"] = source.get()
                 else:
                     state["maybe_used"] = True
-            return self.http.post(url, json={"jwt": state["jwt"]})
+            return self.http.post(url, json={"jwt": state["jwt"], **narrowing})
 
         response = with_retries(call, self.policy, what=f"tpx at {self.base_url}", on_transport_error=note)
         jwt = str(state["jwt"])

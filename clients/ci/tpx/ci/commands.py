@@ -99,7 +99,8 @@ def run_exchange(args: argparse.Namespace, env: Mapping[str, str] | None = None,
             audience = (lambda: args.audience) if args.audience else client.audience
             source = detect(env, http=client.http, policy=policy, variable=args.id_token_variable,
                             audience=audience, server=base)
-            result = client.exchange(source)
+            result = client.exchange(source, packages=getattr(args, "packages", None),
+                                     lifetime_seconds=getattr(args, "lifetime", None))
             try:
                 deliver(result.token, output, env, stdout)
             except OSError as exc:
