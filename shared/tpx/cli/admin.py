@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 
 from tpx.cli.progress import Progress
+from tpx.core.providers import PROVIDERS
 from tpx.core.times import MOMENT_SYNTAX, parse_moment, rfc3339
 
 
@@ -116,21 +117,13 @@ def publishers(args: argparse.Namespace) -> None:
                 show(listed)
                 return
             for p in listed:
-                owner = p.get("repository_owner") or p.get("namespace")
-                name = p.get("repository_name") or p.get("project")
-                workflow = p.get("workflow_filename") or p.get("workflow_filepath")
-                envs = ",".join(p["environments"]) or "any"
-                print(f"{p['id']}  {p['package']:<24}  {p['provider']:<6}  {owner}/{name}  {workflow}  env={envs}")
+                print(f"{p['id']}  {p['package']:<24}  {p['provider']:<6}  {_identity_text(p)}")
         elif args.action == "add":
-            if not (args.package and args.repository and args.workflow):
-                raise CliUsage("add needs --package, --repository owner/name and --workflow")
-            owner, _, name = args.repository.rpartition("/")
-            if not owner:
-                raise CliUsage("--repository must be owner/name (GitHub) or group/project (GitLab)")
-            fields = ({"repository_owner": owner, "repository_name": name, "workflow_filename": args.workflow}
-                      if args.provider == "github" else
-                      {"namespace": owner, "project": name, "workflow_filepath": args.workflow})
-            body: dict[str, Any] = {"package": args.package, "provider": args.provider, **fields}
+            extra = _extra_fields(args.field or [])
+            body: dict[str, Any] = {"package": args.package, "provider": args.provider, **_repository_fields(args),
+                                    **extra}
+            if not args.package:
+                raise CliUsage("add needs --package")
             if args.issuer:
                 body["issuer"] = args.issuer
             if args.environment:
@@ -200,7 +193,7 @@ def register(sub) -> None:
     issuer_parser = with_url(sub.add_parser("issuers", help="list, add, enable, disable or delete OIDC issuers"))
     issuer_parser.add_argument("action", choices=("list", "add", "show", "enable", "disable", "delete"))
     issuer_parser.add_argument("target", nargs="?", help="issuer URL (add) or id")
-    issuer_parser.add_argument("--kind", choices=("github", "gitlab"), default="github")
+    issuer_parser.add_argument("--kind", choices=tuple(PROVIDERS), default="github")
     issuer_parser.add_argument("--audience")
     issuer_parser.add_argument("--allowed-package", action="append", help="limit the issuer to packages (glob)")
     issuer_parser.set_defaults(func=_guard(issuers))
@@ -209,12 +202,15 @@ def register(sub) -> None:
     publisher_parser.add_argument("action", choices=("list", "add", "show", "delete"))
     publisher_parser.add_argument("target", nargs="?", help="publisher id (show, delete)")
     publisher_parser.add_argument("--package")
-    publisher_parser.add_argument("--provider", choices=("github", "gitlab"), default="github")
+    publisher_parser.add_argument("--provider", choices=tuple(PROVIDERS), default="github")
     publisher_parser.add_argument("--issuer", help="issuer URL (default: the provider's public issuer)")
     publisher_parser.add_argument("--repository", help="owner/name or group/subgroup/project")
     publisher_parser.add_argument("--workflow", help="workflow file name (GitHub) or CI file path (GitLab)")
     publisher_parser.add_argument("--environment", action="append")
     publisher_parser.add_argument("--ref-pattern", action="append")
+    publisher_parser.add_argument("--field", action="append", metavar="NAME=VALUE",
+                                  help="any other publisher field, e.g. --field email=bot@proj.iam.gserviceaccount.com "
+                                       "(VALUE is read as JSON when it parses)")
     publisher_parser.set_defaults(func=_guard(publishers))
 
     revoke_parser = with_url(sub.add_parser("revoke", help="incident response: revoke live tokens in bulk"))
@@ -227,6 +223,52 @@ def register(sub) -> None:
     revoke_parser.add_argument("--token-id")
     revoke_parser.add_argument("--reason")
     revoke_parser.set_defaults(func=_guard(revoke))
+
+
+# The provider fields `--repository`/`--workflow` fill in; other providers take `--field NAME=VALUE`.
+REPOSITORY_FIELDS = {"github": ("repository_owner", "repository_name", "workflow_filename"),
+                     "gitlab": ("namespace", "project", "workflow_filepath")}
+_COMMON = {"id", "package", "provider", "issuer", "environments", "ref_patterns", "allow_self_hosted_runners",
+           "token_ttl_seconds", "permissions", "created_at"}
+
+
+def _repository_fields(args: argparse.Namespace) -> dict[str, Any]:
+    names = REPOSITORY_FIELDS.get(args.provider)
+    if names is None:
+        if args.repository or args.workflow:
+            raise CliUsage(f"--repository and --workflow are for github and gitlab; give {args.provider}'s fields "
+                           "with --field NAME=VALUE (see GET /openapi.json, PublisherInput)")
+        return {}
+    if not (args.repository and args.workflow):
+        raise CliUsage("add needs --package, --repository owner/name and --workflow")
+    owner, _, name = args.repository.rpartition("/")
+    if not owner:
+        raise CliUsage("--repository must be owner/name (GitHub) or group/project (GitLab)")
+    return dict(zip(names, (owner, name, args.workflow)))
+
+
+def _extra_fields(pairs: list[str]) -> dict[str, Any]:
+    """`--field NAME=VALUE`: VALUE as JSON when it parses (true, 600, ["a","b"]), else as a string."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name:
+            raise CliUsage(f"--field takes NAME=VALUE, not {pair!r}")
+        try:
+            out[name] = json.loads(value)
+        except ValueError:
+            out[name] = value
+    return out
+
+
+def _identity_text(p: dict[str, Any]) -> str:
+    """One line of a publisher's identity: repository and workflow for GitHub/GitLab, its fields otherwise."""
+    names = REPOSITORY_FIELDS.get(p["provider"])
+    envs = ",".join(p["environments"]) or "any"
+    if names is not None:
+        owner, name, workflow = (p.get(n) for n in names)
+        return f"{owner}/{name}  {workflow}  env={envs}"
+    return "  ".join(f"{k}={v}" for k, v in p.items() if k not in _COMMON and v not in (None, [], {}))
 
 
 def _guard(function):

@@ -98,3 +98,19 @@ async def test_every_list_and_show_speaks_json_for_scripts(repo, exchange_app):
     assert json.loads(out)["revoked"] == 1 and json.loads(out)["status"] == "done"
     code, out, err = await tpx(url, "publishers", "delete", publisher["id"], "--json")
     assert code == 0 and json.loads(out) == {"deleted": publisher["id"], "revoked_tokens": 0}
+
+
+async def test_publishers_add_takes_any_provider_field(repo, exchange_app):
+    url = exchange_app.state.url
+    called = f"{repo.owner}/shared/.github/workflows/publish.yml@refs/heads/main"
+    code, out, err = await tpx(url, "publishers", "add", "--package", "cli-field-" + repo.repo, "--issuer",
+                               repo.issuer.url, "--repository", repo.repository, "--workflow", "release.yml",
+                               "--field", f"job_workflow_ref={called}", "--field", "token_ttl_seconds=600")
+    assert code == 0, err
+    created = json.loads(out)
+    assert created["job_workflow_ref"] == called and created["token_ttl_seconds"] == 600
+    code, _, err = await tpx(url, "publishers", "add", "--package", "x", "--field", "no-equals-sign")
+    assert code == 2 and "NAME=VALUE" in err
+    code, _, err = await tpx(url, "publishers", "add", "--package", "x", "--provider", "gitlab", "--repository", "g/p",
+                             "--workflow", ".gitlab-ci.yml", "--field", "surprise=1")
+    assert code == 1 and "surprise: is not a known field" in err
