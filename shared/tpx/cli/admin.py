@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 
 from tpx.cli.progress import Progress
+from tpx.core.bodies import text_fields
 from tpx.core.providers import PROVIDERS
 from tpx.core.times import MOMENT_SYNTAX, parse_moment, rfc3339
 
@@ -119,7 +120,7 @@ def publishers(args: argparse.Namespace) -> None:
             for p in listed:
                 print(f"{p['id']}  {p['package']:<24}  {p['provider']:<6}  {_identity_text(p)}")
         elif args.action == "add":
-            extra = _extra_fields(args.field or [])
+            extra = _extra_fields(args.field or [], text_fields(PROVIDERS[args.provider].publisher_input))
             body: dict[str, Any] = {"package": args.package, "provider": args.provider, **_repository_fields(args),
                                     **extra}
             if not args.package:
@@ -247,13 +248,17 @@ def _repository_fields(args: argparse.Namespace) -> dict[str, Any]:
     return dict(zip(names, (owner, name, args.workflow)))
 
 
-def _extra_fields(pairs: list[str]) -> dict[str, Any]:
-    """`--field NAME=VALUE`: VALUE as JSON when it parses (true, 600, ["a","b"]), else as a string."""
+def _extra_fields(pairs: list[str], text: set[str]) -> dict[str, Any]:
+    """`--field NAME=VALUE`: VALUE as given for a field that takes a string (a numeric id stays a string),
+    otherwise as JSON when it parses (true, 600, ["a","b"]), else as a string."""
     out: dict[str, Any] = {}
     for pair in pairs:
         name, sep, value = pair.partition("=")
         if not sep or not name:
             raise CliUsage(f"--field takes NAME=VALUE, not {pair!r}")
+        if name in text:
+            out[name] = value
+            continue
         try:
             out[name] = json.loads(value)
         except ValueError:

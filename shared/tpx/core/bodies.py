@@ -216,6 +216,11 @@ def _item_accepts(struct: Any, name: str) -> str:
     return _description(field_type) or "as documented in /openapi.json"
 
 
+def text_fields(struct: Any) -> set[str]:
+    """The fields of `struct` that take a string (for a command line that reads other values as JSON)."""
+    return {f.encode_name for f in _info(struct).fields if isinstance(_unwrap(f.type), inspect.StrType)}
+
+
 def _unwrap(t: Any) -> Any:
     """The type without its metadata and without the `None`/unset alternatives of an optional field."""
     while True:

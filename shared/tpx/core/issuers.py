@@ -88,6 +88,9 @@ def issuer_changes(body: dict[str, Any], allow_loopback: bool, *, creating: bool
     out = {name: value for name in typed.__struct_fields__ if (value := getattr(typed, name)) is not UNSET}
     if creating:
         out["url"] = issuer_url(out["url"], allow_loopback)
+        provider = PROVIDERS[out["kind"]]
+        if out["url"] == provider.public_issuer and provider.key_hosts:
+            out["jwks_hosts"] = list(provider.key_hosts)
     for name in ("algorithms", "allowed_packages"):
         if out.get(name) is not None:
             out[name] = list(dict.fromkeys(out[name]))

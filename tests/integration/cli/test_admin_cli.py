@@ -105,10 +105,12 @@ async def test_publishers_add_takes_any_provider_field(repo, exchange_app):
     called = f"{repo.owner}/shared/.github/workflows/publish.yml@refs/heads/main"
     code, out, err = await tpx(url, "publishers", "add", "--package", "cli-field-" + repo.repo, "--issuer",
                                repo.issuer.url, "--repository", repo.repository, "--workflow", "release.yml",
-                               "--field", f"job_workflow_ref={called}", "--field", "token_ttl_seconds=600")
+                               "--field", f"job_workflow_ref={called}", "--field", "token_ttl_seconds=600",
+                               "--field", f"repository_id={repo.repository_id}")
     assert code == 0, err
     created = json.loads(out)
     assert created["job_workflow_ref"] == called and created["token_ttl_seconds"] == 600
+    assert created["repository_id"] == repo.repository_id   # a numeric id stays a string
     code, _, err = await tpx(url, "publishers", "add", "--package", "x", "--field", "no-equals-sign")
     assert code == 2 and "NAME=VALUE" in err
     code, _, err = await tpx(url, "publishers", "add", "--package", "x", "--provider", "gitlab", "--repository", "g/p",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tpx.core.errors import Problem
+from tpx.core.providers import PROVIDERS
 from tpx.core.issuers import is_loopback_host, issuer_changes, issuer_url
 
 
@@ -49,7 +50,9 @@ def test_creating_needs_url_and_a_known_kind():
         "url": "https://gitlab.example.com", "kind": "gitlab"}
     with pytest.raises(Problem) as refused:
         issuer_changes({"url": "https://x.example.com", "kind": "bitbucket"}, False, creating=True)
-    assert refused.value.extra == {"field": "kind"} and '"github" or "gitlab"' in refused.value.detail
+    assert refused.value.extra == {"field": "kind"}
+    assert 'one of "github", "gitlab", "' in refused.value.detail and all(f'"{k}"' in refused.value.detail
+                                                                          for k in PROVIDERS)
 
 
 def test_a_change_cannot_move_the_url_or_the_kind():
@@ -86,3 +89,12 @@ def test_bad_changes_name_the_field(body, field):
     with pytest.raises(Problem) as refused:
         issuer_changes(body, False, creating=False)
     assert refused.value.code == "invalid_issuer" and refused.value.extra == {"field": field}
+
+
+def test_registering_googles_public_issuer_approves_its_key_host():
+    """Google's jwks_uri is on www.googleapis.com; without the approval the refresher never fetches keys."""
+    google = issuer_changes({"url": "https://accounts.google.com", "kind": "google"}, False, creating=True)
+    assert google["jwks_hosts"] == ["www.googleapis.com"]
+    other = issuer_changes({"url": "https://accounts.example.com", "kind": "google"}, False, creating=True)
+    assert "jwks_hosts" not in other
+    assert "jwks_hosts" not in issuer_changes({"url": "https://gitlab.com", "kind": "gitlab"}, False, creating=True)

@@ -12,12 +12,14 @@ import pytest
 from tpx.core import bodies
 from tpx.core.errors import Problem
 from tpx.core.issuers import IssuerChange, IssuerInput
+from tpx.core.providers import PROVIDERS
 from tpx.core.publishers import PUBLISHER_INPUT
 from tpx.core.revocations import RevocationInput
 from tpx.exchange.openapi import OPENAPI
 from tpx.exchange.routes.exchange import IdTokenBody
 from tpx.exchange.routes.tokens import TokenBody
 
+KINDS = bodies.choices(PROVIDERS)   # one of "github", "gitlab", ...
 GITHUB = {"package": "pkg", "provider": "github", "repository_owner": "octo-org", "repository_name": "octo-repo",
           "workflow_filename": "release.yml"}
 
@@ -32,8 +34,8 @@ def refused(body: Any, body_type: Any = PUBLISHER_INPUT, code: str = "invalid_pu
 @pytest.mark.parametrize(("change", "detail"), [
     ({"package": None}, "package: is required; it must be a package name"),
     ({"surprise": 1}, "surprise: is not a known field; accepted fields: allow_self_hosted_runners, environments"),
-    ({"provider": "bitbucket"}, "provider: 'bitbucket' is not valid; it must be \"github\" or \"gitlab\""),
-    ({"provider": None}, "provider: is required; it must be \"github\" or \"gitlab\""),
+    ({"provider": "bitbucket"}, f"provider: 'bitbucket' is not valid; it must be {KINDS}"),
+    ({"provider": None}, f"provider: is required; it must be {KINDS}"),
     ({"repository_owner": "-octo"}, "repository_owner: '-octo' is not valid; it must be a GitHub user or "
                                     "organisation name"),
     ({"repository_owner": "octo\n"}, "repository_owner: 'octo\\n' is not valid"),   # `$` would let this through

@@ -139,3 +139,26 @@ def test_an_unpinned_publisher_binds_the_ids_its_siblings_pin():
     decision = decide(verified(), [publisher("pinned"), publisher("sibling", owner_id=None, name_id=None)], SETTINGS)
     assert decision.packages == ["pinned", "sibling"]
     assert [wanted for _, wanted in decision.unbound] == [{"owner_id": "65", "name_id": "74"}]
+
+
+def test_a_token_without_ids_never_matches_through_an_unpinned_sibling_of_a_pinned_publisher():
+    """Buildkite's ids are optional claims: a token without them (another organization that took over
+    the slugs) must not mint through an unpinned publisher while a sibling pins the organization."""
+    from tests.support.buildkite_claims import OMIT, buildkite_claims
+
+    url = "https://agent.buildkite.com"
+    values = buildkite_claims(organization_id=OMIT, pipeline_id=OMIT, runner_environment="buildkite-hosted")
+    provider = PROVIDERS["buildkite"]
+    issuer = IssuerEntry(id="issuer-2", url=url, kind="buildkite",
+                         policy=IssuerPolicy(url=url, audience="tpx", algorithms=frozenset({"RS256"}),
+                                             max_token_lifetime=7200),
+                         enabled=True, allowed_packages=None, keys={}, keys_fetched_at=None, last_error=None)
+    token = VerifiedToken(issuer, provider, provider.identity(values, url), values, "kid-1", values["jti"])
+    common = dict(provider="buildkite", issuer=url, owner="acme-inc", name="widgets-release", workflow="")
+    pinned = publisher("pinned", owner_id="0184990a-477b-4fa8-9968-496074483c77", name_id=None, **common)
+    sibling = publisher("sibling", owner_id=None, name_id=None, **common)
+    with pytest.raises(Problem) as refused:
+        decide(token, [pinned, sibling], SETTINGS)
+    rows = {row["check"]: row for row in refused.value.checks[1]["checks"]}
+    assert not rows["repository_pins"]["passed"] and "carries none" in rows["repository_pins"]["note"]
+    assert decide(token, [sibling], SETTINGS).packages == ["sibling"]   # alone, the slugs decide (and bind nothing)

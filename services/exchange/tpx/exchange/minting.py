@@ -134,20 +134,26 @@ def sibling_pins_check(verified: VerifiedToken, evaluation: PublisherEvaluation,
     The candidates are all the publishers of this issuer and repository: when one of them
     pins the owner or repository id, that is the repository's id, and a token carrying
     another (an account or repository deleted and re-created under the same name) must not
-    bind it through a sibling that happens to be unpinned.
+    bind it through a sibling that happens to be unpinned. Nor may a token that carries no
+    id at all (Buildkite's ids are optional claims) match through an unpinned sibling.
     """
     publisher, identity = evaluation.publisher, verified.identity
     wanted = verified.provider.bindings(identity, publisher)
-    if not wanted:
+    carried = {"owner_id": identity.owner_id, "name_id": identity.repository_id}
+    pins = {field: sorted({getattr(p, field) for p in candidates if p.id != publisher.id and getattr(p, field)})
+            for field in carried if getattr(publisher, field) is None}
+    if not any(field in wanted or pinned for field, pinned in pins.items()):
         return None
     names = verified.provider.fields
-    for field, value in wanted.items():
-        pinned = sorted({getattr(p, field) for p in candidates if p.id != publisher.id and getattr(p, field)})
+    for field, pinned in pins.items():
+        value = carried[field]
         if pinned and pinned != [value]:
+            carries = f"the token carries {value}" if value is not None else "the token carries none"
             return CheckResult(
                 check="repository_pins", claim=names[field], expected=pinned, actual=value, passed=False,
-                note=(f"another publisher of {identity.repository} pins {names[field]} {', '.join(pinned)}; the "
-                      "account or repository may have been deleted and its name re-registered by someone else"))
+                note=(f"another publisher of {identity.repository} pins {names[field]} {', '.join(pinned)} and "
+                      f"{carries}; the account or repository may have been deleted and its name re-registered by "
+                      "someone else"))
     return CheckResult(check="repository_pins", claim=names["owner_id"], expected="the ids other publishers pin",
                        actual=identity.owner_id, passed=True)
 

@@ -185,6 +185,9 @@ class Provider(Protocol):
     name: str
     # The issuer this provider's publishers use unless they name another (e.g. github.com's).
     public_issuer: str
+    # Hosts other than the public issuer's own that serve its keys (Google: www.googleapis.com); the
+    # jwks-refresher fetches only from approved hosts, and registering the public issuer approves these.
+    key_hosts: tuple[str, ...]
     # Neutral publisher field -> the provider's own field name in the API and in events.
     fields: Mapping[str, str]
     # Whether its tokens always carry a `jti` (then one without is malformed); otherwise replay

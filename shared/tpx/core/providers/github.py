@@ -100,6 +100,7 @@ class GitHubPublisherInput(PublisherInput, tag="github", kw_only=True):
 class GitHubProvider:
     name = "github"
     public_issuer = "https://token.actions.githubusercontent.com"
+    key_hosts: tuple[str, ...] = ()
     fields = {
         "owner": "repository_owner",
         "owner_id": "repository_owner_id",

@@ -136,6 +136,7 @@ class GitLabPublisherInput(PublisherInput, tag="gitlab", kw_only=True):
 class GitLabProvider:
     name = "gitlab"
     public_issuer = "https://gitlab.com"
+    key_hosts: tuple[str, ...] = ()
     fields = {
         "owner": "namespace",
         "owner_id": "namespace_id",
