@@ -59,11 +59,14 @@ class CheckResult:
 class Identity:
     """The CI identity a verified ID token proves, without personal data.
 
-    `repository` is `owner/name` (GitHub) or `namespace/project` (GitLab), as the
-    token spells it. `repository_key` is its lower-cased form, used to load the
-    candidate publishers. `owner_id`/`repository_id` are the immutable numeric
-    ids that guard against account resurrection. `extra` holds provider-specific
-    verified claims the checks need (never personal data).
+    `repository` is `owner/name` (GitHub), `namespace/project` (GitLab), the email's
+    `domain/account` (Google Cloud), `organization/pipeline` slugs (Buildkite) or
+    `organization/project` ids (CircleCI), as the token spells it. `repository_key`
+    is its lower-cased form, used to load the candidate publishers.
+    `owner_id`/`repository_id` are the immutable ids that guard against account
+    resurrection (None only where the token may leave them out: Buildkite's are
+    optional claims). `extra` holds provider-specific verified claims the checks
+    need (never personal data).
     """
 
     provider: str
@@ -71,8 +74,8 @@ class Identity:
     repository: str
     owner: str
     name: str
-    owner_id: str
-    repository_id: str
+    owner_id: str | None
+    repository_id: str | None
     workflow: str
     workflow_ref: str
     environment: str | None
