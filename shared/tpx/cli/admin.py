@@ -18,8 +18,6 @@ from typing import Any
 import httpx
 
 from tpx.cli.progress import Progress
-from tpx.core.bodies import text_fields
-from tpx.core.providers import PROVIDERS
 from tpx.core.times import MOMENT_SYNTAX, parse_moment, rfc3339
 
 
@@ -120,7 +118,7 @@ def publishers(args: argparse.Namespace) -> None:
             for p in listed:
                 print(f"{p['id']}  {p['package']:<24}  {p['provider']:<6}  {_identity_text(p)}")
         elif args.action == "add":
-            extra = _extra_fields(args.field or [], text_fields(PROVIDERS[args.provider].publisher_input))
+            extra = _extra_fields(args.field or [], _text_fields(args.provider))
             body: dict[str, Any] = {"package": args.package, "provider": args.provider, **_repository_fields(args),
                                     **extra}
             if not args.package:
@@ -194,7 +192,7 @@ def register(sub) -> None:
     issuer_parser = with_url(sub.add_parser("issuers", help="list, add, enable, disable or delete OIDC issuers"))
     issuer_parser.add_argument("action", choices=("list", "add", "show", "enable", "disable", "delete"))
     issuer_parser.add_argument("target", nargs="?", help="issuer URL (add) or id")
-    issuer_parser.add_argument("--kind", choices=tuple(PROVIDERS), default="github")
+    issuer_parser.add_argument("--kind", choices=KINDS, default="github")
     issuer_parser.add_argument("--audience")
     issuer_parser.add_argument("--allowed-package", action="append", help="limit the issuer to packages (glob)")
     issuer_parser.set_defaults(func=_guard(issuers))
@@ -203,7 +201,7 @@ def register(sub) -> None:
     publisher_parser.add_argument("action", choices=("list", "add", "show", "delete"))
     publisher_parser.add_argument("target", nargs="?", help="publisher id (show, delete)")
     publisher_parser.add_argument("--package")
-    publisher_parser.add_argument("--provider", choices=tuple(PROVIDERS), default="github")
+    publisher_parser.add_argument("--provider", choices=KINDS, default="github")
     publisher_parser.add_argument("--issuer", help="issuer URL (default: the provider's public issuer)")
     publisher_parser.add_argument("--repository", help="owner/name or group/subgroup/project")
     publisher_parser.add_argument("--workflow", help="workflow file name (GitHub) or CI file path (GitLab)")
@@ -226,6 +224,9 @@ def register(sub) -> None:
     revoke_parser.set_defaults(func=_guard(revoke))
 
 
+# The issuer kinds, spelled out so that building the parser loads no provider (every `tpx` command builds it;
+# the providers and msgspec cost ~20 MB); tests/unit/cli checks that this is tpx.core.providers.PROVIDERS.
+KINDS = ("github", "gitlab", "google", "buildkite", "circleci")
 # The provider fields `--repository`/`--workflow` fill in; other providers take `--field NAME=VALUE`.
 REPOSITORY_FIELDS = {"github": ("repository_owner", "repository_name", "workflow_filename"),
                      "gitlab": ("namespace", "project", "workflow_filepath")}
@@ -246,6 +247,14 @@ def _repository_fields(args: argparse.Namespace) -> dict[str, Any]:
     if not owner:
         raise CliUsage("--repository must be owner/name (GitHub) or group/project (GitLab)")
     return dict(zip(names, (owner, name, args.workflow)))
+
+
+def _text_fields(provider: str) -> set[str]:
+    """The publisher fields of `provider` that take a string, read from its input type (loaded only here)."""
+    from tpx.core.bodies import text_fields
+    from tpx.core.providers import PROVIDERS
+
+    return text_fields(PROVIDERS[provider].publisher_input)
 
 
 def _extra_fields(pairs: list[str], text: set[str]) -> dict[str, Any]:

@@ -44,3 +44,18 @@ def test_version_is_printed_not_a_usage_error(capsys):
     except SystemExit as exit:
         assert exit.code == 0
     assert capsys.readouterr().out.strip() == f"tpx {metadata.version('tpx')}"
+
+
+def test_operator_commands_load_no_provider_until_they_need_one():
+    """Every `tpx` command builds the whole parser; the providers (and msgspec) cost ~20 MB of each."""
+    probe = ("import sys\nfrom tpx.cli import main\nmain.build_parser()\n"
+             "print(','.join(m for m in ('msgspec', 'tpx.core.providers') if m in sys.modules))")
+    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.strip()
+    assert loaded == "", f"building the parser imports {loaded}"
+
+
+def test_the_command_lines_issuer_kinds_are_the_providers():
+    from tpx.cli.admin import KINDS
+    from tpx.core.providers import PROVIDERS
+
+    assert KINDS == tuple(PROVIDERS)
