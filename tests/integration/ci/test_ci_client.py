@@ -254,3 +254,53 @@ async def test_exchange_may_ask_for_one_package_and_a_shorter_lifetime(repo, exc
     assert info["packages"] == [wanted["package"]] and info["exp"] - info["iat"] <= 120
     refused = await run_ci("exchange", "--package", "not-granted-here", env={**env, "TPX_ID_TOKEN": repo.token()})
     assert refused.code == 1 and "not_granted" in refused.stderr
+
+
+# --- Buildkite and CircleCI: the agent's own command prints the ID token ---------------------------------------
+
+FAKE_AGENT = """#!/bin/sh
+# A stand-in for the CI agent's token command: records its arguments, prints the next prepared token.
+printf '%s\\n' "$*" >> "{calls}"
+n=$(wc -l < "{calls}")
+sed -n "${{n}}p" "{tokens}"
+"""
+
+
+def fake_agent(tmp_path, name: str, tokens: list[str]) -> tuple[str, object]:
+    """A directory holding an executable `name` that prints `tokens` one per call; (PATH entry, calls file)."""
+    calls, prepared = tmp_path / "calls", tmp_path / "tokens"
+    calls.write_text("")
+    prepared.write_text("".join(f"{token}\n" for token in tokens))
+    tool = tmp_path / name
+    tool.write_text(FAKE_AGENT.format(calls=calls, tokens=prepared))
+    tool.chmod(0o755)
+    return f"{tmp_path}:{os.environ.get('PATH', '/usr/bin:/bin')}", calls
+
+
+@pytest.mark.parametrize(("marker", "tool", "expected"), [
+    ("BUILDKITE", "buildkite-agent", "oidc request-token --audience tpx --claim organization_id,pipeline_id"),
+    ("CIRCLECI", "circleci", 'run oidc get --claims {"aud": "tpx"}'),
+])
+async def test_buildkite_and_circleci_jobs_ask_their_agent_for_the_token(repo, exchange_app, client, tmp_path,
+                                                                          marker, tool, expected):
+    publisher = await repo.add_publisher()
+    path, calls = fake_agent(tmp_path, tool, [repo.token()])
+    run = await run_ci("exchange", "--audience", "tpx",
+                       env={marker: "true", "TPX_URL": exchange_app.state.url, "PATH": path})
+    assert run.code == 0, run.stderr
+    assert calls.read_text().strip() == expected
+    info = await introspect(client, run.stdout.strip())
+    assert info["active"] is True and info["packages"] == [publisher["package"]]
+
+
+async def test_an_agent_without_its_command_is_a_usage_error(exchange_app, tmp_path):
+    run = await run_ci("exchange", "--audience", "tpx",
+                       env={"BUILDKITE": "true", "TPX_URL": exchange_app.state.url, "PATH": str(tmp_path)})
+    assert run.code == 2 and "buildkite-agent is not on PATH" in run.stderr
+
+
+async def test_an_agent_command_that_prints_no_token_fails_with_its_words(exchange_app, tmp_path):
+    path, _ = fake_agent(tmp_path, "circleci", ["Error: OIDC is not enabled for this project"])
+    run = await run_ci("exchange", "--audience", "tpx",
+                       env={"CIRCLECI": "true", "TPX_URL": exchange_app.state.url, "PATH": path})
+    assert run.code == 1 and "did not print an ID token" in run.stderr

@@ -1,4 +1,5 @@
-"""Where the job's OIDC ID token comes from: GitHub Actions' token endpoint or a CI variable.
+"""Where the job's OIDC ID token comes from: GitHub Actions' token endpoint, a CI variable, or the CI agent's
+own command (Buildkite, CircleCI).
 
 GitHub Actions hands a job that has `permissions: id-token: write` a request
 URL and a bearer token; the job asks that endpoint for an ID token with the
@@ -6,11 +7,14 @@ audience the relying party expects, and may ask again for a fresh one (which
 lets the exchange retry safely after an ambiguous network failure). GitLab CI
 instead puts one ID token per `id_tokens:` entry into a variable, with the
 audience fixed in the pipeline file; it cannot be refreshed, and tpx consumes
-each token's jti once.
+each token's jti once. Buildkite and CircleCI jobs ask their agent's command for
+a token with the audience tpx expects (and a fresh one on each call).
 """
 
 from __future__ import annotations
 
+import json
+import subprocess
 from typing import Callable, Mapping, Protocol
 from urllib.parse import quote
 
@@ -96,6 +100,58 @@ class Variable:
         return self.value
 
 
+class AgentCommand:
+    """An ID token printed by the CI agent's own command, asked for tpx's audience each time.
+
+    Buildkite: `buildkite-agent oidc request-token --audience <aud> --claim organization_id,pipeline_id` (tpx
+    pins those ids); CircleCI: `circleci run oidc get --claims '{"aud": "<aud>"}'` (only `aud` can be set).
+    """
+
+    can_refresh = True
+    TIMEOUT = 60
+
+    def __init__(self, provider: str, command: Callable[[str], list[str]], audience: Callable[[], str],
+                 env: Mapping[str, str]) -> None:
+        self.provider = provider
+        self.command = command
+        self._audience = audience
+        self._resolved: str | None = None
+        self.env = dict(env)
+
+    @property
+    def audience(self) -> str:
+        if self._resolved is None:
+            self._resolved = self._audience()
+        return self._resolved
+
+    def get(self) -> str:
+        argv = self.command(self.audience)
+        try:
+            done = subprocess.run(argv, capture_output=True, text=True, timeout=self.TIMEOUT, env=self.env,
+                                  stdin=subprocess.DEVNULL)
+        except FileNotFoundError:
+            raise UsageError(f"{argv[0]} is not on PATH, so this {self.provider} job cannot ask for an ID token",
+                             [f"run the step on an agent that has {argv[0]}, or put an ID token in the variable "
+                              "named by --id-token-variable"]) from None
+        except subprocess.TimeoutExpired:
+            raise CiError(f"{argv[0]} did not answer within {self.TIMEOUT} s when asked for an ID token") from None
+        value = done.stdout.strip()
+        if done.returncode != 0 or not _looks_like_jwt(value):
+            detail = scrub(done.stderr.strip()[:300], [value]) or "no error output"
+            raise CiError(f"`{' '.join(argv[:4])} ...` did not print an ID token (exit {done.returncode}): {detail}",
+                          [f"check that this {self.provider} job may request OIDC tokens"])
+        return value
+
+
+def buildkite_command(audience: str) -> list[str]:
+    return ["buildkite-agent", "oidc", "request-token", "--audience", audience,
+            "--claim", "organization_id,pipeline_id"]
+
+
+def circleci_command(audience: str) -> list[str]:
+    return ["circleci", "run", "oidc", "get", "--claims", json.dumps({"aud": audience})]
+
+
 def detect(env: Mapping[str, str], *, http: httpx.Client, policy: RetryPolicy, variable: str,
            audience: Callable[[], str], server: str) -> IdTokenSource:
     """The ID token source of the CI this runs in, or a UsageError saying how to set the job up."""
@@ -119,6 +175,10 @@ def detect(env: Mapping[str, str], *, http: httpx.Client, policy: RetryPolicy, v
         return Variable(variable, value, "gitlab")
     if value:
         return Variable(variable, value, "variable")
-    raise UsageError("not running in GitHub Actions (GITHUB_ACTIONS=true) or GitLab CI (GITLAB_CI=true), and "
-                     f"the variable {variable} holds no ID token",
+    if env.get("BUILDKITE") == "true":
+        return AgentCommand("buildkite", buildkite_command, audience, env)
+    if env.get("CIRCLECI") == "true":
+        return AgentCommand("circleci", circleci_command, audience, env)
+    raise UsageError("not running in GitHub Actions (GITHUB_ACTIONS=true), GitLab CI (GITLAB_CI=true), Buildkite "
+                     f"(BUILDKITE=true) or CircleCI (CIRCLECI=true), and the variable {variable} holds no ID token",
                      ["run this inside a CI job, or put an ID token in the variable named by --id-token-variable"])
