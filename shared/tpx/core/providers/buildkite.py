@@ -33,7 +33,7 @@ from tpx.core.errors import Problem
 from tpx.core.jose.strict_json import json_type
 from tpx.core.providers.base import CheckResult, Identity, IdentityFields, Publisher, PublisherInput
 from tpx.core.providers.checks import hosted_runner, ref_patterns, repository_match
-from tpx.core.providers.claims import required_claim, string_claim
+from tpx.core.providers.claims import UUID_RE, required_claim, string_claim, uuid_claim
 from tpx.core.providers.matching import ascii_iequal
 
 BUILDKITE_HOSTED = "buildkite-hosted"
@@ -42,9 +42,6 @@ REQUEST_IDS = "buildkite-agent oidc request-token --claim organization_id,pipeli
 # Buildkite's slug alphabet (letters, digits, '-'; Buildkite emits lower case, compared ignoring case).
 SLUG_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]{0,254}")
 _SLUG_TEXT = "a Buildkite slug: ASCII letters, digits and '-', not starting with '-', at most 255 characters"
-# Buildkite's ids are UUIDs; hex digits of either case are read, lower case is what is stored and compared.
-UUID_RE = re.compile(r"[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}")
-_UUID_TEXT = "a UUID (8-4-4-4-12 hex digits)"
 # A git branch or tag name: printable ASCII without space, short enough that refs/heads/<branch> and
 # refs/tags/<tag> stay within the 255 characters git hosts allow for a ref.
 _BRANCH = re.compile(r"[\x21-\x7e]{1,244}")
@@ -64,11 +61,6 @@ _SOURCE_TEXT = "1 to 64 lower-case ASCII letters or '_'"
 _RUNNER = re.compile(r"[a-z-]{1,64}")
 _RUNNER_TEXT = "1 to 64 lower-case ASCII letters or '-'"
 _MAX_BUILD_NUMBER = 2**63 - 1
-
-
-def _uuid_claim(claims: dict[str, Any], name: str, *, required: bool) -> str | None:
-    value = string_claim(claims, name, UUID_RE, _UUID_TEXT, required=required)
-    return value.lower() if value is not None else None
 
 
 def _unset_or_claim(claims: dict[str, Any], name: str, pattern: re.Pattern[str], expected: str) -> str | None:
@@ -142,15 +134,15 @@ class BuildkiteProvider:
             raise Problem("malformed_token", "the token payload is not a JSON object")
         organization = required_claim(claims, "organization_slug", SLUG_RE, _SLUG_TEXT)
         pipeline = required_claim(claims, "pipeline_slug", SLUG_RE, _SLUG_TEXT)
-        organization_id = _uuid_claim(claims, "organization_id", required=False)
-        pipeline_id = _uuid_claim(claims, "pipeline_id", required=False)
+        organization_id = uuid_claim(claims, "organization_id", required=False)
+        pipeline_id = uuid_claim(claims, "pipeline_id", required=False)
         build_number = _build_number(claims)
         branch = required_claim(claims, "build_branch", _BRANCH, _REF_TEXT.format(244))
         tag = _unset_or_claim(claims, "build_tag", _TAG, _REF_TEXT.format(245))
         commit = required_claim(claims, "build_commit", _COMMIT, _COMMIT_TEXT)
         step_key = _unset_or_claim(claims, "step_key", _STEP_KEY, _STEP_KEY_TEXT)
-        job_id = _uuid_claim(claims, "job_id", required=True)
-        agent_id = _uuid_claim(claims, "agent_id", required=True)
+        job_id = uuid_claim(claims, "job_id", required=True)
+        agent_id = uuid_claim(claims, "agent_id", required=True)
         source = required_claim(claims, "build_source", _SOURCE, _SOURCE_TEXT)
         runner = string_claim(claims, "runner_environment", _RUNNER, _RUNNER_TEXT, required=False)
         # The ref Buildkite itself puts in the default `sub`: the tag if the build has one, else the branch.

@@ -30,7 +30,9 @@ from tpx.core.errors import Problem
 from tpx.core.jose.strict_json import json_type
 from tpx.core.providers.base import CheckResult, Identity, IdentityFields, Publisher, PublisherInput
 from tpx.core.providers.checks import ref_patterns
-from tpx.core.providers.claims import PRINTABLE_1K_OR_EMPTY, TEXT_1K_OR_EMPTY, required_claim, string_claim
+from tpx.core.providers.claims import (
+    PRINTABLE_1K_OR_EMPTY, TEXT_1K_OR_EMPTY, UUID, UUID_RE, UUID_TEXT, required_claim, string_claim, uuid_claim,
+)
 from tpx.core.providers.matching import ascii_iequal, ascii_lower
 
 ROOT_ISSUER = "https://oidc.circleci.com"
@@ -47,12 +49,8 @@ VCS_ORIGIN = _PREFIX + "vcs-origin"
 VCS_REF = _PREFIX + "vcs-ref"
 SSH_RERUN = _PREFIX + "ssh-rerun"
 
-# CircleCI emits lower-case UUIDs; upper case is accepted and folded, so a UUID means one thing.
-_UUID = r"[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}"
-UUID_RE = re.compile(_UUID)
-UUID_TEXT = "a UUID (8-4-4-4-12 hexadecimal digits)"
 # The organization an issuer URL names: the last path segments /org/<uuid> (cloud and CircleCI server alike).
-_ISSUER_ORG = re.compile(rf"/org/({_UUID})\Z")
+_ISSUER_ORG = re.compile(rf"/org/({UUID})\Z")
 # A repository without a scheme, as the vcs-origin claim spells it: host[:port]/path, e.g. github.com/acme/widgets.
 VCS_ORIGIN_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9.-]{0,252}(?::[0-9]{1,5})?(?:/[A-Za-z0-9_.~-]{1,255}){1,20}")
 # The token's vcs-origin: printable ASCII without spaces (its shape is CircleCI's; equality decides).
@@ -70,11 +68,6 @@ def issuer_organization(issuer: str) -> str | None:
     None for the root issuer (and any other URL, such as a loopback test issuer)."""
     match = _ISSUER_ORG.search(urlsplit(issuer).path)
     return ascii_lower(match.group(1)) if match is not None else None
-
-
-def _uuid_claim(claims: dict[str, Any], name: str, *, required: bool) -> str | None:
-    value = string_claim(claims, name, UUID_RE, UUID_TEXT, required=required)
-    return ascii_lower(value) if value is not None else None
 
 
 def _context_ids(claims: dict[str, Any]) -> tuple[str, ...] | None:
@@ -189,10 +182,10 @@ class CircleCIProvider:
             raise Problem("malformed_token", "the token payload is not a JSON object")
         organization = ascii_lower(required_claim(claims, ORG_ID, UUID_RE, UUID_TEXT))
         project = ascii_lower(required_claim(claims, PROJECT_ID, UUID_RE, UUID_TEXT))
-        pipeline_definition = _uuid_claim(claims, PIPELINE_DEFINITION_ID, required=False)
-        pipeline = _uuid_claim(claims, PIPELINE_ID, required=False)
-        workflow = _uuid_claim(claims, WORKFLOW_ID, required=False)
-        job = _uuid_claim(claims, JOB_ID, required=False)
+        pipeline_definition = uuid_claim(claims, PIPELINE_DEFINITION_ID, required=False)
+        pipeline = uuid_claim(claims, PIPELINE_ID, required=False)
+        workflow = uuid_claim(claims, WORKFLOW_ID, required=False)
+        job = uuid_claim(claims, JOB_ID, required=False)
         contexts = _context_ids(claims)
         # Absent for pipelines triggered by a custom webhook; empty means absent, as for other providers.
         vcs_origin = string_claim(claims, VCS_ORIGIN, _VCS_ORIGIN_CLAIM, _VCS_ORIGIN_TEXT, required=False) or None

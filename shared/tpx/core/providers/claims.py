@@ -24,6 +24,10 @@ PRINTABLE_1K = "printable ASCII without control characters, 1 to 1024 characters
 PRINTABLE_255 = "printable ASCII without control characters, 1 to 255 characters"
 PRINTABLE_255_OR_EMPTY = "printable ASCII without control characters, at most 255 characters"
 PRINTABLE_1K_OR_EMPTY = "printable ASCII without control characters, at most 1024 characters"
+# The ids Buildkite and CircleCI assign: UUIDs, read in either case and folded to the lower case they emit.
+UUID = r"[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}"
+UUID_RE = re.compile(UUID)
+UUID_TEXT = "a UUID (8-4-4-4-12 hexadecimal digits)"
 
 
 def string_claim(claims: dict[str, Any], name: str, pattern: re.Pattern[str], expected: str, *,
@@ -39,6 +43,12 @@ def string_claim(claims: dict[str, Any], name: str, pattern: re.Pattern[str], ex
     if pattern.fullmatch(value) is None:
         raise Problem("malformed_token", f"claim {name!r} is not {expected}")
     return value
+
+
+def uuid_claim(claims: dict[str, Any], name: str, *, required: bool) -> str | None:
+    """A UUID claim, lower-cased, so that one id is one string."""
+    value = string_claim(claims, name, UUID_RE, UUID_TEXT, required=required)
+    return value.lower() if value is not None else None
 
 
 def required_claim(claims: dict[str, Any], name: str, pattern: re.Pattern[str], expected: str) -> str:
