@@ -23,6 +23,7 @@ from msgspec import UNSET, Meta, Struct, UnsetType, inspect
 
 from tpx.core.errors import Problem
 from tpx.core.inputs import invalid, show
+from tpx.core.jose.strict_json import json_type
 
 __all__ = ["Body", "UNSET", "UnsetType", "Flag", "convert", "schemas", "seconds", "text", "text_list"]
 
@@ -65,10 +66,11 @@ def choices(values: Any) -> str:
     return " or ".join(quoted) if len(quoted) <= 2 else "one of " + ", ".join(quoted)
 
 
-def convert(value: Any, body_type: type[T] | Any, code: str) -> T:
-    """`value` as `body_type`, or the refusal `code` (400 or 422) naming the field and what it accepts."""
+def convert(value: Any, body_type: type[T] | Any, code: str, *, strict: bool = True) -> T:
+    """`value` as `body_type`, or the refusal `code` (400 or 422) naming the field and what it accepts.
+    `strict=False` reads numbers from strings, for a form, whose values are all strings."""
     try:
-        return msgspec.convert(value, body_type)
+        return msgspec.convert(value, body_type, strict=strict)
     except msgspec.ValidationError as error:
         raise refusal(str(error), value, body_type, code) from None
     except UnicodeEncodeError:
@@ -116,7 +118,7 @@ def refusal(message: str, value: Any, body_type: Any, code: str) -> Problem:
     assert parts is not None  # the pattern matches any text
     what, path = parts["what"], parts["path"] or ""
     if not isinstance(value, dict):
-        return Problem(code, f"the body must be a JSON object, not {_json_type(value)}")
+        return Problem(code, f"the body must be a JSON object, not a JSON {json_type(value)}")
     struct = _chosen(body_type, value)
     named = _NAMED.fullmatch(what)
     top = _TOP.match(path)
@@ -147,11 +149,6 @@ def refusal(message: str, value: Any, body_type: Any, code: str) -> Problem:
         if expected:
             return invalid(code, name, f"{show(given)} is {got}, not {expected}; it must be {accepts}")
     return invalid(code, name, f"{show(given)} is not valid; it must be {accepts}")
-
-
-def _json_type(value: Any) -> str:
-    return {list: "an array", str: "a string", bool: "a boolean", int: "a number", float: "a number",
-            type(None): "null"}.get(type(value), type(value).__name__)
 
 
 # --- what a type says about its fields (msgspec.inspect), cached per type ------------------------------------

@@ -68,7 +68,7 @@ def test_the_provider_picks_the_type_that_checks_the_rest():
 
 
 def test_a_body_that_is_no_object_is_refused_as_a_whole():
-    assert refused([GITHUB]).detail == "the body must be a JSON object, not an array"
+    assert refused([GITHUB]).detail == "the body must be a JSON object, not a JSON array"
     assert "field" not in refused("x", IdTokenBody, "malformed_request").extra
 
 
