@@ -23,6 +23,7 @@ from starlette.responses import Response
 
 from tpx.core.db.pool import UNAVAILABLE_ERRORS
 from tpx.core.errors import Problem
+from tpx.core.inputs import invalid
 from tpx.core.logging import get_logger
 from tpx.core.metrics import HTTP_LATENCY
 from tpx.core.outages import DATABASE
@@ -151,7 +152,30 @@ def parse_json_object(raw: bytes) -> dict[str, Any]:
     return value
 
 
-def _media_type(request: Request) -> str:
+def parse_form(raw: bytes, *, max_fields: int = 20, repeatable: tuple[str, ...] = (),
+               blank_is_absent: bool = False) -> dict[str, Any]:
+    """A urlencoded form as a dict: every parameter at most once, except `repeatable` ones (as lists);
+    with `blank_is_absent`, a parameter without a value is left out (RFC 6749 section 3.1)."""
+    try:
+        pairs = parse_qsl(raw.decode("ascii"), keep_blank_values=True, strict_parsing=bool(raw),
+                          max_num_fields=max_fields)
+    except (UnicodeDecodeError, ValueError):
+        raise Problem("malformed_request", "the form body is not valid application/x-www-form-urlencoded") from None
+    form: dict[str, Any] = {}
+    for name, value in pairs:
+        if blank_is_absent and value == "":
+            continue
+        if name in repeatable:
+            form.setdefault(name, []).append(value)
+        elif name in form:
+            may = f" (only {' and '.join(repeatable)} may repeat)" if repeatable else ""
+            raise invalid("malformed_request", name, f"is given more than once; send each parameter once{may}")
+        else:
+            form[name] = value
+    return form
+
+
+def media_type(request: Request) -> str:
     return request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
 
 
@@ -177,21 +201,14 @@ async def read_body(request: Request, max_bytes: int) -> bytes:
 
 async def read_object(request: Request, max_bytes: int, *, allow_form: bool = False) -> dict[str, Any]:
     """The request body as a JSON object (or, where the contract allows it, a urlencoded form)."""
-    media_type = _media_type(request)
-    if media_type not in JSON_TYPES and not (allow_form and media_type == FORM_TYPE):
+    kind = media_type(request)
+    if kind not in JSON_TYPES and not (allow_form and kind == FORM_TYPE):
         accepted = "application/json" + (" or application/x-www-form-urlencoded" if allow_form else "")
         raise Problem("unsupported_media_type",
-                      f"Content-Type {media_type or '(none)'!r} is not accepted here; send {accepted}")
+                      f"Content-Type {kind or '(none)'!r} is not accepted here; send {accepted}")
     raw = await read_body(request, max_bytes)
-    if media_type == FORM_TYPE:
-        try:
-            pairs = parse_qsl(raw.decode("ascii"), keep_blank_values=True, strict_parsing=bool(raw), max_num_fields=20)
-        except (UnicodeDecodeError, ValueError):
-            raise Problem("malformed_request", "the form body is not valid application/x-www-form-urlencoded") from None
-        try:
-            return _reject_duplicates(pairs)
-        except ValueError as exc:
-            raise Problem("malformed_request", f"the form body is ambiguous: {exc}") from None
+    if kind == FORM_TYPE:
+        return parse_form(raw)
     if not raw:
         raise Problem("malformed_request", "the body is empty; send a JSON object")
     return parse_json_object(raw)

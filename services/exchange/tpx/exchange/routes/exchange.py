@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from typing import Annotated, Any, Awaitable, Callable, Iterator, Literal
+from typing import Annotated, Any, Awaitable, Callable, Iterator
 
 import msgspec
 from msgspec import Meta
@@ -17,6 +17,7 @@ from tpx.core.errors import Problem
 from tpx.core.logging import get_logger
 from tpx.core.metrics import EXCHANGE_LATENCY, EXCHANGES
 from tpx.core.outages import DATABASE
+from tpx.core.providers import base
 from tpx.core.providers.base import PERMISSIONS, Package
 from tpx.core.providers.matching import PublisherExplanation
 
@@ -46,11 +47,11 @@ class IdTokenBody(Body):
 
 Packages = Annotated[list[Package], Meta(min_length=1, max_length=100, description=(
     "the packages the token is for: some of those the matching publishers grant (default: all of them)"))]
-Permissions = Annotated[list[Literal[PERMISSIONS]], Meta(  # type: ignore[valid-type]
-    min_length=1, description=f"the permissions the token carries on each package, each {bodies.choices(PERMISSIONS)} "
-                              "(default: all that are granted)")]
-Lifetime = Annotated[int, Meta(ge=60, le=86400, description=(
-    "the token's lifetime in seconds, at least 60; it never exceeds what the publishers and the operator allow"))]
+Permissions = Annotated[base.Permissions, Meta(description=(
+    f"the permissions the token carries on each package, each {bodies.choices(PERMISSIONS)} (default: all that "
+    "are granted)"))]
+LIFETIME_TEXT = "the token's lifetime in seconds, 60 to 86400; it never exceeds what the publishers and the operator allow"
+Lifetime = Annotated[int, Meta(ge=60, le=86400, description=LIFETIME_TEXT)]
 
 
 class ExchangeRequest(IdTokenBody, kw_only=True):

@@ -14,8 +14,7 @@ not granted is `invalid_target`, a permission `invalid_scope`.
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, Literal
-from urllib.parse import parse_qsl
+from typing import Annotated, Literal
 
 import msgspec
 from msgspec import Meta
@@ -29,10 +28,10 @@ from tpx.core.inputs import invalid, show
 from tpx.core.providers.base import PACKAGE_RE, PACKAGE_TEXT, PERMISSIONS
 
 from tpx.exchange.context import ServiceContext
-from tpx.exchange.http import FORM_TYPE, JSONResponse, read_body, request_id_var
+from tpx.exchange.http import FORM_TYPE, JSONResponse, media_type, parse_form, read_body, request_id_var
 from tpx.exchange.minting import Narrowing
 from tpx.exchange.routes.compat import guarded, retry_headers, with_hints
-from tpx.exchange.routes.exchange import ID_TOKEN_TEXT, counted_exchange
+from tpx.exchange.routes.exchange import ID_TOKEN_TEXT, LIFETIME_TEXT, Lifetime, counted_exchange
 from tpx.exchange.verification import VerifiedToken, verify_id_token
 
 PATH = "/v1/token"
@@ -46,8 +45,6 @@ NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}   # RFC 6749 sect
 
 Targets = Annotated[list[Annotated[str, Meta(max_length=300)]], Meta(max_length=MAX_TARGETS)]
 Scope = text(r"[a-z-]{1,32}(?: [a-z-]{1,32}){0,9}", f"space-separated permissions, each {bodies.choices(PERMISSIONS)}")
-Lifetime = text(r"[1-9][0-9]{1,4}", "a tpx extension: the token's lifetime in seconds, 60 to 86400; it never exceeds "
-                                    "what the publishers and the operator allow")
 
 
 class TokenExchangeRequest(msgspec.Struct, kw_only=True, frozen=True):
@@ -63,7 +60,7 @@ class TokenExchangeRequest(msgspec.Struct, kw_only=True, frozen=True):
     resource: Annotated[Targets, Meta(description=f"a package the token is for (repeatable), as "
                                                   f"{PACKAGE_URN}<name>")] | None = None
     scope: Scope | None = None
-    lifetime_seconds: Lifetime | None = None
+    lifetime_seconds: Annotated[Lifetime, Meta(description=f"a tpx extension: {LIFETIME_TEXT}")] | None = None
     actor_token: str | None = None
     actor_token_type: str | None = None
 
@@ -95,28 +92,6 @@ class OAuthError(msgspec.Struct, omit_defaults=True):
 
 # --- reading the request -------------------------------------------------------------------------------------
 
-def parse_form(raw: bytes) -> dict[str, Any]:
-    """The form's parameters; `audience` and `resource` as lists, every other one at most once, and a
-    parameter sent without a value treated as absent (RFC 6749 section 3.1)."""
-    try:
-        pairs = parse_qsl(raw.decode("ascii"), keep_blank_values=True, strict_parsing=bool(raw), max_num_fields=250)
-    except (UnicodeDecodeError, ValueError):
-        raise Problem("malformed_request", "the body is not valid application/x-www-form-urlencoded; send the "
-                                           "parameters of RFC 8693 section 2.1 as a form") from None
-    form: dict[str, Any] = {}
-    for name, value in pairs:
-        if value == "":
-            continue
-        if name in REPEATABLE:
-            form.setdefault(name, []).append(value)
-        elif name in form:
-            raise invalid("malformed_request", name, "is given more than once; RFC 6749 allows every parameter but "
-                                                     "audience and resource only once")
-        else:
-            form[name] = value
-    return form
-
-
 def packages_asked(typed: TokenExchangeRequest) -> tuple[str, ...] | None:
     """The packages `audience` and `resource` name together (None: all that are granted)."""
     if typed.audience is None and typed.resource is None:
@@ -141,21 +116,17 @@ def narrowing_of(typed: TokenExchangeRequest) -> Narrowing:
         if unknown:
             raise invalid("not_granted", "permissions", f"{show(unknown[0])} is not a tpx permission; scope takes "
                                                         f"{bodies.choices(PERMISSIONS)}")
-    lifetime = None
-    if typed.lifetime_seconds is not None:
-        lifetime = int(typed.lifetime_seconds)
-        if not 60 <= lifetime <= 86400:
-            raise invalid("malformed_request", "lifetime_seconds", f"{lifetime} is not between 60 and 86400")
-    return Narrowing(packages=packages_asked(typed), permissions=permissions, lifetime_seconds=lifetime)
+    return Narrowing(packages=packages_asked(typed), permissions=permissions, lifetime_seconds=typed.lifetime_seconds)
 
 
 async def read_token_request(request: Request, ctx: ServiceContext) -> tuple[VerifiedToken, Narrowing]:
-    media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
-    if media_type != FORM_TYPE:
-        raise Problem("unsupported_media_type", f"Content-Type {media_type or '(none)'!r} is not accepted here; "
+    kind = media_type(request)
+    if kind != FORM_TYPE:
+        raise Problem("unsupported_media_type", f"Content-Type {kind or '(none)'!r} is not accepted here; "
                                                 f"send the parameters as {FORM_TYPE} (RFC 8693 section 2.1)")
-    typed = bodies.convert(parse_form(await read_body(request, ctx.settings.max_body_bytes)), TokenExchangeRequest,
-                           "malformed_request")
+    form = parse_form(await read_body(request, ctx.settings.max_body_bytes), max_fields=250, repeatable=REPEATABLE,
+                      blank_is_absent=True)
+    typed = bodies.convert(form, TokenExchangeRequest, "malformed_request", strict=False)
     if typed.grant_type != GRANT_TYPE:
         raise invalid("malformed_request", "grant_type", f"{show(typed.grant_type)} is not supported here; this "
                                                          f"endpoint takes {GRANT_TYPE} only")
