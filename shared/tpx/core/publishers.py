@@ -68,14 +68,12 @@ def publisher_view(publisher: Publisher) -> msgspec.Struct:
     provider = PROVIDERS[publisher.provider]
     common: dict[str, Any] = {
         "id": publisher.id, "package": publisher.package, "issuer": publisher.issuer,
-        "environments": list(publisher.environments), "ref_patterns": list(publisher.ref_patterns),
+        "ref_patterns": list(publisher.ref_patterns),
         "allow_self_hosted_runners": publisher.allow_self_hosted_runners,
         "token_ttl_seconds": publisher.token_ttl_seconds, "permissions": list(publisher.permissions),
         "created_at": rfc3339_or_none(publisher.created_at),
     }
-    view = PUBLISHER_VIEWS[provider.name]
-    fields = {**common, **provider.view_fields(publisher)}
-    return view(**{name: value for name, value in fields.items() if name in view.__struct_fields__})
+    return PUBLISHER_VIEWS[provider.name](**common, **provider.view_fields(publisher))
 
 
 def publisher_json(publisher: Publisher) -> dict[str, Any]:

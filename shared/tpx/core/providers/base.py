@@ -226,10 +226,12 @@ class Provider(Protocol):
 
 
 def named_fields(provider: Provider, publisher: Publisher) -> dict[str, Any]:
-    """`view_fields` of a provider whose neutral fields map one to one onto its own names."""
+    """`view_fields` of a provider whose neutral fields map one to one onto its own names (and that has
+    environments: GitHub, GitLab)."""
     names = provider.fields
     out: dict[str, Any] = {names[neutral]: getattr(publisher, neutral)
                            for neutral in ("owner", "owner_id", "name", "name_id", "workflow")}
+    out["environments"] = list(publisher.environments)
     out.update({option: getattr(publisher, option) for option in provider.options})
     out.update({name: publisher.conditions.get(name) for name in provider.conditions})
     return out
