@@ -39,7 +39,22 @@ def _looks_like_jwt(value: str) -> bool:
     return value.count(".") == 2 and all(value.split("."))
 
 
-class GitHubActions:
+class AudienceAsked:
+    """A source that mints tokens for tpx's audience, learned only when first needed (--audience or
+    GET /_/oidc/audience), and once."""
+
+    def __init__(self, audience: Callable[[], str]) -> None:
+        self._audience = audience
+        self._resolved: str | None = None
+
+    @property
+    def audience(self) -> str:
+        if self._resolved is None:
+            self._resolved = self._audience()
+        return self._resolved
+
+
+class GitHubActions(AudienceAsked):
     """GET $ACTIONS_ID_TOKEN_REQUEST_URL&audience=<aud> with the runner's bearer token -> {"value": jwt}."""
 
     provider = "github"
@@ -47,18 +62,11 @@ class GitHubActions:
 
     def __init__(self, http: httpx.Client, request_url: str, request_token: str, audience: Callable[[], str],
                  policy: RetryPolicy) -> None:
+        super().__init__(audience)
         self.http = http
         self.request_url = request_url
         self.request_token = request_token
-        self._audience = audience
-        self._resolved: str | None = None
         self.policy = policy
-
-    @property
-    def audience(self) -> str:
-        if self._resolved is None:
-            self._resolved = self._audience()
-        return self._resolved
 
     def url(self) -> str:
         # The runner's URL already carries a query string (api-version=...); append to it.
@@ -100,7 +108,7 @@ class Variable:
         return self.value
 
 
-class AgentCommand:
+class AgentCommand(AudienceAsked):
     """An ID token printed by the CI agent's own command, asked for tpx's audience each time.
 
     Buildkite: `buildkite-agent oidc request-token --audience <aud> --claim organization_id,pipeline_id` (tpx
@@ -112,17 +120,10 @@ class AgentCommand:
 
     def __init__(self, provider: str, command: Callable[[str], list[str]], audience: Callable[[], str],
                  env: Mapping[str, str]) -> None:
+        super().__init__(audience)
         self.provider = provider
         self.command = command
-        self._audience = audience
-        self._resolved: str | None = None
         self.env = dict(env)
-
-    @property
-    def audience(self) -> str:
-        if self._resolved is None:
-            self._resolved = self._audience()
-        return self._resolved
 
     def get(self) -> str:
         argv = self.command(self.audience)
