@@ -83,10 +83,15 @@ class Decision:
     unbound: list[tuple[Publisher, dict[str, str]]]
 
 
+# The token every minting route answers with, in each route's own member.
+PublishToken = Annotated[str, Meta(pattern=anchored(tokens.TOKEN_RE.pattern),
+                                   description="the publish token, shown only once")]
+
+
 class ExchangeResult(msgspec.Struct):
     """What `POST /v1/exchange` answers: the publish token (shown once, never stored) and its scope."""
 
-    token: Annotated[str, Meta(pattern=anchored(tokens.TOKEN_RE.pattern), description="the publish token, shown only once")]
+    token: PublishToken
     token_id: Annotated[str, Meta(description="the token's id (a UUID), for revocation and audit")]
     expires_at: Annotated[str, Meta(description="RFC 3339, UTC, whole seconds")]
     expires_in: Annotated[int, Meta(description="seconds from now until expires_at")]

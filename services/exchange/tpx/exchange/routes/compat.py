@@ -67,7 +67,7 @@ from tpx.core.outages import DATABASE
 
 from tpx.exchange.context import ServiceContext, context
 from tpx.exchange.http import JSONResponse, parse_json_object, read_body
-from tpx.exchange.minting import EVERYTHING, MintedToken, Narrowing
+from tpx.exchange.minting import EVERYTHING, MintedToken, Narrowing, PublishToken
 from tpx.exchange.routes.exchange import ID_TOKEN_TEXT, IdTokenBody, counted_exchange, id_token_of, read_verified
 from tpx.exchange.routes.tokens import revoke_token
 from tpx.exchange.verification import VerifiedToken, verify_id_token
@@ -170,7 +170,7 @@ def crates_status(problem: Problem) -> int:
 class CratesToken(msgspec.Struct):
     """crates.io's exchange answer."""
 
-    token: Annotated[str, Meta(description="the publish token, shown only once")]
+    token: PublishToken
 
 
 class CratesErrorDetail(msgspec.Struct):
@@ -262,7 +262,7 @@ class PypiToken(msgspec.Struct):
     """PyPI's mint-token answer; `expires` in seconds since the epoch."""
 
     success: Literal[True]
-    token: Annotated[str, Meta(description="the publish token, shown only once")]
+    token: PublishToken
     expires: int
 
 

@@ -92,13 +92,11 @@ async def readiness(ctx: ServiceContext, *, operator: bool) -> tuple[bool, Readi
         else:
             state = "ready"
             usable += 1
-        shown = IssuerReadiness(entry.url, entry.kind, state)
-        if operator:
-            shown = IssuerReadiness(
-                entry.url, entry.kind, state, enabled=entry.enabled, key_count=len(entry.keys),
-                key_ids=sorted(entry.keys), keys_fetched_at=rfc3339_or_none(entry.keys_fetched_at),
-                key_age_seconds=int(age) if age is not None else None, last_error=entry.last_error)
-        issuers.append(shown)
+        details = dict(enabled=entry.enabled, key_count=len(entry.keys), key_ids=sorted(entry.keys),
+                       keys_fetched_at=rfc3339_or_none(entry.keys_fetched_at),
+                       key_age_seconds=int(age) if age is not None else None,
+                       last_error=entry.last_error) if operator else {}
+        issuers.append(IssuerReadiness(entry.url, entry.kind, state, **details))
     if not usable:
         reasons.append("no enabled issuer has usable keys (is the jwks-refresher running?)")
     if ctx.draining:

@@ -29,7 +29,7 @@ from tpx.core.providers.base import PACKAGE_RE, PACKAGE_TEXT, PERMISSIONS
 
 from tpx.exchange.context import ServiceContext
 from tpx.exchange.http import FORM_TYPE, JSONResponse, media_type, parse_form, read_body, request_id_var
-from tpx.exchange.minting import Narrowing
+from tpx.exchange.minting import Narrowing, PublishToken
 from tpx.exchange.routes.compat import guarded, retry_headers, with_hints
 from tpx.exchange.routes.exchange import ID_TOKEN_TEXT, LIFETIME_TEXT, Lifetime, counted_exchange
 from tpx.exchange.verification import VerifiedToken, verify_id_token
@@ -68,7 +68,7 @@ class TokenExchangeRequest(msgspec.Struct, kw_only=True, frozen=True):
 class TokenExchangeResult(msgspec.Struct):
     """RFC 8693 section 2.2.1's answer, with tpx's own members after the standard ones."""
 
-    access_token: Annotated[str, Meta(description="the publish token, shown only once")]
+    access_token: PublishToken
     issued_token_type: Literal[ACCESS_TOKEN]  # type: ignore[valid-type]
     token_type: Literal["Bearer"]
     expires_in: int
