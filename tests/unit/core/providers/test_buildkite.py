@@ -18,12 +18,13 @@ from tpx.core.events import types as event_types
 from tpx.core.events.cloudevents import to_cloudevent
 from tpx.core.events.types import Event
 from tpx.core.providers import PROVIDERS, get_provider
-from tpx.core.providers.base import CheckResult, Identity, Publisher
+from tpx.core.providers.base import Identity, Publisher
 from tpx.core.providers.buildkite import BuildkiteProvider
 from tpx.core.providers.matching import denial, evaluate
 from tpx.core.publishers import identity_key, publisher_input, publisher_json
 from tests.support.buildkite_claims import COMMIT, OMIT, buildkite_claims
 from tests.support.paths import ROOT
+from tests.support.check_table import CheckTable
 
 ISSUER = "https://agent.buildkite.com"
 LOOPBACK = "http://127.0.0.1:41234"
@@ -64,18 +65,8 @@ def fixture_claims() -> dict[str, Any]:
     }
 
 
-def claims_with(**changes: Any) -> dict[str, Any]:
-    claims = fixture_claims()
-    for name, value in changes.items():
-        if value is OMIT:
-            claims.pop(name, None)
-        else:
-            claims[name] = value
-    return claims
-
-
-def identity_with(issuer: str = ISSUER, **changes: Any) -> Identity:
-    return PROVIDER.identity(claims_with(**changes), issuer)
+TABLE = CheckTable(PROVIDER, fixture_claims, ISSUER, omit=OMIT)
+claims_with, identity_with = TABLE.claims_with, TABLE.identity_with
 
 
 NO_IDS = {"organization_id": OMIT, "pipeline_id": OMIT}
@@ -87,12 +78,7 @@ def publisher(**changes: Any) -> Publisher:
     return replace(base, **changes)
 
 
-def results_by_check(identity: Identity, pub: Publisher) -> dict[str, CheckResult]:
-    return {r.check: r for r in PROVIDER.checks(identity, pub)}
-
-
-def failed_checks(identity: Identity, pub: Publisher) -> set[str]:
-    return {r.check for r in PROVIDER.checks(identity, pub) if not r.passed}
+results_by_check, failed_checks = TABLE.results_by_check, TABLE.failed_checks
 
 
 # --- identity(): accepted tokens --------------------------------------------------------------------------

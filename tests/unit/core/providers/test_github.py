@@ -10,10 +10,11 @@ import pytest
 
 from tpx.core.errors import Problem
 from tpx.core.providers import PROVIDERS, get_provider
-from tpx.core.providers.base import CheckResult, Identity
+from tpx.core.providers.base import Identity
 from tpx.core.providers.github import FORBIDDEN_EVENTS, GitHubProvider
 from tpx.core.providers.matching import PublisherEvaluation, ascii_iequal, denial, evaluate
 from tpx.core.providers.base import Publisher
+from tests.support.check_table import CheckTable
 
 ISSUER = "https://token.actions.githubusercontent.com"
 REPO = "octo-org/octo-repo"
@@ -61,18 +62,8 @@ def base_claims() -> dict[str, Any]:
     }
 
 
-def claims_with(**changes: Any) -> dict[str, Any]:
-    claims = base_claims()
-    for name, value in changes.items():
-        if value is DELETE:
-            claims.pop(name, None)
-        else:
-            claims[name] = value
-    return claims
-
-
-def identity_with(**changes: Any) -> Identity:
-    return PROVIDER.identity(claims_with(**changes), ISSUER)
+TABLE = CheckTable(PROVIDER, base_claims, ISSUER, omit=DELETE)
+claims_with, identity_with = TABLE.claims_with, TABLE.identity_with
 
 
 def publisher(**changes: Any) -> Publisher:
@@ -81,12 +72,7 @@ def publisher(**changes: Any) -> Publisher:
     return replace(base, **changes)
 
 
-def results_by_check(identity: Identity, pub: Publisher) -> dict[str, CheckResult]:
-    return {r.check: r for r in PROVIDER.checks(identity, pub)}
-
-
-def failed_checks(identity: Identity, pub: Publisher) -> set[str]:
-    return {r.check for r in PROVIDER.checks(identity, pub) if not r.passed}
+results_by_check, failed_checks = TABLE.results_by_check, TABLE.failed_checks
 
 
 # --- identity(): accepted tokens --------------------------------------------------------------------------

@@ -22,7 +22,7 @@ from tpx.core.events import types as event_types
 from tpx.core.events.cloudevents import to_cloudevent
 from tpx.core.events.types import Event
 from tpx.core.providers import PROVIDERS, get_provider
-from tpx.core.providers.base import CheckResult, Identity, Publisher
+from tpx.core.providers.base import Identity, Publisher
 from tpx.core.providers.google import GoogleProvider
 from tpx.core.providers.matching import denial, evaluate
 from tpx.core.publishers import PUBLISHER_INPUT, identity_key, publisher_input, publisher_json
@@ -30,6 +30,7 @@ from tpx.core.times import rfc3339
 from tpx.exchange import minting
 from tpx.exchange.openapi import OPENAPI
 from tests.support.google_claims import EMAIL, OMIT, SUB, google_claims
+from tests.support.check_table import CheckTable
 
 ISSUER = "https://accounts.google.com"
 LOOPBACK = "http://127.0.0.1:41234"
@@ -66,18 +67,8 @@ def base_claims() -> dict[str, Any]:
     }
 
 
-def claims_with(**changes: Any) -> dict[str, Any]:
-    claims = base_claims()
-    for name, value in changes.items():
-        if value is DELETE:
-            claims.pop(name, None)
-        else:
-            claims[name] = value
-    return claims
-
-
-def identity_with(issuer: str = ISSUER, **changes: Any) -> Identity:
-    return PROVIDER.identity(claims_with(**changes), issuer)
+TABLE = CheckTable(PROVIDER, base_claims, ISSUER, omit=DELETE)
+claims_with, identity_with = TABLE.claims_with, TABLE.identity_with
 
 
 def publisher(**changes: Any) -> Publisher:
@@ -86,12 +77,7 @@ def publisher(**changes: Any) -> Publisher:
     return replace(base, **changes)
 
 
-def results_by_check(identity: Identity, pub: Publisher) -> dict[str, CheckResult]:
-    return {r.check: r for r in PROVIDER.checks(identity, pub)}
-
-
-def failed_checks(identity: Identity, pub: Publisher) -> set[str]:
-    return {r.check for r in PROVIDER.checks(identity, pub) if not r.passed}
+results_by_check, failed_checks = TABLE.results_by_check, TABLE.failed_checks
 
 
 def email(account: str = ACCOUNT, domain: str = DOMAIN) -> dict[str, Any]:
