@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
+from typing import Any
+
 import httpx
 
 from tests.conftest import INTROSPECTION_TOKEN
@@ -13,3 +17,18 @@ async def introspect(client: httpx.AsyncClient, token: str) -> dict:
     response = await client.post("/v1/introspect", json={"token": token}, headers=INTROSPECT)
     assert response.status_code == 200, response.text
     return response.json()
+
+
+def problem(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
+    """The problem body of a refusal, after checking its status and code."""
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert body["code"] == code, body
+    return body
+
+
+def replay_key(jwt: str) -> str:
+    """What tpx stores against replay for a token without jti (Google, CircleCI): the SHA-256 of its decoded
+    payload, computed here independently of tpx.exchange.verification."""
+    payload = jwt.split(".")[1]
+    return "sha256:" + hashlib.sha256(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4))).hexdigest()

@@ -12,6 +12,8 @@ from typing import Any, AsyncIterator, Awaitable, Callable
 import aio_pika
 
 from tpx.core.config import Settings
+from tpx.core.events import schemas
+from tpx.core.events.cloudevents import to_cloudevent
 from tpx.core.relay.relay import OutboxRelay
 
 from tests.support.amqp import derived_prefix
@@ -106,3 +108,15 @@ async def running(relay: OutboxRelay) -> AsyncIterator[asyncio.Task[None]]:
 def isolated(settings: Settings, **changes: Any) -> Settings:
     """The session settings with an exchange of this test's own."""
     return replace(settings, amqp_prefix=derived_prefix(settings.amqp_prefix, "relay"), **changes)
+
+
+async def events_about(db, subject: str) -> list[dict[str, Any]]:
+    """The outbox rows with this subject as CloudEvents (a stand-in sequence and chainhash where the relay,
+    not running, has not added them yet), each validated against its schema."""
+    rows = await db.fetch("SELECT event_id, type, source, subject, time, data, sequence, chainhash FROM outbox "
+                          "WHERE subject = $1 ORDER BY id", subject)
+    events = [to_cloudevent({**row, "sequence": row["sequence"] or 10**12 + n,
+                             "chainhash": row["chainhash"] or bytes(32)}) for n, row in enumerate(map(dict, rows))]
+    for event in events:
+        schemas.validate(event)
+    return events

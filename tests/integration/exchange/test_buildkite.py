@@ -14,15 +14,13 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import INTROSPECTION_TOKEN
 from tests.integration.conftest import ADMIN, registered_issuer
 from tests.support.buildkite_claims import COMMIT, OMIT, BuildkitePipeline
 from tests.support.oidc_issuer import LoopbackIssuer
-from tpx.core.events import schemas
-from tpx.core.events.cloudevents import to_cloudevent
+from tests.support.api import INTROSPECT, problem
+from tests.support.events import events_about
 
 pytestmark = pytest.mark.integration
-INTROSPECT = {"Authorization": f"Bearer {INTROSPECTION_TOKEN}"}
 NO_IDS = {"organization_id": OMIT, "pipeline_id": OMIT}
 
 
@@ -64,25 +62,6 @@ class Pipeline:
 @pytest.fixture
 def pipeline(buildkite_issuer, client) -> Pipeline:
     return Pipeline(buildkite_issuer, client)
-
-
-def problem(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    body = response.json()
-    assert body["code"] == code, body
-    return body
-
-
-async def events_about(db, subject: str) -> list[dict[str, Any]]:
-    """The outbox rows with this subject as CloudEvents (a stand-in sequence and chainhash where the relay,
-    not running here, has not added them), each validated against its schema."""
-    rows = await db.fetch("SELECT event_id, type, source, subject, time, data, sequence, chainhash FROM outbox "
-                          "WHERE subject = $1 ORDER BY id", subject)
-    events = [to_cloudevent({**row, "sequence": row["sequence"] or 10**12 + n,
-                             "chainhash": row["chainhash"] or bytes(32)}) for n, row in enumerate(map(dict, rows))]
-    for event in events:
-        schemas.validate(event)
-    return events
 
 
 # --- the happy path ---------------------------------------------------------------------------------------

@@ -9,8 +9,6 @@ decoded claims.
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import json
 import uuid
 from contextlib import asynccontextmanager
@@ -24,14 +22,13 @@ from starlette.routing import Mount
 
 from tpx.core.events import schemas
 from tpx.core.events.cloudevents import to_cloudevent
-from tests.conftest import INTROSPECTION_TOKEN
 from tests.integration.conftest import ADMIN, OwnIssuer, publish_issuer_keys, registered_issuer
 from tests.support.circleci_claims import ABSENT, USER, CircleCIProject
 from tests.support.oidc_issuer import LoopbackIssuer
 from tests.support.servers import serve
+from tests.support.api import INTROSPECT, problem, replay_key
 
 pytestmark = pytest.mark.integration
-INTROSPECT = {"Authorization": f"Bearer {INTROSPECTION_TOKEN}"}
 P = "oidc.circleci.com/"
 
 
@@ -87,18 +84,6 @@ class Project(CircleCIProject):
 @pytest.fixture
 def circleci(circleci_issuer, client) -> Project:
     return Project(circleci_issuer, client)
-
-
-def problem(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    body = response.json()
-    assert body["code"] == code, body
-    return body
-
-
-def replay_key(jwt: str) -> str:
-    payload = jwt.split(".")[1]
-    return "sha256:" + hashlib.sha256(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4))).hexdigest()
 
 
 async def events_since(db, high_water: int) -> list[dict[str, Any]]:

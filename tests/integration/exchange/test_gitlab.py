@@ -19,6 +19,7 @@ from tests.conftest import INTROSPECTION_TOKEN
 from tests.integration.conftest import ADMIN, registered_issuer
 from tests.support.claims import github_claims
 from tests.support.oidc_issuer import LoopbackIssuer
+from tests.support.api import problem
 
 pytestmark = pytest.mark.integration
 INTROSPECT = {"Authorization": f"Bearer {INTROSPECTION_TOKEN}"}
@@ -135,13 +136,6 @@ async def rows_mentioning(db, text: str) -> int:
                 + (SELECT count(*) FROM outbox WHERE data::text LIKE $1 OR coalesce(subject, '') LIKE $1)""",
         pattern,
     )
-
-
-def problem(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    body = response.json()
-    assert body["code"] == code, body
-    return body
 
 
 # --- happy path -------------------------------------------------------------------------------------------

@@ -7,8 +7,6 @@ They carry no `jti`: replay protection keys on the SHA-256 of the decoded claims
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,15 +14,13 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import INTROSPECTION_TOKEN
 from tests.integration.conftest import ADMIN, registered_issuer
 from tests.support.google_claims import OMIT, GoogleServiceAccount
 from tests.support.oidc_issuer import LoopbackIssuer
-from tpx.core.events import schemas
-from tpx.core.events.cloudevents import to_cloudevent
+from tests.support.api import INTROSPECT, problem, replay_key
+from tests.support.events import events_about
 
 pytestmark = pytest.mark.integration
-INTROSPECT = {"Authorization": f"Bearer {INTROSPECTION_TOKEN}"}
 
 
 @pytest.fixture(scope="module")
@@ -68,33 +64,8 @@ def account(google_issuer, client) -> Account:
     return Account(google_issuer.issuer, client)
 
 
-def problem(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    body = response.json()
-    assert body["code"] == code, body
-    return body
-
-
-def replay_key(jwt: str) -> str:
-    """What tpx stores for a token without jti: the SHA-256 of its decoded payload."""
-    payload = jwt.split(".")[1]
-    return "sha256:" + hashlib.sha256(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4))).hexdigest()
-
-
 async def spent(db, jwt: str) -> int:
     return await db.fetchval("SELECT count(*) FROM used_jtis WHERE jti = $1", replay_key(jwt))
-
-
-async def events_about(db, subject: str) -> list[dict[str, Any]]:
-    """The outbox rows with this subject as CloudEvents (a stand-in sequence and chainhash where the relay,
-    not running here, has not added them), each validated against its schema."""
-    rows = await db.fetch("SELECT event_id, type, source, subject, time, data, sequence, chainhash FROM outbox "
-                          "WHERE subject = $1 ORDER BY id", subject)
-    events = [to_cloudevent({**row, "sequence": row["sequence"] or 10**12 + n,
-                             "chainhash": row["chainhash"] or bytes(32)}) for n, row in enumerate(map(dict, rows))]
-    for event in events:
-        schemas.validate(event)
-    return events
 
 
 # --- the happy path ---------------------------------------------------------------------------------------

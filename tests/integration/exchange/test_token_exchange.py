@@ -8,15 +8,14 @@ from urllib.parse import urlencode
 
 import pytest
 
-from tests.conftest import INTROSPECTION_TOKEN
 from tests.integration.conftest import Repo
+from tests.support.api import introspect
 
 pytestmark = pytest.mark.integration
 GRANT = "urn:ietf:params:oauth:grant-type:token-exchange"
 ID_TOKEN = "urn:ietf:params:oauth:token-type:id_token"
 JWT = "urn:ietf:params:oauth:token-type:jwt"
 ACCESS_TOKEN = "urn:ietf:params:oauth:token-type:access_token"
-INTROSPECT = {"Authorization": f"Bearer {INTROSPECTION_TOKEN}"}
 # RFC 6749 section 5.2: error_description is %x20-21 / %x23-5B / %x5D-7E.
 DESCRIPTION = re.compile(r"[\x20\x21\x23-\x5b\x5d-\x7e]*")
 
@@ -49,10 +48,6 @@ async def refused(client, data, status: int, error: str, code: str | None = None
     assert DESCRIPTION.fullmatch(body["error_description"]), body["error_description"]
     assert body["request_id"] == response.headers["x-request-id"]
     return body
-
-
-async def introspect(client, token: str) -> dict:
-    return (await client.post("/v1/introspect", data={"token": token}, headers=INTROSPECT)).json()
 
 
 @pytest.fixture
