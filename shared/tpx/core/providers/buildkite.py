@@ -24,6 +24,7 @@ agent-asserted `agent_tag:*`, `cluster_name` and `queue_key` claims are not read
 
 from __future__ import annotations
 
+import operator
 import re
 from dataclasses import replace
 from typing import Any
@@ -32,7 +33,7 @@ from tpx.core.bodies import text
 from tpx.core.errors import Problem
 from tpx.core.jose.strict_json import json_type
 from tpx.core.providers.base import CheckResult, Identity, IdentityFields, Publisher, PublisherInput
-from tpx.core.providers.checks import hosted_runner, ref_patterns, repository_match
+from tpx.core.providers.checks import condition, hosted_runner, ref_patterns, repository_match, unbound_ids
 from tpx.core.providers.claims import UUID_RE, required_claim, string_claim, uuid_claim
 from tpx.core.providers.matching import ascii_iequal
 
@@ -196,14 +197,7 @@ class BuildkiteProvider:
     def bindings(self, identity: Identity, publisher: Publisher) -> dict[str, str]:
         """The ids the publisher does not pin yet, only from a token that carries both (see the module
         docstring); a token without them binds nothing and the publisher stays unpinned."""
-        if not _carries_both(identity):
-            return {}
-        out: dict[str, str] = {}
-        if publisher.owner_id is None:
-            out["owner_id"] = identity.owner_id
-        if publisher.name_id is None:
-            out["name_id"] = identity.repository_id
-        return out
+        return unbound_ids(identity, publisher) if _carries_both(identity) else {}
 
     def default_issuer(self, fields: IdentityFields) -> str:
         return self.public_issuer
@@ -257,18 +251,13 @@ def _pinned_id(claim: str, actual: str | None, pinned: str | None, bindable: boo
 
 def _step_key(identity: Identity, publisher: Publisher) -> CheckResult:
     """Exact equality: Buildkite step keys are case-sensitive (depends_on names them exactly)."""
-    actual = identity.extra.get("step_key")
-    wanted = publisher.conditions.get("step_key")
-    if wanted is None:
-        return CheckResult("step_key", "step_key", "any", actual, True)
-    passed = actual == wanted
-    note = None
-    if actual is None:
-        note = f"the step that requests the token has no key; give it `key: {wanted}` in the pipeline"
-    elif not passed:
-        note = "step keys compare exactly" + (", and this one differs only in case" if ascii_iequal(actual, wanted)
-                                              else "; only the step with the publisher's key may publish")
-    return CheckResult("step_key", "step_key", wanted, actual, passed, note=note)
+    actual, wanted = identity.extra.get("step_key"), publisher.conditions.get("step_key")
+    return condition(
+        "step_key", "step_key", wanted, actual, operator.eq,
+        absent=f"the step that requests the token has no key; give it `key: {wanted}` in the pipeline",
+        differs=lambda: "step keys compare exactly" + (", and this one differs only in case"
+                                                       if ascii_iequal(actual, wanted)
+                                                       else "; only the step with the publisher's key may publish"))
 
 
 def _trigger(identity: Identity) -> CheckResult:

@@ -3,9 +3,29 @@
 from __future__ import annotations
 
 import fnmatch
+from typing import Any, Callable
 
-from tpx.core.providers.base import CheckResult, Identity, Publisher
+from tpx.core.providers.base import CheckResult, Identity, IdentityFields, Publisher, named_fields, named_hint
 from tpx.core.providers.matching import ascii_iequal
+
+
+class Forge:
+    """What the forge providers (GitHub, GitLab) share: their ids bound on the first successful exchange,
+    their public issuer as a publisher's default, and their fields named one to one onto the neutral ones."""
+
+    public_issuer: str
+
+    def bindings(self, identity: Identity, publisher: Publisher) -> dict[str, str]:
+        return unbound_ids(identity, publisher)
+
+    def default_issuer(self, fields: IdentityFields) -> str:
+        return self.public_issuer
+
+    def view_fields(self, publisher: Publisher) -> dict[str, Any]:
+        return named_fields(self, publisher)
+
+    def publisher_hint(self, identity: Identity) -> dict[str, Any]:
+        return named_hint(self, identity)
 
 
 def pinned_id(claim: str, actual: str, pinned: str | None, resurrection: str) -> CheckResult:
@@ -18,6 +38,18 @@ def pinned_id(claim: str, actual: str, pinned: str | None, resurrection: str) ->
         return CheckResult(claim, claim, pinned, actual, True)
     return CheckResult(claim, claim, pinned, actual, False,
                        note=f"the publisher is pinned to id {pinned} but the token carries {actual}; {resurrection}")
+
+
+def condition(check: str, claim: str, pinned: Any, actual: Any, same: Callable[[Any, Any], bool], *,
+              absent: str, differs: Callable[[], str]) -> CheckResult:
+    """A condition a publisher may set (a step key, a VCS origin or ref, a pipeline definition): "any" when it
+    sets none; otherwise the token must carry the value and it must be the same. `absent` and `differs` say
+    why a failing row failed (`differs` is called only then)."""
+    if pinned is None:
+        return CheckResult(check, claim, "any", actual, True)
+    passed = actual is not None and same(actual, pinned)
+    note = None if passed else absent if actual is None else differs()
+    return CheckResult(check, claim, pinned, actual, passed, note=note)
 
 
 def ref_patterns(identity: Identity, publisher: Publisher, claim: str) -> CheckResult:

@@ -20,6 +20,7 @@ unescaped VCS origin); no personal claim reaches the identity.
 
 from __future__ import annotations
 
+import operator
 import re
 from typing import Any
 from urllib.parse import urlsplit
@@ -29,7 +30,7 @@ from tpx.core.bodies import text, text_list
 from tpx.core.errors import Problem
 from tpx.core.jose.strict_json import json_type
 from tpx.core.providers.base import CheckResult, Identity, IdentityFields, Publisher, PublisherInput
-from tpx.core.providers.checks import ref_patterns
+from tpx.core.providers.checks import condition, ref_patterns
 from tpx.core.providers.claims import (
     PRINTABLE_1K_OR_EMPTY, TEXT_1K_OR_EMPTY, UUID, UUID_RE, UUID_TEXT, required_claim, string_claim, uuid_claim,
 )
@@ -313,18 +314,12 @@ def _ssh_rerun_row(identity: Identity) -> CheckResult:
 
 def _pipeline_definition(identity: Identity, publisher: Publisher) -> CheckResult:
     """Only the publisher's pipeline definition (its config source and triggers), when it names one."""
-    actual = identity.extra.get("pipeline_definition_id")
-    pinned = publisher.conditions.get("pipeline_definition_id")
-    if pinned is None:
-        return CheckResult("pipeline_definition", PIPELINE_DEFINITION_ID, "any", actual, True)
-    passed = actual is not None and actual == ascii_lower(pinned)
-    note = None
-    if actual is None:
-        note = "the token names no pipeline definition, and the publisher pins one"
-    elif not passed:
-        note = ("the job ran in another pipeline definition of the project (Project Settings > Project Setup "
-                "lists their ids)")
-    return CheckResult("pipeline_definition", PIPELINE_DEFINITION_ID, pinned, actual, passed, note=note)
+    return condition(
+        "pipeline_definition", PIPELINE_DEFINITION_ID, publisher.conditions.get("pipeline_definition_id"),
+        identity.extra.get("pipeline_definition_id"), lambda actual, pinned: actual == ascii_lower(pinned),
+        absent="the token names no pipeline definition, and the publisher pins one",
+        differs=lambda: ("the job ran in another pipeline definition of the project (Project Settings > Project "
+                         "Setup lists their ids)"))
 
 
 def _contexts(identity: Identity, publisher: Publisher) -> CheckResult:
@@ -348,33 +343,20 @@ def _contexts(identity: Identity, publisher: Publisher) -> CheckResult:
 
 def _vcs_origin(identity: Identity, publisher: Publisher) -> CheckResult:
     """The repository the pipeline was triggered from, ignoring ASCII case; a fork's build names the fork."""
-    actual = identity.extra.get("vcs_origin")
-    pinned = publisher.conditions.get("vcs_origin")
-    if pinned is None:
-        return CheckResult("vcs_origin", VCS_ORIGIN, "any", actual, True)
-    passed = actual is not None and ascii_iequal(actual, pinned)
-    note = None
-    if actual is None:
-        note = "the pipeline names no repository (a pipeline triggered by a custom webhook carries no vcs-origin)"
-    elif not passed:
-        note = "the pipeline was triggered from another repository (or a fork); origins have no scheme"
-    return CheckResult("vcs_origin", VCS_ORIGIN, pinned, actual, passed, note=note)
+    return condition(
+        "vcs_origin", VCS_ORIGIN, publisher.conditions.get("vcs_origin"), identity.extra.get("vcs_origin"),
+        ascii_iequal,
+        absent="the pipeline names no repository (a pipeline triggered by a custom webhook carries no vcs-origin)",
+        differs=lambda: "the pipeline was triggered from another repository (or a fork); origins have no scheme")
 
 
 def _vcs_ref(identity: Identity, publisher: Publisher) -> CheckResult:
-    actual = identity.extra.get("vcs_ref")
-    pinned = publisher.conditions.get("vcs_ref")
-    if pinned is None:
-        return CheckResult("vcs_ref", VCS_REF, "any", actual, True)
-    passed = actual == pinned
-    note = None
-    if actual is None:
-        note = "the pipeline names no ref (a pipeline triggered by a custom webhook carries no vcs-ref)"
-    elif not passed and ascii_iequal(actual, pinned):
-        note = "differs only in case; git refs are case-sensitive"
-    elif not passed:
-        note = "the full ref must be equal, e.g. refs/heads/main or refs/tags/v1.2.3"
-    return CheckResult("vcs_ref", VCS_REF, pinned, actual, passed, note=note)
+    actual, pinned = identity.extra.get("vcs_ref"), publisher.conditions.get("vcs_ref")
+    return condition(
+        "vcs_ref", VCS_REF, pinned, actual, operator.eq,
+        absent="the pipeline names no ref (a pipeline triggered by a custom webhook carries no vcs-ref)",
+        differs=lambda: ("differs only in case; git refs are case-sensitive" if ascii_iequal(actual, pinned)
+                         else "the full ref must be equal, e.g. refs/heads/main or refs/tags/v1.2.3"))
 
 
 def _ref(identity: Identity, publisher: Publisher) -> CheckResult:

@@ -14,10 +14,8 @@ from typing import Any
 
 from tpx.core.bodies import text, text_list
 from tpx.core.errors import Problem
-from tpx.core.providers.base import (
-    CheckResult, Identity, IdentityFields, NumericId, Publisher, PublisherInput, named_fields, named_hint,
-)
-from tpx.core.providers.checks import hosted_runner, pinned_id, ref_patterns, repository_match, unbound_ids
+from tpx.core.providers.base import CheckResult, Identity, IdentityFields, NumericId, Publisher, PublisherInput
+from tpx.core.providers.checks import Forge, hosted_runner, pinned_id, ref_patterns, repository_match
 from tpx.core.providers.claims import (
     ID, ID_TEXT, PRINTABLE_1K, PRINTABLE_1K_OR_EMPTY, PRINTABLE_255, PRINTABLE_255_OR_EMPTY, TEXT_1K,
     TEXT_1K_OR_EMPTY, TEXT_255, TEXT_255_OR_EMPTY, required_claim, string_claim,
@@ -97,7 +95,7 @@ class GitHubPublisherInput(PublisherInput, tag="github", kw_only=True):
                               conditions={"job_workflow_ref": self.job_workflow_ref})
 
 
-class GitHubProvider:
+class GitHubProvider(Forge):
     name = "github"
     public_issuer = "https://token.actions.githubusercontent.com"
     key_hosts: tuple[str, ...] = ()
@@ -174,18 +172,6 @@ class GitHubProvider:
             ref_patterns(identity, publisher, "ref"),
             hosted_runner(identity, publisher, GITHUB_HOSTED),
         ]
-
-    def bindings(self, identity: Identity, publisher: Publisher) -> dict[str, str]:
-        return unbound_ids(identity, publisher)
-
-    def default_issuer(self, fields: IdentityFields) -> str:
-        return self.public_issuer
-
-    def view_fields(self, publisher: Publisher) -> dict[str, Any]:
-        return named_fields(self, publisher)
-
-    def publisher_hint(self, identity: Identity) -> dict[str, Any]:
-        return named_hint(self, identity)
 
 
 def _workflow(identity: Identity, publisher: Publisher) -> CheckResult:

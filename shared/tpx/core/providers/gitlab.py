@@ -19,10 +19,8 @@ from typing import Any
 from tpx.core.bodies import Flag, text, text_list
 from tpx.core.errors import Problem
 from tpx.core.jose.strict_json import json_type
-from tpx.core.providers.base import (
-    CheckResult, Identity, IdentityFields, NumericId, Publisher, PublisherInput, named_fields, named_hint,
-)
-from tpx.core.providers.checks import hosted_runner, pinned_id, ref_patterns, repository_match, unbound_ids
+from tpx.core.providers.base import CheckResult, Identity, IdentityFields, NumericId, Publisher, PublisherInput
+from tpx.core.providers.checks import Forge, hosted_runner, pinned_id, ref_patterns, repository_match
 from tpx.core.providers.claims import (
     ID, ID_TEXT, PRINTABLE_1K, PRINTABLE_255_OR_EMPTY, TEXT_1K, TEXT_255_OR_EMPTY, required_claim, string_claim,
 )
@@ -133,7 +131,7 @@ class GitLabPublisherInput(PublisherInput, tag="gitlab", kw_only=True):
                               options={"require_protected_ref": self.require_protected_ref})
 
 
-class GitLabProvider:
+class GitLabProvider(Forge):
     name = "gitlab"
     public_issuer = "https://gitlab.com"
     key_hosts: tuple[str, ...] = ()
@@ -222,18 +220,6 @@ class GitLabProvider:
             _protected_ref(identity, publisher),
             hosted_runner(identity, publisher, GITLAB_HOSTED),
         ]
-
-    def bindings(self, identity: Identity, publisher: Publisher) -> dict[str, str]:
-        return unbound_ids(identity, publisher)
-
-    def default_issuer(self, fields: IdentityFields) -> str:
-        return self.public_issuer
-
-    def view_fields(self, publisher: Publisher) -> dict[str, Any]:
-        return named_fields(self, publisher)
-
-    def publisher_hint(self, identity: Identity) -> dict[str, Any]:
-        return named_hint(self, identity)
 
 
 def _job_project(identity: Identity) -> CheckResult:
