@@ -6,6 +6,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
+import pytest
+
+from tpx.core.errors import Problem
 from tpx.core.providers.base import CheckResult, Identity, Provider, Publisher
 
 
@@ -27,6 +30,15 @@ class CheckTable:
 
     def identity_with(self, issuer: str | None = None, **changes: Any) -> Identity:
         return self.provider.identity(self.claims_with(**changes), issuer or self.issuer)
+
+    def malformed(self, payload: Any = None, **changes: Any) -> Problem:
+        """The refusal of a token whose claims (the fixture's with `changes`, or `payload` as given) do not
+        read: always `malformed_token`."""
+        claims = self.claims_with(**changes) if payload is None else payload
+        with pytest.raises(Problem) as raised:
+            self.provider.identity(claims, self.issuer)
+        assert raised.value.code == "malformed_token", raised.value
+        return raised.value
 
     def results_by_check(self, identity: Identity, publisher: Publisher) -> dict[str, CheckResult]:
         return {r.check: r for r in self.provider.checks(identity, publisher)}
