@@ -102,9 +102,25 @@ async def prefill(service, count: int, chunk: int = 500_000) -> None:
         await conn.close()
 
 
+async def perf_profile(pid: int, target, args: argparse.Namespace, tmp: Path, admin) -> None:
+    """Linux perf's view (C frames and the kernel; Python 3.11's own frames all read as the interpreter),
+    by shared object and by symbol: what the process spends outside Python code, which py-spy misses."""
+    data = tmp / "perf.data"
+    recorder = subprocess.Popen(["perf", "record", "-F", "499", "-p", str(pid), "-o", str(data), "--",
+                                 "sleep", str(max(args.duration - 2, 1))],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    progress(f"wrk {args.duration} s at {args.connections} connections, perf on pid {pid}")
+    await measure(target, duration=args.duration, tmp=tmp, admin=admin)
+    await asyncio.to_thread(recorder.wait)
+    for sort in ("dso", "dso,sym"):
+        report = subprocess.run(["perf", "report", "-i", str(data), "--no-children", "--sort", sort, "--stdio",
+                                 "--percent-limit", "0.7"], capture_output=True, text=True)
+        print("\n".join(line for line in report.stdout.splitlines() if line and not line.startswith("#")))
+
+
 async def main(args: argparse.Namespace) -> None:
     py_spy = args.py_spy or shutil.which("py-spy")
-    if not py_spy and not args.runs:
+    if not py_spy and not args.runs and not args.perf:
         raise SystemExit("bench: py-spy not found; pip install py-spy (anywhere) and pass --py-spy PATH")
     if not shutil.which("wrk"):
         raise SystemExit("bench: wrk is not installed (apt-get install wrk)")
@@ -140,7 +156,13 @@ async def main(args: argparse.Namespace) -> None:
             return
         raw = tmp / "profile.txt"
         pid = service.processes[0].pid
-        recorder = subprocess.Popen([py_spy, "record", "--pid", str(pid), "--native", "--format", "raw", "--rate", "250",
+        if args.perf:
+            await perf_profile(pid, target, args, tmp, admin)
+            return
+        # --native unwinds C frames too, but pauses the process for each sample and loses most of them under
+        # load; --python-only takes Python frames only (more samples, idle ones left out).
+        mode = [] if args.python_only else ["--native"]
+        recorder = subprocess.Popen([py_spy, "record", "--pid", str(pid), *mode, "--format", "raw", "--rate", "250",
                                      "--duration", str(max(args.duration - 2, 1)), "--output", str(raw)],
                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         stack.callback(lambda: recorder.poll() is None and recorder.kill())
@@ -150,6 +172,8 @@ async def main(args: argparse.Namespace) -> None:
         if not raw.exists():
             raise SystemExit(f"bench: py-spy wrote nothing: {errors.decode(errors='replace')[-500:]}")
         summarise(raw, args.top)
+        if args.keep:
+            shutil.copy(raw, args.keep)
 
 
 if __name__ == "__main__":
@@ -158,6 +182,10 @@ if __name__ == "__main__":
     parser.add_argument("--duration", type=int, default=10)
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--py-spy", default=os.environ.get("PY_SPY"))
+    parser.add_argument("--python-only", action="store_true",
+                        help="sample without pausing the process: Python frames only, many more samples")
+    parser.add_argument("--perf", action="store_true", help="sample with Linux perf instead of py-spy")
+    parser.add_argument("--keep", help="also copy py-spy's raw (collapsed) stacks to this file")
     parser.add_argument("--runs", type=int, default=0, help="only measure, this many wrk runs, without py-spy")
     parser.add_argument("--prefill-tokens", type=int, default=0,
                         help="with --runs: measure, add this many token rows, measure again, print the ratio")

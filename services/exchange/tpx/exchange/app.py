@@ -26,6 +26,7 @@ from tpx.core.config import Settings
 from tpx.core.db import issuers as issuer_store
 from tpx.core.db import publishers as publisher_store
 from tpx.core.db import secrets as server_secrets
+from tpx.core.db import tokens as token_store
 from tpx.core.db.listener import Listener
 from tpx.core.db.migrate import check_schema
 from tpx.core.db.pool import create_pool
@@ -41,6 +42,8 @@ from tpx.exchange.auth import Credentials
 from tpx.exchange.candidates import CandidateCache
 from tpx.exchange.context import ServiceContext
 from tpx.exchange.group_commit import GroupCommit
+from tpx.exchange.group_read import GroupRead
+from tpx.exchange.hot_routes import HotRoutes
 from tpx.exchange.http import RequestContextMiddleware, problem_response
 from tpx.exchange.keycache import KeyCache
 from tpx.exchange.ratelimit import RateLimits, parse_networks
@@ -49,6 +52,10 @@ from tpx.exchange.routes import admin, exchange, ops, revocations, token_exchang
 from tpx.exchange.routes.compat import compat_routes
 
 log = get_logger("tpx.exchange.app")
+
+
+# Served by HotRoutes without the router's layers; the same handlers are also routes below (OpenAPI, 405s).
+HOT_ROUTES = {("POST", "/v1/exchange"): exchange.exchange, ("POST", "/v1/introspect"): tokens.introspect}
 
 
 def routes() -> list[Route]:
@@ -134,6 +141,7 @@ def create_app(settings: Settings, *, run_relay: bool = True) -> Starlette:
                 candidates=candidates,
                 listener=listener,
                 group_commit=GroupCommit(pool),
+                token_reads=GroupRead(pool, token_store.active_by_hashes),
             )
             app.state.tpx = ctx
             metrics.POOLS.add("exchange", pool)
@@ -186,7 +194,8 @@ def create_app(settings: Settings, *, run_relay: bool = True) -> Starlette:
     route_names = {route.endpoint: route.path for route in route_list}
     return Starlette(
         routes=route_list,
-        middleware=[Middleware(RequestContextMiddleware, route_names=route_names)],
+        middleware=[Middleware(RequestContextMiddleware, route_names=route_names),
+                    Middleware(HotRoutes, routes=HOT_ROUTES)],
         # Exceptions no handler here takes are answered by RequestContextMiddleware, with the request id.
         exception_handlers={Problem: _problem, HTTPException: _http_error},
         lifespan=lifespan,

@@ -14,6 +14,7 @@ from tpx.core.relay.signal import OutboxSignal
 from tpx.exchange.auth import Credentials
 from tpx.exchange.candidates import CandidateCache
 from tpx.exchange.group_commit import GroupCommit
+from tpx.exchange.group_read import GroupRead
 from tpx.exchange.keycache import KeyCache
 from tpx.exchange.ratelimit import RateLimits
 
@@ -30,6 +31,7 @@ class ServiceContext:
     candidates: CandidateCache
     listener: Listener
     group_commit: GroupCommit
+    token_reads: GroupRead[bytes, asyncpg.Record]   # introspection's lookups, by token hash
     draining: bool = False
 
 

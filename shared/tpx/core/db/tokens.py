@@ -223,6 +223,16 @@ async def active_by_hash(conn: asyncpg.Connection | asyncpg.Pool, token_hash: by
     )
 
 
+async def active_by_hashes(conn: asyncpg.Connection, token_hashes: Sequence[bytes]) -> dict[bytes, asyncpg.Record]:
+    """The active tokens among `token_hashes` (one statement for a group of introspections), by hash."""
+    rows = await conn.fetch(
+        f"""SELECT token_hash, id, packages, permissions, publisher_ids, ci, issued_at, expires_at
+            FROM tokens WHERE token_hash = ANY($1::bytea[]) AND {ACTIVE}""",
+        token_hashes,
+    )
+    return {bytes(row["token_hash"]): row for row in rows}
+
+
 async def revoke_by_hash(conn: asyncpg.Connection, token_hash: bytes, reason: str) -> asyncpg.Record | None:
     """Revoke one token row; also one a pending rule already covers, so its holder's request is recorded."""
     return await conn.fetchrow(

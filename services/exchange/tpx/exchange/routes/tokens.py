@@ -106,7 +106,7 @@ async def introspect(request: Request) -> JSONResponse:
     if token is None:
         raise Problem("malformed_request", "send the token to introspect as {\"token\": \"tpx_...\"} or token=tpx_...")
     headers = {"Cache-Control": "no-store"}
-    row = await token_store.active_by_hash(ctx.pool, tokens.hash_token(token)) if tokens.is_well_formed(token) else None
+    row = await ctx.token_reads.read(tokens.hash_token(token)) if tokens.is_well_formed(token) else None
     INTROSPECTIONS.labels("active" if row is not None else "inactive").inc()
     if row is None:
         return JSONResponse(INACTIVE, headers=headers)
