@@ -33,10 +33,20 @@ def checksum(body: str) -> str:
     return _base62(zlib.crc32((PREFIX + body).encode("ascii")), CHECKSUM_LENGTH)
 
 
+# Random bytes to base62 digits in one C call: bytes 0..247 map to ALPHABET[byte % 62] (248 = 4 * 62, so
+# every digit is equally likely), bytes 248..255 are dropped (rejection sampling: no bias at all).
+_DIGIT_OF_BYTE = bytes(ord(ALPHABET[b % 62]) if b < 248 else 0 for b in range(256))
+_REJECTED_BYTES = bytes(range(248, 256))
+_DRAW = 64   # bytes per draw: 40 or more survive unless 25+ of 64 fall in 248..255 (p < 1e-20)
+
+
 def generate() -> str:
-    # 32 bytes from the OS CSPRNG read as one integer, then 40 base62 digits of it: one system call
-    # instead of 40. 2**256 is so much larger than 62**40 that the digits are uniform to within 2**-17.
-    body = _base62(int.from_bytes(secrets.token_bytes(32), "big"), BODY_LENGTH)
+    """40 uniform base62 digits from the OS CSPRNG (one system call) and their checksum. Converting
+    one big integer digit by digit (40 divisions) cost 4 us per token, a percent of an exchange."""
+    digits = b""
+    while len(digits) < BODY_LENGTH:
+        digits += secrets.token_bytes(_DRAW).translate(_DIGIT_OF_BYTE, _REJECTED_BYTES)
+    body = digits[:BODY_LENGTH].decode("ascii")
     return PREFIX + body + checksum(body)
 
 

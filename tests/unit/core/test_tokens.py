@@ -56,3 +56,18 @@ def test_logs_redact_tokens_at_any_depth():
     jwt = "eyJhbGciOiJSUzI1NiJ9.eyJpc3MiOiJ4In0.c2ln"
     event = _redact_values(None, "info", {"event": "x", "nested": {"list": [token, {"jwt": jwt}]}, "top": token})
     assert token not in repr(event) and jwt not in repr(event)
+
+
+def test_every_base62_digit_is_equally_likely():
+    """generate() maps random bytes 0..247 to digits (248..255 are drawn again): each digit must come
+    from exactly four byte values, or some digits would be likelier and the token weaker."""
+    import collections
+
+    kept = tokens._DIGIT_OF_BYTE[:248]
+    assert sorted(collections.Counter(kept).values()) == [4] * 62
+    assert set(kept.decode("ascii")) == set(tokens.ALPHABET)
+    assert tokens._REJECTED_BYTES == bytes(range(248, 256))
+    seen = collections.Counter("".join(tokens.generate()[4:4 + tokens.BODY_LENGTH] for _ in range(3000)))
+    expected = 3000 * tokens.BODY_LENGTH / 62
+    assert set(seen) == set(tokens.ALPHABET)
+    assert all(abs(count - expected) < 6 * expected ** 0.5 for count in seen.values())

@@ -25,7 +25,7 @@ from tpx.core.db.pool import UNAVAILABLE_ERRORS
 from tpx.core.errors import Problem
 from tpx.core.inputs import invalid
 from tpx.core.logging import get_logger
-from tpx.core.metrics import HTTP_LATENCY
+from tpx.core.metrics import HTTP_LATENCY, Children
 from tpx.core.outages import DATABASE
 
 log = get_logger("tpx.exchange.http")
@@ -35,6 +35,7 @@ JSON_TYPES = ("application/json",)
 MAX_HEADER_COUNT = 100
 MAX_HEADER_BYTES = 16 * 1024
 FORM_TYPE = "application/x-www-form-urlencoded"
+_LATENCY = Children(HTTP_LATENCY)   # by (route template, method, status)
 
 
 class RequestContextMiddleware:
@@ -86,7 +87,7 @@ class RequestContextMiddleware:
             structlog.contextvars.unbind_contextvars("request_id")
             request_id_var.reset(token)
             route = self.route_names.get(scope.get("endpoint"), "unmatched")
-            HTTP_LATENCY.labels(route, scope["method"] if route != "unmatched" else "other", str(status or 500)).observe(
+            _LATENCY[route, scope["method"] if route != "unmatched" else "other", status or 500].observe(
                 time.perf_counter() - started)
 
 
@@ -138,9 +139,16 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
+# Built once: json.loads with hooks builds a new decoder for every body.
+_BODY_DECODER = json.JSONDecoder(object_pairs_hook=_reject_duplicates, parse_constant=_reject_constant)
+
+
 def parse_json_object(raw: bytes) -> dict[str, Any]:
     try:
-        value = json.loads(raw.decode("utf-8"), object_pairs_hook=_reject_duplicates, parse_constant=_reject_constant)
+        text = raw.decode("utf-8")
+        if text.startswith("\ufeff"):   # as json.loads says it (the decoder alone does not check)
+            raise json.JSONDecodeError("Unexpected UTF-8 BOM (decode using utf-8-sig)", text, 0)
+        value = _BODY_DECODER.decode(text)
     except UnicodeDecodeError:
         raise Problem("malformed_request", "the body is not UTF-8; send UTF-8 encoded JSON") from None
     except RecursionError:

@@ -15,7 +15,7 @@ from tpx.core.bodies import Body
 from tpx.core.db.pool import UNAVAILABLE_ERRORS
 from tpx.core.errors import Problem
 from tpx.core.logging import get_logger
-from tpx.core.metrics import EXCHANGE_LATENCY, EXCHANGES
+from tpx.core.metrics import EXCHANGE_LATENCY, EXCHANGES, Children
 from tpx.core.outages import DATABASE
 from tpx.core.providers import base
 from tpx.core.providers.base import PERMISSIONS, Package
@@ -135,6 +135,8 @@ async def exchange_token(ctx: ServiceContext, verified: VerifiedToken, narrowing
     return minted
 
 
+_EXCHANGES = Children(EXCHANGES)   # by result code (bounded: the contract's codes)
+
 Reader = Callable[[Request, ServiceContext], Awaitable[tuple[VerifiedToken, Narrowing]]]
 
 
@@ -148,17 +150,17 @@ async def counted_exchange(request: Request, read: Reader) -> MintedToken:
             verified, narrowing = await read(request, ctx)
             minted = await exchange_token(ctx, verified, narrowing)
     except Problem as problem:
-        EXCHANGES.labels(problem.code).inc()
+        _EXCHANGES[problem.code, ].inc()
         raise
     except UNAVAILABLE_ERRORS:
-        EXCHANGES.labels("unavailable").inc()
+        _EXCHANGES["unavailable", ].inc()
         raise
     except Exception:
-        EXCHANGES.labels("internal").inc()
+        _EXCHANGES["internal", ].inc()
         raise
     finally:
         EXCHANGE_LATENCY.observe(time.perf_counter() - started)
-    EXCHANGES.labels("issued").inc()
+    _EXCHANGES["issued", ].inc()
     return minted
 
 

@@ -16,7 +16,7 @@ from tpx.core.db.outbox import add_events
 from tpx.core.errors import Problem
 from tpx.core.events import builders
 from tpx.core.events.types import EXCHANGE_SOURCE
-from tpx.core.metrics import INTROSPECTIONS, TOKENS_REVOKED
+from tpx.core.metrics import INTROSPECTIONS, TOKENS_REVOKED, Children
 from tpx.core.providers.base import PERMISSIONS
 
 from tpx.exchange.context import ServiceContext, context
@@ -85,6 +85,7 @@ class Introspection(msgspec.Struct, omit_defaults=True):
 
 
 INACTIVE = Introspection(active=False)
+_INTROSPECTIONS = Children(INTROSPECTIONS)
 
 
 def introspection_body(row) -> Introspection:
@@ -107,7 +108,7 @@ async def introspect(request: Request) -> JSONResponse:
         raise Problem("malformed_request", "send the token to introspect as {\"token\": \"tpx_...\"} or token=tpx_...")
     headers = {"Cache-Control": "no-store"}
     row = await ctx.token_reads.read(tokens.hash_token(token)) if tokens.is_well_formed(token) else None
-    INTROSPECTIONS.labels("active" if row is not None else "inactive").inc()
+    _INTROSPECTIONS["active" if row is not None else "inactive", ].inc()
     if row is None:
         return JSONResponse(INACTIVE, headers=headers)
     return JSONResponse(introspection_body(row), headers=headers)
