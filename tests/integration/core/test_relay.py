@@ -333,3 +333,24 @@ async def test_stop_is_prompt_while_the_broker_is_away(settings, db):
     finally:
         await relay.stop()
         await proxy.close()
+
+
+async def test_a_leader_polls_briefly_while_events_of_other_processes_flow(settings, db):
+    """A leader that no local commit wakes (a relay in a worker, the events an exchange's) finds them by
+    polling: every TPX_RELAY_POLL_SECONDS when idle, but within BUSY_POLL_SECONDS once events flow, so
+    they leave in small batches rather than one burst per idle interval."""
+    test_settings = replace(isolated(settings), relay_poll_seconds=10.0)
+    relay = OutboxRelay(test_settings, db, OutboxSignal())   # never notified: every event is "another's"
+    async with running(relay):
+        await eventually(lambda: relay.is_leader, "leadership")
+        first = await insert(db, 1)
+        await eventually(lambda: all_published(db, first), "the first event (found by the first poll)")
+        loop = asyncio.get_running_loop()
+        lags = []
+        for _ in range(3):
+            events = await insert(db, 5)
+            committed = loop.time()
+            await eventually(lambda: all_published(db, events), "events committed while others flowed")
+            lags.append(loop.time() - committed)
+    # Each within about one busy interval (0.1 s) plus a batch; at the idle interval it would be 10 s.
+    assert max(lags) < 2.0, lags
