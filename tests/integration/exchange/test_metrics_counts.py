@@ -39,3 +39,23 @@ async def test_bulk_revocations_and_publisher_deletions_are_counted(repo, client
     deleted = await client.delete(f"/v1/admin/publishers/{publisher['id']}", headers=ADMIN)
     assert deleted.json()["revoked_tokens"] == 1
     assert revoked("revocation") == before + 2
+
+
+def latency_count(route: str, method: str, status: str) -> float:
+    return REGISTRY.get_sample_value("tpx_http_request_duration_seconds_count",
+                                     {"route": route, "method": method, "status": status}) or 0.0
+
+
+async def test_the_routes_served_past_the_router_are_timed_under_their_template(repo, client):
+    """/v1/exchange and /v1/introspect skip Starlette's router (tpx.exchange.hot_routes); their latency
+    still counts under the route template, like every routed request, and a 405 on the same path too."""
+    from tests.support.api import introspect
+    await repo.add_publisher()
+    before = {key: latency_count(*key) for key in [("/v1/exchange", "POST", "200"), ("/v1/exchange", "POST", "409"),
+                                                  ("/v1/introspect", "POST", "200"), ("/v1/exchange", "GET", "405")]}
+    id_token = repo.token()
+    token = (await repo.exchange(id_token)).json()["token"]
+    assert (await repo.exchange(id_token)).status_code == 409
+    assert (await introspect(client, token))["active"] is True
+    assert (await client.get("/v1/exchange")).status_code == 405
+    assert {key: latency_count(*key) - count for key, count in before.items()} == {key: 1.0 for key in before}
