@@ -352,5 +352,5 @@ async def test_a_leader_polls_briefly_while_events_of_other_processes_flow(setti
             committed = loop.time()
             await eventually(lambda: all_published(db, events), "events committed while others flowed")
             lags.append(loop.time() - committed)
-    # Each within about one busy interval (0.1 s) plus a batch; at the idle interval it would be 10 s.
+    # Each within about one busy interval (0.05 s) plus a batch; at the idle interval it would be 10 s.
     assert max(lags) < 2.0, lags

@@ -57,8 +57,9 @@ BROKER_ERRORS: tuple[type[BaseException], ...] = (OSError, asyncio.TimeoutError)
 
 # How soon a leader that just relayed events polls again, when no signal of its own process wakes it: at
 # TPX_RELAY_POLL_SECONDS (0.5 s) a leader in a worker relayed an exchange's events in bursts of ~900,
-# which held the core PostgreSQL shares with it long enough to double the exchange's p99 at 8 connections.
-BUSY_POLL_SECONDS = 0.1
+# which held the core PostgreSQL shares with it long enough to double the exchange's p99 at 8 connections
+# (docs/decisions.md: 0.05 s gave the lowest tail at no measurable cost in throughput; 0.1 s half of that).
+BUSY_POLL_SECONDS = 0.05
 
 
 class BrokerUnavailable(Exception):

@@ -3,7 +3,7 @@
 Writers put events in the outbox inside their own transaction
 (`tpx.core.db.outbox.add_events`) and, once committed, call `notify()`; the
 relay of the same process publishes at once instead of waiting for its poll.
-Relays of other processes poll (`TPX_RELAY_POLL_SECONDS` when idle, 0.1 s while events flow): NOTIFY would
+Relays of other processes poll (`TPX_RELAY_POLL_SECONDS` when idle, 0.05 s while events flow): NOTIFY would
 serialise every committing exchange (docs/decisions.md).
 """
 
