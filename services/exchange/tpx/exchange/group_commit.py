@@ -30,6 +30,8 @@ from tpx.core.db.pool import UNAVAILABLE_ERRORS
 from tpx.core.db.tokens import MintRequest, MintResult
 from tpx.core.logging import get_logger
 
+from tpx.exchange.grouping import Groups
+
 log = get_logger("tpx.exchange.group_commit")
 
 MAX_GROUP = 64
@@ -42,11 +44,6 @@ class MintLost(Exception):
     def __init__(self, backend_pid: int) -> None:
         super().__init__("the database connection was lost while the mint was in flight")
         self.backend_pid = backend_pid
-
-
-def _retrieve(future: asyncio.Future[MintResult]) -> None:
-    if not future.cancelled():
-        future.exception()
 
 
 class MintWriter(Protocol):
@@ -68,51 +65,24 @@ class OnConnection:
 
 
 class GroupCommit:
-    """Writes queued mints in groups on connections of `pool`."""
+    """Writes queued mints in groups on connections of `pool` (tpx.exchange.grouping)."""
 
     def __init__(self, pool: asyncpg.Pool, *, max_group: int = MAX_GROUP, max_in_flight: int = MAX_IN_FLIGHT) -> None:
-        if max_group < 1 or max_in_flight < 1:
-            raise ValueError("max_group and max_in_flight must be at least 1")
         self._pool = pool
-        self._max_group = max_group
-        self._max_in_flight = max_in_flight
-        self._queue: list[tuple[MintRequest, asyncio.Future[MintResult]]] = []
-        self._writers: set[asyncio.Task[None]] = set()
+        self._groups: Groups[MintRequest, MintResult] = Groups(self._write_group, max_group=max_group,
+                                                               max_in_flight=max_in_flight, name="mint-group")
 
     async def write(self, request: MintRequest) -> MintResult:
         if request.binding is not None:
             async with self._pool.acquire() as conn:
                 return await OnConnection(conn).write(request)
-        future: asyncio.Future[MintResult] = asyncio.get_running_loop().create_future()
-        future.add_done_callback(_retrieve)  # a waiter that was cancelled never reads the outcome
-        self._queue.append((request, future))
-        if len(self._writers) < self._max_in_flight:
-            self._start_writer()
         # Shielded: a cancelled exchange (its client went away) does not cancel the group's write; its
         # mint commits or not with the others, like a mint whose answer was lost on the network.
-        return await asyncio.shield(future)
-
-    def _start_writer(self) -> None:
-        group, self._queue = self._queue[:self._max_group], self._queue[self._max_group:]
-        task = asyncio.create_task(self._write_group(group), name="mint-group")
-        self._writers.add(task)
-        task.add_done_callback(self._writer_done)
-
-    def _writer_done(self, task: asyncio.Task[None]) -> None:
-        self._writers.discard(task)
-        if self._queue and len(self._writers) < self._max_in_flight:
-            self._start_writer()
+        return await asyncio.shield(self._groups.enqueue(request))
 
     async def _write_group(self, group: list[tuple[MintRequest, asyncio.Future[MintResult]]]) -> None:
-        try:
-            async with self._pool.acquire() as conn:
-                await self._write_on(conn, group)
-        except BaseException as exc:  # noqa: BLE001 - every waiter gets the outcome, whatever it is
-            for _request, future in group:
-                if not future.done():
-                    future.set_exception(exc)
-            if not isinstance(exc, Exception):
-                raise
+        async with self._pool.acquire() as conn:
+            await self._write_on(conn, group)
 
     async def _write_on(self, conn: asyncpg.Connection,
                         group: list[tuple[MintRequest, asyncio.Future[MintResult]]]) -> None:
