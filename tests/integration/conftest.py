@@ -14,12 +14,12 @@ import pytest
 from tpx.exchange.app import create_app
 from tpx.core.jose import parse_jwks
 from tpx.core.db.issuers import store_keys
-from tests.conftest import ADMIN_TOKEN
+from tests.support import api
+from tests.support.api import ADMIN
 from tests.support.claims import github_claims
 from tests.support.oidc_issuer import LoopbackIssuer
 from tests.support.servers import serve
 
-ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
 
 @pytest.fixture
@@ -109,12 +109,10 @@ class Repo:
         }
         body.update(fields)
         body = {k: v for k, v in body.items() if v is not None}
-        response = await self.client.post("/v1/admin/publishers", json=body, headers=ADMIN)
-        assert response.status_code == expect, response.text
-        return response.json().get("publisher", response.json())
+        return await api.add_publisher(self.client, body, expect)
 
     async def exchange(self, jwt: str) -> httpx.Response:
-        return await self.client.post("/v1/exchange", json={"jwt": jwt})
+        return await api.exchange(self.client, jwt)
 
 
 @pytest.fixture

@@ -8,9 +8,27 @@ from typing import Any
 
 import httpx
 
-from tests.conftest import INTROSPECTION_TOKEN
+from tests.conftest import ADMIN_TOKEN, INTROSPECTION_TOKEN
 
+ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 INTROSPECT = {"Authorization": f"Bearer {INTROSPECTION_TOKEN}"}
+
+
+async def add_publisher(client: httpx.AsyncClient, body: dict[str, Any], expect: int = 201) -> dict[str, Any]:
+    """POST the publisher, check the status; the publisher (or, for a refusal, the problem body)."""
+    response = await client.post("/v1/admin/publishers", json=body, headers=ADMIN)
+    assert response.status_code == expect, response.text
+    return response.json().get("publisher", response.json())
+
+
+async def get_publisher(client: httpx.AsyncClient, publisher_id: str) -> dict[str, Any]:
+    response = await client.get(f"/v1/admin/publishers/{publisher_id}", headers=ADMIN)
+    assert response.status_code == 200, response.text
+    return response.json()["publisher"]
+
+
+async def exchange(client: httpx.AsyncClient, jwt: str) -> httpx.Response:
+    return await client.post("/v1/exchange", json={"jwt": jwt})
 
 
 async def introspect(client: httpx.AsyncClient, token: str) -> dict:

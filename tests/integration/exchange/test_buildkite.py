@@ -17,6 +17,7 @@ import pytest
 from tests.integration.conftest import ADMIN, registered_issuer
 from tests.support.buildkite_claims import COMMIT, OMIT, BuildkitePipeline
 from tests.support.oidc_issuer import LoopbackIssuer
+from tests.support import api
 from tests.support.api import INTROSPECT, problem
 from tests.support.events import events_about
 
@@ -46,17 +47,13 @@ class Pipeline:
 
     async def add_publisher(self, expect: int = 201, **fields: Any) -> dict[str, Any]:
         body = self.shape.publisher(self.issuer.url, package=f"pkg-{uuid.uuid4().hex[:8]}", **fields)
-        response = await self.client.post("/v1/admin/publishers", json=body, headers=ADMIN)
-        assert response.status_code == expect, response.text
-        return response.json().get("publisher", response.json())
+        return await api.add_publisher(self.client, body, expect)
 
     async def publisher(self, publisher_id: str) -> dict[str, Any]:
-        response = await self.client.get(f"/v1/admin/publishers/{publisher_id}", headers=ADMIN)
-        assert response.status_code == 200, response.text
-        return response.json()["publisher"]
+        return await api.get_publisher(self.client, publisher_id)
 
     async def exchange(self, jwt: str) -> httpx.Response:
-        return await self.client.post("/v1/exchange", json={"jwt": jwt})
+        return await api.exchange(self.client, jwt)
 
 
 @pytest.fixture

@@ -26,6 +26,7 @@ from tests.integration.conftest import ADMIN, OwnIssuer, publish_issuer_keys, re
 from tests.support.circleci_claims import ABSENT, USER, CircleCIProject
 from tests.support.oidc_issuer import LoopbackIssuer
 from tests.support.servers import serve
+from tests.support import api
 from tests.support.api import INTROSPECT, problem, replay_key
 
 pytestmark = pytest.mark.integration
@@ -73,12 +74,10 @@ class Project(CircleCIProject):
     async def add_publisher(self, expect: int = 201, **fields: Any) -> dict[str, Any]:
         body = self.publisher(self.issuer.url, **fields)
         body["package"] = f"pkg-{uuid.uuid4().hex[:8]}"
-        response = await self.client.post("/v1/admin/publishers", json=body, headers=ADMIN)
-        assert response.status_code == expect, response.text
-        return response.json().get("publisher", response.json())
+        return await api.add_publisher(self.client, body, expect)
 
     async def exchange(self, jwt: str) -> httpx.Response:
-        return await self.client.post("/v1/exchange", json={"jwt": jwt})
+        return await api.exchange(self.client, jwt)
 
 
 @pytest.fixture

@@ -19,6 +19,7 @@ from tests.conftest import INTROSPECTION_TOKEN
 from tests.integration.conftest import ADMIN, registered_issuer
 from tests.support.claims import github_claims
 from tests.support.oidc_issuer import LoopbackIssuer
+from tests.support import api
 from tests.support.api import problem
 
 pytestmark = pytest.mark.integration
@@ -115,12 +116,10 @@ class GitLabProject:
             "namespace": self.namespace, "project": self.project, "workflow_filepath": ".gitlab-ci.yml",
         }
         body.update(fields)
-        response = await self.client.post("/v1/admin/publishers", json=body, headers=ADMIN)
-        assert response.status_code == expect, response.text
-        return response.json().get("publisher", response.json())
+        return await api.add_publisher(self.client, body, expect)
 
     async def exchange(self, jwt: str) -> httpx.Response:
-        return await self.client.post("/v1/exchange", json={"jwt": jwt})
+        return await api.exchange(self.client, jwt)
 
 
 @pytest.fixture
