@@ -29,9 +29,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import peer  # noqa: E402
 from peer import ISSUERS, Minter, Target, introspection_service, measure, start_tpx_service  # noqa: E402
-from support import PG, ROOT, empty_database, free_port, progress, runtime_tpx, serve_app  # noqa: E402
+from support import PG, ROOT, free_port, progress, runtime_tpx, serve_app  # noqa: E402
 
 import asyncpg  # noqa: E402
 
@@ -67,20 +66,6 @@ def python_path(first: Path | None):
             os.environ["PYTHONPATH"] = saved
 
 
-def migrated_by(tpx: str):
-    """bench/peer.py's fresh_database, but migrated by `tpx migrate` of the running tree (PYTHONPATH):
-    an older tpx refuses a schema newer than its own."""
-    async def fresh_database(name: str) -> str:
-        url = await empty_database(name)
-        process = await asyncio.create_subprocess_exec(tpx, "migrate", env={**os.environ, "TPX_DATABASE_URL": url},
-                                                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        output, _ = await process.communicate()
-        if process.returncode:
-            raise SystemExit(f"bench: tpx migrate failed:\n{output.decode(errors='replace')[-2000:]}")
-        return url
-    return fresh_database
-
-
 def row(label: str, new: list, old: list, metric: str, better: str) -> str:
     a, b = statistics.median(getattr(s, metric) for s in new), statistics.median(getattr(s, metric) for s in old)
     return f"  {label:<34} {metric:<11} new {a:9.2f}   old {b:9.2f}   new/old {a / b:5.2f}x ({better} is better)"
@@ -110,11 +95,7 @@ async def main(args: argparse.Namespace) -> None:
                       tpx=await runtime_tpx())
         services = {}
         for side, tree in (("new", None), ("old", old_tree)):
-            with python_path(tree), contextlib.ExitStack() as patch:
-                if tree is not None:
-                    saved = peer.fresh_database
-                    peer.fresh_database = migrated_by(common["tpx"])
-                    patch.callback(setattr, peer, "fresh_database", saved)
+            with python_path(tree):   # the tree's own `tpx migrate` migrates its database (bench/support.py)
                 services[side] = await start_tpx_service(stack, name=f"ab{side}", **common)
             progress(f"  ({side}: {'this checkout' if tree is None else ref})")
         targets = {}

@@ -407,7 +407,7 @@ async def start_tpx_service(stack: contextlib.AsyncExitStack, *, name: str, work
                             tpx: str = TPX) -> Service:
     database = f"tpx_bench_peer_{name}"
     stack.push_async_callback(drop_database, database)
-    url = await fresh_database(database)
+    url = await fresh_database(database, tpx)
     port, prefix = free_port(), f"tpx-bench-peer-{name}-{os.getpid()}"
     env = tpx_env(database_url=url, port=port, prefix=prefix, admin_token=admin_token,
                   registry_token=registry_token, workers=workers, pool=pool)

@@ -48,9 +48,18 @@ async def empty_database(name: str) -> str:
     return f"{PG}/{name}"
 
 
-async def fresh_database(name: str) -> str:
-    """Drop and re-create `name`, migrate it, and return its URL."""
+async def fresh_database(name: str, tpx: str | None = None) -> str:
+    """Drop and re-create `name`, migrate it, and return its URL. With `tpx` (a `tpx` command), that
+    command's `tpx migrate` migrates it: the stack it will serve then finds its own schema, also when it
+    runs another tree of tpx (bench/ab.py; an older tpx refuses a newer schema)."""
     url = await empty_database(name)
+    if tpx is not None:
+        process = await asyncio.create_subprocess_exec(tpx, "migrate", env={**os.environ, "TPX_DATABASE_URL": url},
+                                                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        output, _ = await process.communicate()
+        if process.returncode:
+            raise SystemExit(f"bench: tpx migrate failed:\n{output.decode(errors='replace')[-2000:]}")
+        return url
     conn = await asyncpg.connect(url)
     try:
         await migrate(conn)
