@@ -59,7 +59,9 @@ async def active(client, token: str) -> bool:
 
 async def active_count(db: asyncpg.Pool, raw: list[str]) -> int:
     """How many of `raw` introspection would call active (its own query; HTTP is checked on samples)."""
-    return sum([await token_store.active_by_hash(db, tokens.hash_token(t)) is not None for t in raw])
+    async with db.acquire() as conn:
+        active = await token_store.active_by_hashes(conn, [tokens.hash_token(t) for t in raw])
+    return sum(tokens.hash_token(t) in active for t in raw)
 
 
 async def mint(repo, **claims: Any) -> dict[str, Any]:

@@ -215,14 +215,6 @@ async def settled_mint(pool: asyncpg.Pool, token_hash: bytes, backend_pid: int) 
 
 # --- introspection, revocation by the holder, listings -------------------------------------------------------
 
-async def active_by_hash(conn: asyncpg.Connection | asyncpg.Pool, token_hash: bytes) -> asyncpg.Record | None:
-    return await conn.fetchrow(
-        f"""SELECT id, packages, permissions, publisher_ids, ci, issued_at, expires_at
-            FROM tokens WHERE token_hash = $1 AND {ACTIVE}""",
-        token_hash,
-    )
-
-
 async def active_by_hashes(conn: asyncpg.Connection, token_hashes: Sequence[bytes]) -> dict[bytes, asyncpg.Record]:
     """The active tokens among `token_hashes` (one statement for a group of introspections), by hash."""
     rows = await conn.fetch(
