@@ -139,3 +139,27 @@ def test_a_request_that_pins_ids_is_never_grouped():
     with pytest.raises(ValueError, match="binding"):
         asyncio.run(mint_many(None, [request, replace(request, binding=None)]))
     assert MintLost(7).backend_pid == 7
+
+
+async def test_an_exchange_cancelled_while_its_mint_waits_does_not_cancel_the_write(repo, db, exchange_app, settings,
+                                                                                     monkeypatch):
+    """A client that goes away cancels its own wait only: its mint commits or not with its group (like a
+    mint whose answer was lost on the network), and the other exchanges of the group get their tokens."""
+    await repo.add_publisher(repository_owner_id=repo.owner_id, repository_id=repo.repository_id)
+    group_commit = GroupCommit(db, max_in_flight=1)
+    decided = await decisions(repo, db, exchange_app, settings, 4)
+    ids = [uuid.uuid4() for _ in decided]
+    monkeypatch.setattr(minting, "new_id", iter(ids).__next__)
+    async with db.acquire() as gate:
+        transaction = gate.transaction()
+        await transaction.start()
+        await gate.execute("SELECT pg_advisory_xact_lock($1)", MINT_GATE)   # every write waits on the gate
+        writes = [asyncio.create_task(write(group_commit, settings, d)) for d in decided]
+        await gate_waiter(db)            # the first is in flight, alone; the other three are queued
+        writes[0].cancel()               # in flight
+        writes[2].cancel()               # queued
+        await transaction.rollback()
+    outcomes = await asyncio.gather(*writes, return_exceptions=True)
+    assert [type(o).__name__ for o in outcomes] == ["CancelledError", "MintedToken", "CancelledError", "MintedToken"]
+    assert await db.fetchval("SELECT count(*) FROM tokens WHERE id = ANY($1::uuid[])", ids) == 4
+    assert await transactions_of(db, [str(i) for i in ids]) == 2

@@ -7,7 +7,8 @@ flight, so grouping never adds a wait that load did not already cause. An item
 only ever joins a group that starts after it was queued.
 
 `run(group)` settles each item's future; whatever it leaves unsettled when it
-raises gets the exception.
+raises gets the exception. Each group runs in a task of its own: a waiter that is
+cancelled cancels its future only, never the group's work.
 """
 
 from __future__ import annotations
