@@ -50,6 +50,13 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2
 EXCHANGES = Counter("tpx_exchanges_total", "Exchange attempts by result code ('issued' or the error code).", ["code"])
 EXCHANGE_LATENCY = Histogram("tpx_exchange_duration_seconds", "Time to answer POST /v1/exchange.",
                              buckets=LATENCY_BUCKETS)
+# Group commit (tpx.exchange.group_commit): how long the database takes to write a group, and how many
+# mints share one; an exchange's own latency adds its wait for a free writer and the event loop.
+MINT_WRITE_LATENCY = Histogram("tpx_mint_write_duration_seconds",
+                               "Time to write one group of mints: a pooled connection, the statements, the commit.",
+                               buckets=LATENCY_BUCKETS)
+MINT_GROUP_SIZE = Histogram("tpx_mint_group_size", "Mints written together by one group commit.",
+                            buckets=(1, 2, 4, 8, 16, 32, 64))
 INTROSPECTIONS = Counter("tpx_introspections_total", "Introspections by result.", ["result"])
 HTTP_LATENCY = Histogram("tpx_http_request_duration_seconds", "HTTP request latency by route template and status.",
                          ["route", "method", "status"], buckets=LATENCY_BUCKETS)

@@ -8,6 +8,7 @@ from dataclasses import replace
 
 import asyncpg
 import pytest
+from prometheus_client import REGISTRY
 
 from tpx.core.db import publishers as publisher_store
 from tpx.core.db.locks import MINT_GATE
@@ -163,3 +164,22 @@ async def test_an_exchange_cancelled_while_its_mint_waits_does_not_cancel_the_wr
     assert [type(o).__name__ for o in outcomes] == ["CancelledError", "MintedToken", "CancelledError", "MintedToken"]
     assert await db.fetchval("SELECT count(*) FROM tokens WHERE id = ANY($1::uuid[])", ids) == 4
     assert await transactions_of(db, [str(i) for i in ids]) == 2
+
+
+def group_metrics() -> tuple[float, float, float]:
+    """(groups written, mints in them, groups timed) so far, from the process's metrics."""
+    return (REGISTRY.get_sample_value("tpx_mint_group_size_count") or 0.0,
+            REGISTRY.get_sample_value("tpx_mint_group_size_sum") or 0.0,
+            REGISTRY.get_sample_value("tpx_mint_write_duration_seconds_count") or 0.0)
+
+
+async def test_each_group_is_measured_once_with_its_size(repo, db, exchange_app, settings):
+    await repo.add_publisher(repository_owner_id=repo.owner_id, repository_id=repo.repository_id)
+    group_commit = GroupCommit(db, max_in_flight=1)
+    decided = await decisions(repo, db, exchange_app, settings, 8)
+    groups, mints, timed = group_metrics()
+    minted = await asyncio.gather(*(write(group_commit, settings, d) for d in decided))
+    assert all(m is not None for m in minted)
+    # The first is written alone; the other seven queue behind it and go together.
+    assert group_metrics() == (groups + 2, mints + 8, timed + 2)
+    assert REGISTRY.get_sample_value("tpx_mint_group_size_bucket", {"le": "1.0"}) >= 1

@@ -21,6 +21,7 @@ it is `MintLost`, with the server session's pid, for the caller to settle
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Protocol
 
 import asyncpg
@@ -29,6 +30,7 @@ from tpx.core.db import tokens as token_store
 from tpx.core.db.pool import UNAVAILABLE_ERRORS
 from tpx.core.db.tokens import MintRequest, MintResult
 from tpx.core.logging import get_logger
+from tpx.core.metrics import MINT_GROUP_SIZE, MINT_WRITE_LATENCY
 
 from tpx.exchange.grouping import Groups
 
@@ -82,11 +84,13 @@ class GroupCommit:
         return await self._groups.enqueue(request)
 
     async def _write_group(self, group: list[tuple[MintRequest, asyncio.Future[MintResult]]]) -> None:
+        started = time.perf_counter()
+        MINT_GROUP_SIZE.observe(len(group))
         async with self._pool.acquire() as conn:
-            await self._write_on(conn, group)
+            await self._write_on(conn, group, started)
 
     async def _write_on(self, conn: asyncpg.Connection,
-                        group: list[tuple[MintRequest, asyncio.Future[MintResult]]]) -> None:
+                        group: list[tuple[MintRequest, asyncio.Future[MintResult]]], started: float) -> None:
         backend_pid = conn.get_server_pid()
         try:
             results = (await token_store.mint_many(conn, [request for request, _ in group]) if len(group) > 1
@@ -107,6 +111,8 @@ class GroupCommit:
                     if not future.done():
                         future.set_result(result)
             return
+        finally:   # before the waiters are settled below, so their answer follows the measurement
+            MINT_WRITE_LATENCY.observe(time.perf_counter() - started)
         for (_request, future), result in zip(group, results):
             if not future.done():
                 future.set_result(result)
