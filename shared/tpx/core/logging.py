@@ -7,11 +7,13 @@ careless log call can never leak a credential.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import re
 import sys
 from typing import Any
 
+import orjson
 import structlog
 
 _SECRET_PATTERNS = re.compile(
@@ -21,6 +23,8 @@ _SECRET_PATTERNS = re.compile(
 
 
 def redact(text: str) -> str:
+    if "tpx_" not in text and "eyJ" not in text:   # what every pattern starts with: most values skip the regex
+        return text
     return _SECRET_PATTERNS.sub("[redacted]", text)
 
 
@@ -68,13 +72,23 @@ class RetryChatter(logging.Filter):
         return self.level <= logging.DEBUG
 
 
+def _json_line(event: dict[str, Any], **options: Any) -> str:
+    """orjson, at about half the standard library's cost per line (an exchange logs one at info); the
+    standard library where orjson refuses a value (a lone surrogate, an integer beyond 64 bits), so a
+    log call never fails."""
+    try:
+        return orjson.dumps(event, default=options.get("default"), option=orjson.OPT_NON_STR_KEYS).decode()
+    except TypeError:
+        return json.dumps(event, **options)
+
+
 def configure(log_format: str = "json", level: str = "info") -> None:
     numeric = getattr(logging, level.upper(), logging.INFO)
     renderer: Any
     if log_format == "console":
         renderer = structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
     else:
-        renderer = structlog.processors.JSONRenderer()
+        renderer = structlog.processors.JSONRenderer(serializer=_json_line)
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,

@@ -11,6 +11,7 @@ import base64
 import hashlib
 import hmac
 import json
+import random
 import time
 from typing import Any, Callable
 
@@ -34,6 +35,7 @@ from tpx.core.jose import (
     parse_jwks,
     verify,
 )
+from tpx.core.jose.verify import _b64url_decode
 
 # ---------------------------------------------------------------------------
 # Keys and token builders
@@ -796,3 +798,21 @@ def test_issuer_policy_freezes_algorithms() -> None:
     assert IssuerPolicy(ISSUER, AUDIENCE).algorithms == frozenset({"RS256"})
     with pytest.raises(TypeError):
         IssuerPolicy(ISSUER, AUDIENCE, "RS256")  # type: ignore[arg-type]
+
+
+def test_each_byte_string_has_exactly_one_accepted_spelling():
+    """Against the definition (decode, encode again, compare) for every last character of segments of
+    every length remainder: the spelling the encoder gives is accepted, every other spelling of the
+    same bytes is refused as not canonical."""
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    rng = random.Random(12)
+    for size in range(1, 13):
+        spelled = b64(rng.randbytes(size))
+        for last in alphabet:
+            candidate = spelled[:-1] + last
+            decoded = base64.urlsafe_b64decode(candidate + "=" * (-len(candidate) % 4))
+            if b64(decoded) == candidate:
+                assert _b64url_decode(candidate, "segment") == decoded
+            else:
+                with pytest.raises(Problem, match="not canonical"):
+                    _b64url_decode(candidate, "segment")

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
+
+import structlog
 
 from tpx.core.logging import RetryChatter, configure
 
@@ -46,3 +49,22 @@ def test_configure_installs_the_filter():
         assert any(isinstance(f, RetryChatter) for f in logging.getLogger().handlers[0].filters)
     finally:
         configure("console", os.environ.get("TPX_TEST_LOG_LEVEL", "warning"))  # as tests/conftest.py does
+
+
+def test_a_json_line_is_written_whatever_the_values(capsys):
+    """orjson renders the lines; values it refuses (a lone surrogate, an integer beyond 64 bits, a
+    dict with integer keys) still give one JSON line, redacted, instead of failing the log call."""
+    try:
+        configure("json", "info")
+        log = structlog.get_logger("tpx.test")
+        secret = "tpx_" + "a" * 30
+        log.info("plain", token=secret, packages=["é"], nested={"jwt": "eyJhbGciOi.eyJzdWIiOiJ4In0.c2ln"})
+        log.info("odd", surrogate="\ud800", big=2**70, keyed={1: secret}, raw=b"bytes")
+    finally:
+        configure("console", os.environ.get("TPX_TEST_LOG_LEVEL", "warning"))
+    lines = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
+    assert [line["event"] for line in lines] == ["plain", "odd"]
+    assert lines[0]["token"] == "[redacted]" and lines[0]["nested"] == {"jwt": "[redacted]"}
+    assert lines[0]["packages"] == ["é"] and lines[0]["level"] == "info"
+    assert lines[1]["surrogate"] == "\ud800" and lines[1]["big"] == 2**70
+    assert lines[1]["keyed"] == {"1": "[redacted]"} and lines[1]["raw"] == "b'bytes'"
