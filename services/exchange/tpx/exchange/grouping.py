@@ -1,14 +1,18 @@
 """What group commit and group read share: work that arrives while a group is in flight waits for the next.
 
-Items are queued with a future each; at most `max_in_flight` groups run at a
-time, each taking everything queued (up to `max_group`). There is no timer: a
-lone item starts a group at once, and groups only form while others are in
-flight, so grouping never adds a wait that load did not already cause. An item
-only ever joins a group that starts after it was queued.
+Items are queued with a future each and written by at most `max_in_flight`
+writers. An item that finds a writer free starts one with everything queued (up
+to `max_group`: usually itself alone); a writer that finishes a group takes what
+was queued meanwhile at once, so under load it goes from one group to the next
+without a turn of the event loop in between (no task to end, no slot to free in
+a done callback, no new task to start; each of those waits behind every request
+the loop has ready). There is no timer, and groups only form while others are
+in flight, so grouping never adds a wait that load did not already cause. An
+item only ever joins a group that starts after it was queued.
 
 `run(group)` settles each item's future; whatever it leaves unsettled when it
-raises gets the exception. Each group runs in a task of its own: a waiter that is
-cancelled cancels its future only, never the group's work.
+raises gets the exception. A waiter that is cancelled cancels its future only,
+never the group's work.
 """
 
 from __future__ import annotations
@@ -37,26 +41,33 @@ class Groups(Generic[Item, Outcome]):
         self._max_in_flight = max_in_flight
         self._name = name
         self._queue: Group = []
-        self._running: set[asyncio.Task[None]] = set()
+        self._writers: set[asyncio.Task[None]] = set()
 
     def enqueue(self, item: Item) -> asyncio.Future[Outcome]:
         future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
         future.add_done_callback(_retrieve)  # a waiter that was cancelled never reads the outcome
         self._queue.append((item, future))
-        if len(self._running) < self._max_in_flight:
-            self._start()
+        if len(self._writers) < self._max_in_flight:
+            task = asyncio.create_task(self._write(self._take()), name=self._name)
+            self._writers.add(task)
+            task.add_done_callback(self._writers.discard)   # also if it never ran
         return future
 
-    def _start(self) -> None:
+    def _take(self) -> Group:
         group, self._queue = self._queue[:self._max_group], self._queue[self._max_group:]
-        task = asyncio.create_task(self._settled(group), name=self._name)
-        self._running.add(task)
-        task.add_done_callback(self._done)
+        return group
 
-    def _done(self, task: asyncio.Task[None]) -> None:
-        self._running.discard(task)
-        if self._queue and len(self._running) < self._max_in_flight:
-            self._start()
+    async def _write(self, group: Group) -> None:
+        try:
+            while True:
+                await self._settled(group)
+                if not self._queue:
+                    break
+                group = self._take()
+        finally:
+            # In the same step as the empty queue was seen: an item queued from now on starts a writer
+            # (a done callback would leave a turn of the loop in which it found every writer busy).
+            self._writers.discard(asyncio.current_task())  # type: ignore[arg-type]
 
     async def _settled(self, group: Group) -> None:
         try:

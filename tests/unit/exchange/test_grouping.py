@@ -1,0 +1,113 @@
+"""tpx.exchange.grouping: what group commit and group read rely on, without a database."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from tpx.exchange.grouping import Groups
+
+
+class Recorder:
+    """A `run` that answers each item with itself, upper-cased, and records the groups it was given.
+    While `hold` is unset, runs wait for it (a group in flight)."""
+
+    def __init__(self) -> None:
+        self.groups: list[list[str]] = []
+        self.tasks: list[asyncio.Task] = []
+        self.hold = asyncio.Event()
+        self.hold.set()
+        self.started = asyncio.Condition()
+
+    async def in_flight(self, count: int) -> None:
+        """Until `count` groups have started."""
+        async with self.started:
+            await self.started.wait_for(lambda: len(self.groups) >= count)
+
+    async def __call__(self, group) -> None:
+        self.groups.append([item for item, _ in group])
+        self.tasks.append(asyncio.current_task())
+        async with self.started:
+            self.started.notify_all()
+        await self.hold.wait()
+        for item, future in group:
+            if item == "boom":
+                raise RuntimeError("this group failed")
+            if not future.done():
+                future.set_result(item.upper())
+
+
+async def test_items_queued_while_a_group_is_in_flight_form_the_next_group():
+    run = Recorder()
+    groups = Groups(run, max_group=64, max_in_flight=1, name="test")
+    run.hold.clear()
+    first = groups.enqueue("a")
+    await run.in_flight(1)   # the writer took "a"; the rest arrive while it is in flight
+    rest = [groups.enqueue(x) for x in "bcd"]
+    run.hold.set()
+    assert await asyncio.gather(first, *rest) == ["A", "B", "C", "D"]
+    assert run.groups == [["a"], ["b", "c", "d"]]
+
+
+async def test_groups_are_capped_and_writers_are_bounded():
+    run = Recorder()
+    groups = Groups(run, max_group=2, max_in_flight=2, name="test")
+    run.hold.clear()
+    futures = [groups.enqueue(x) for x in "abcde"]
+    await run.in_flight(2)
+    assert run.groups == [["a"], ["b"]]   # each found a writer free; c, d and e wait for one
+    run.hold.set()
+    assert await asyncio.gather(*futures) == list("ABCDE")
+    assert run.groups == [["a"], ["b"], ["c", "d"], ["e"]]   # the first writer back takes two, the cap
+
+
+async def test_an_item_queued_as_the_last_writer_finishes_is_written():
+    """The writer that wrote "a" ends in the step that found the queue empty; "b", queued by a's
+    waiter right after, must start a writer of its own rather than wait for one that is ending."""
+    groups = Groups(Recorder(), max_group=64, max_in_flight=1, name="test")
+    assert await groups.enqueue("a") == "A"
+    assert await asyncio.wait_for(groups.enqueue("b"), timeout=5) == "B"
+
+
+async def test_a_failed_group_fails_its_own_items_only():
+    run = Recorder()
+    groups = Groups(run, max_group=64, max_in_flight=1, name="test")
+    run.hold.clear()
+    first = groups.enqueue("a")
+    await run.in_flight(1)
+    settled, doomed = groups.enqueue("b"), groups.enqueue("boom")
+    run.hold.set()
+    assert await first == "A"
+    assert await settled == "B"   # settled before the group failed: it keeps its answer
+    with pytest.raises(RuntimeError, match="this group failed"):
+        await doomed
+    assert await groups.enqueue("c") == "C"   # the next group is written as usual
+
+
+async def test_a_cancelled_waiter_leaves_its_group_to_finish():
+    run = Recorder()
+    groups = Groups(run, max_group=64, max_in_flight=1, name="test")
+    run.hold.clear()
+    first = groups.enqueue("a")
+    await run.in_flight(1)
+    waiting = asyncio.ensure_future(groups.enqueue("b"))
+    first.cancel()   # in flight
+    run.hold.set()
+    assert await waiting == "B"
+    assert run.groups == [["a"], ["b"]]
+
+
+async def test_a_writer_goes_on_to_what_was_queued_without_a_new_task():
+    """Under load no turn of the event loop passes between one group and the next: the writer that
+    finished takes the queue in the same step (no task to end, no slot to free, no task to start)."""
+    run = Recorder()
+    groups = Groups(run, max_group=64, max_in_flight=1, name="test")
+    run.hold.clear()
+    first = groups.enqueue("a")
+    await run.in_flight(1)
+    rest = [groups.enqueue(x) for x in "bc"]
+    run.hold.set()
+    assert await asyncio.gather(first, *rest) == ["A", "B", "C"]
+    assert run.groups == [["a"], ["b", "c"]]
+    assert run.tasks[0] is run.tasks[1]
