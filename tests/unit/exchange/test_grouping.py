@@ -38,12 +38,18 @@ class Recorder:
                 future.set_result(item.upper())
 
 
-async def test_items_queued_while_a_group_is_in_flight_form_the_next_group():
+async def a_in_flight() -> tuple[Recorder, Groups, asyncio.Future]:
+    """Groups with one writer, holding the group ["a"] in flight: (its run, the groups, a's future)."""
     run = Recorder()
     groups = Groups(run, max_group=64, max_in_flight=1, name="test")
     run.hold.clear()
     first = groups.enqueue("a")
-    await run.in_flight(1)   # the writer took "a"; the rest arrive while it is in flight
+    await run.in_flight(1)
+    return run, groups, first
+
+
+async def test_items_queued_while_a_group_is_in_flight_form_the_next_group():
+    run, groups, first = await a_in_flight()   # the rest arrive while "a" is in flight
     rest = [groups.enqueue(x) for x in "bcd"]
     run.hold.set()
     assert await asyncio.gather(first, *rest) == ["A", "B", "C", "D"]
@@ -71,11 +77,7 @@ async def test_an_item_queued_as_the_last_writer_finishes_is_written():
 
 
 async def test_a_failed_group_fails_its_own_items_only():
-    run = Recorder()
-    groups = Groups(run, max_group=64, max_in_flight=1, name="test")
-    run.hold.clear()
-    first = groups.enqueue("a")
-    await run.in_flight(1)
+    run, groups, first = await a_in_flight()
     settled, doomed = groups.enqueue("b"), groups.enqueue("boom")
     run.hold.set()
     assert await first == "A"
@@ -86,11 +88,7 @@ async def test_a_failed_group_fails_its_own_items_only():
 
 
 async def test_a_cancelled_waiter_leaves_its_group_to_finish():
-    run = Recorder()
-    groups = Groups(run, max_group=64, max_in_flight=1, name="test")
-    run.hold.clear()
-    first = groups.enqueue("a")
-    await run.in_flight(1)
+    run, groups, first = await a_in_flight()
     waiting = asyncio.ensure_future(groups.enqueue("b"))
     first.cancel()   # in flight
     run.hold.set()
@@ -101,11 +99,7 @@ async def test_a_cancelled_waiter_leaves_its_group_to_finish():
 async def test_a_writer_goes_on_to_what_was_queued_without_a_new_task():
     """Under load no turn of the event loop passes between one group and the next: the writer that
     finished takes the queue in the same step (no task to end, no slot to free, no task to start)."""
-    run = Recorder()
-    groups = Groups(run, max_group=64, max_in_flight=1, name="test")
-    run.hold.clear()
-    first = groups.enqueue("a")
-    await run.in_flight(1)
+    run, groups, first = await a_in_flight()
     rest = [groups.enqueue(x) for x in "bc"]
     run.hold.set()
     assert await asyncio.gather(first, *rest) == ["A", "B", "C"]
