@@ -60,9 +60,11 @@ def test_a_json_line_is_written_whatever_the_values(capsys):
         secret = "tpx_" + "a" * 30
         log.info("plain", token=secret, packages=["é"], nested={"jwt": "eyJhbGciOi.eyJzdWIiOiJ4In0.c2ln"})
         log.info("odd", surrogate="\ud800", big=2**70, keyed={1: secret}, raw=b"bytes")
+        written = capsys.readouterr().err
     finally:
-        configure("console", os.environ.get("TPX_TEST_LOG_LEVEL", "warning"))
-    lines = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
+        with capsys.disabled():   # back to the session's stderr, not this test's capture (closed after it)
+            configure("console", os.environ.get("TPX_TEST_LOG_LEVEL", "warning"))
+    lines = [json.loads(line) for line in written.splitlines()]
     assert [line["event"] for line in lines] == ["plain", "odd"]
     assert lines[0]["token"] == "[redacted]" and lines[0]["nested"] == {"jwt": "[redacted]"}
     assert lines[0]["packages"] == ["é"] and lines[0]["level"] == "info"
