@@ -40,3 +40,18 @@ def test_the_worked_example_in_the_docs_recomputes():
     assert f"{len(canonical)} bytes" in text and f"{len(canonical) + 32} bytes" in text
     assert hashlib.sha256(chain.GENESIS + canonical).hexdigest() == expected
     assert chain.link(chain.GENESIS, {**event, chain.CHAIN_ATTRIBUTE: expected}).hex() == expected
+
+
+def standard_library_form(event) -> bytes:
+    return json.dumps(event, separators=(",", ":"), sort_keys=True, ensure_ascii=False).encode("utf-8")
+
+
+@pytest.mark.parametrize("label, event", samples(), ids=[label for label, _ in samples()])
+def test_the_encoding_is_byte_for_byte_the_one_chains_were_built_with(label, event):
+    """encode() runs on orjson; links made before (standard library) must still verify."""
+    assert encode(event) == standard_library_form(event)
+
+
+def test_a_value_orjson_refuses_encodes_as_before():
+    event = {"data": {"big": 2**70, "nested": [{"z": 1, "a": "é\x1f"}]}, "id": "x"}
+    assert encode(event) == standard_library_form(event) == b'{"data":{"big":1180591620717411303424,"nested":[{"a":"\xc3\xa9\\u001f","z":1}]},"id":"x"}'
