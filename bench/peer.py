@@ -560,8 +560,11 @@ def cpu_delta(before: dict[int, float], after: dict[int, float]) -> float:
     return sum(after[pid] - before.get(pid, 0.0) for pid in after)
 
 
-async def measure(target: Target, *, duration: int, tmp: Path, admin: asyncpg.Connection) -> Sample:
-    """Prepare bodies, run wrk once, wait for the relay; retry with more bodies if wrk ran out."""
+async def measure(target: Target, *, duration: int, tmp: Path, admin: asyncpg.Connection,
+                  on_load: Callable[[], None] | None = None) -> Sample:
+    """Prepare bodies, run wrk once, wait for the relay; retry with more bodies if wrk ran out.
+    `on_load` is called as wrk starts (after the bodies are ready): a profiler started before would
+    spend its window on the preparation, which takes seconds."""
     service = target.service
     count = math.ceil(max(target.expected_rps, 300) * duration * 1.3) + 100
     while True:
@@ -576,6 +579,8 @@ async def measure(target: Target, *, duration: int, tmp: Path, admin: asyncpg.Co
                 "shared": await shared_server_pids(admin)}
         before = {group: cpu_ms(group_pids) for group, group_pids in pids.items()}
         machine_before, ours_before, wall_before = machine_busy_ms(), own_rusage_ms(), time.monotonic()
+        if on_load is not None:
+            on_load()
         result, first_error = await run_wrk(service, bodies_file, target.connections, duration)
         drain = await wait_for_relay(service.relay_conn) if service.relay_conn and service.mode == "once" else 0.0
         now = {"service": service.service_pids(), "db": await service.database_pids(admin),

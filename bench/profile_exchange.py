@@ -106,12 +106,16 @@ async def perf_profile(pid: int, target, args: argparse.Namespace, tmp: Path, ad
     """Linux perf's view (C frames and the kernel; Python 3.11's own frames all read as the interpreter),
     by shared object and by symbol: what the process spends outside Python code, which py-spy misses."""
     data = tmp / "perf.data"
-    recorder = subprocess.Popen(["perf", "record", "-F", "499", "-p", str(pid), "-o", str(data), "--",
-                                 "sleep", str(max(args.duration - 2, 1))],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    progress(f"wrk {args.duration} s at {args.connections} connections, perf on pid {pid}")
-    await measure(target, duration=args.duration, tmp=tmp, admin=admin)
-    await asyncio.to_thread(recorder.wait)
+    recorders: list[subprocess.Popen] = []
+
+    def record() -> None:
+        recorders.append(subprocess.Popen(["perf", "record", "-F", "499", "-p", str(pid), "-o", str(data), "--",
+                                           "sleep", str(max(args.duration - 1, 1))],
+                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+
+    progress(f"wrk {args.duration} s at {args.connections} connections, perf on pid {pid} while wrk runs")
+    await measure(target, duration=args.duration, tmp=tmp, admin=admin, on_load=record)
+    await asyncio.to_thread(recorders[-1].wait)
     for sort in ("dso", "dso,sym"):
         report = subprocess.run(["perf", "report", "-i", str(data), "--no-children", "--sort", sort, "--stdio",
                                  "--percent-limit", "0.7"], capture_output=True, text=True)
@@ -162,13 +166,20 @@ async def main(args: argparse.Namespace) -> None:
         # --native unwinds C frames too, but pauses the process for each sample and loses most of them under
         # load; --python-only takes Python frames only (more samples, idle ones left out).
         mode = [] if args.python_only else ["--native"]
-        recorder = subprocess.Popen([py_spy, "record", "--pid", str(pid), *mode, "--format", "raw", "--rate", "250",
-                                     "--duration", str(max(args.duration - 2, 1)), "--output", str(raw)],
-                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        stack.callback(lambda: recorder.poll() is None and recorder.kill())
-        progress(f"wrk {args.duration} s at {args.connections} connections, py-spy on pid {pid}")
-        await measure(target, duration=args.duration, tmp=tmp, admin=admin)
-        _, errors = await asyncio.to_thread(recorder.communicate)
+        recorders: list[subprocess.Popen] = []
+
+        def record() -> None:   # as wrk starts: the bodies take seconds to prepare, with the process idle
+            if recorders:       # wrk ran out of bodies and runs again: one recording, of the last run
+                recorders.pop().kill()
+            recorders.append(subprocess.Popen(
+                [py_spy, "record", "--pid", str(pid), *mode, "--format", "raw", "--rate", "250",
+                 "--duration", str(max(args.duration - 1, 1)), "--output", str(raw)],
+                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
+
+        stack.callback(lambda: [r.kill() for r in recorders if r.poll() is None])
+        progress(f"wrk {args.duration} s at {args.connections} connections, py-spy on pid {pid} while wrk runs")
+        await measure(target, duration=args.duration, tmp=tmp, admin=admin, on_load=record)
+        _, errors = await asyncio.to_thread(recorders[-1].communicate)
         if not raw.exists():
             raise SystemExit(f"bench: py-spy wrote nothing: {errors.decode(errors='replace')[-500:]}")
         summarise(raw, args.top)
