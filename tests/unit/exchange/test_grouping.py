@@ -105,3 +105,13 @@ async def test_a_writer_goes_on_to_what_was_queued_without_a_new_task():
     assert await asyncio.gather(first, *rest) == ["A", "B", "C"]
     assert run.groups == [["a"], ["b", "c"]]
     assert run.tasks[0] is run.tasks[1]
+
+
+async def test_items_queued_behind_a_cancelled_writer_are_still_written():
+    run, groups, first = await a_in_flight()
+    queued = groups.enqueue("b")
+    run.tasks[0].cancel()   # the writer holding "a" (nothing in tpx cancels one; a shutdown would)
+    with pytest.raises(BaseException):
+        await first
+    run.hold.set()
+    assert await asyncio.wait_for(queued, timeout=5) == "B"

@@ -47,11 +47,14 @@ class Groups(Generic[Item, Outcome]):
         future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
         future.add_done_callback(_retrieve)  # a waiter that was cancelled never reads the outcome
         self._queue.append((item, future))
-        if len(self._writers) < self._max_in_flight:
+        self._start_writer()
+        return future
+
+    def _start_writer(self) -> None:
+        if self._queue and len(self._writers) < self._max_in_flight:
             task = asyncio.create_task(self._write(self._take()), name=self._name)
             self._writers.add(task)
             task.add_done_callback(self._writers.discard)   # also if it never ran
-        return future
 
     def _take(self) -> Group:
         group, self._queue = self._queue[:self._max_group], self._queue[self._max_group:]
@@ -68,6 +71,7 @@ class Groups(Generic[Item, Outcome]):
             # In the same step as the empty queue was seen: an item queued from now on starts a writer
             # (a done callback would leave a turn of the loop in which it found every writer busy).
             self._writers.discard(asyncio.current_task())  # type: ignore[arg-type]
+            self._start_writer()   # what a cancelled writer leaves queued gets a writer of its own
 
     async def _settled(self, group: Group) -> None:
         try:
