@@ -20,6 +20,8 @@ SPEC_VERSION = "1.0"
 CONTENT_TYPE = "application/cloudevents+json"
 DATA_CONTENT_TYPE = "application/json"
 SEQUENCE_DIGITS = 20
+# Datetimes and dataclasses are not JSON: left to the standard library, which refuses them as before.
+_CANONICAL = orjson.OPT_SORT_KEYS | orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
 
 
 def format_sequence(sequence: int) -> str:
@@ -61,6 +63,6 @@ def encode(event: Mapping[str, Any]) -> bytes:
     standard library's identical form where orjson refuses a value (an integer beyond 64 bits, a
     non-string key), so the chain's bytes never depend on which of the two ran."""
     try:
-        return orjson.dumps(event, option=orjson.OPT_SORT_KEYS)
+        return orjson.dumps(event, option=_CANONICAL)
     except TypeError:
         return json.dumps(event, separators=(",", ":"), sort_keys=True, ensure_ascii=False).encode("utf-8")

@@ -55,3 +55,9 @@ def test_the_encoding_is_byte_for_byte_the_one_chains_were_built_with(label, eve
 def test_a_value_orjson_refuses_encodes_as_before():
     event = {"data": {"big": 2**70, "nested": [{"z": 1, "a": "é\x1f"}]}, "id": "x"}
     assert encode(event) == standard_library_form(event) == b'{"data":{"big":1180591620717411303424,"nested":[{"a":"\xc3\xa9\\u001f","z":1}]},"id":"x"}'
+
+
+def test_a_value_json_has_no_form_for_is_refused_as_before():
+    import datetime
+    with pytest.raises(TypeError):
+        encode({"time": datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone.utc)})
