@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from typing import Any
 
 import asyncpg
@@ -88,3 +89,13 @@ def test_readiness_is_degraded_only_after_the_listener_grace():
     assert listener_degraded(1000.0, 1000.0 + LISTENER_GRACE_SECONDS, 30) is None
     reason = listener_degraded(1000.0, 1012.0, 30)
     assert reason is not None and "12 s" in reason and "every 30 s" in reason
+
+
+async def answer(scope, receive, send):
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"{}"})
+
+
+def test_a_request_without_an_id_gets_a_new_random_one_each_time():
+    ids = {run(answer)[1][b"x-request-id"] for _ in range(20)}
+    assert len(ids) == 20 and all(re.fullmatch(rb"[0-9a-f]{32}", i) for i in ids)
