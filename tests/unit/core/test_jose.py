@@ -627,8 +627,9 @@ def test_verify_does_not_read_the_clock() -> None:
         (b"42", "not a JSON integer"),
         (b"\xc3\x28", "UTF-8"),
         (b"[" * 100_000 + b"]" * 100_000, "deep"),
+        (b'\xef\xbb\xbf{"a":1}', "BOM"),
     ],
-    ids=["nested_duplicate", "nan", "number", "bad_utf8", "recursion"],
+    ids=["nested_duplicate", "nan", "number", "bad_utf8", "recursion", "byte_order_mark"],
 )
 def test_loads_object_names_what_was_parsed(raw: bytes, fragment: str) -> None:
     with pytest.raises(Problem) as excinfo:

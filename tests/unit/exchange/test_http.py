@@ -16,7 +16,8 @@ from typing import Any
 import asyncpg
 import pytest
 
-from tpx.exchange.http import MAX_HEADER_BYTES, RequestContextMiddleware
+from tpx.core.errors import Problem
+from tpx.exchange.http import MAX_HEADER_BYTES, RequestContextMiddleware, parse_json_object
 
 
 def run(app, headers: list[tuple[bytes, bytes]] | None = None) -> tuple[int, dict[bytes, bytes], dict[str, Any]]:
@@ -99,3 +100,19 @@ async def answer(scope, receive, send):
 def test_a_request_without_an_id_gets_a_new_random_one_each_time():
     ids = {run(answer)[1][b"x-request-id"] for _ in range(20)}
     assert len(ids) == 20 and all(re.fullmatch(rb"[0-9a-f]{32}", i) for i in ids)
+
+
+@pytest.mark.parametrize(("raw", "fragment"), [
+    (b'{"jwt":"a","jwt":"b"}', "appears twice"),
+    (b'{"n":NaN}', "NaN"),
+    (b'\xef\xbb\xbf{"jwt":"a"}', "BOM"),      # refused as json.loads refuses it
+    (b'["jwt"]', "must be a JSON object"),
+])
+def test_a_body_that_is_not_one_strict_json_object_is_refused(raw, fragment):
+    with pytest.raises(Problem) as refused:
+        parse_json_object(raw)
+    assert refused.value.code == "malformed_request" and fragment in refused.value.detail
+
+
+def test_a_json_object_body_is_parsed():
+    assert parse_json_object(b'{"jwt": "a", "n": [1, {"x": null}]}') == {"jwt": "a", "n": [1, {"x": None}]}

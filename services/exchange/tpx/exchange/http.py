@@ -7,7 +7,6 @@ again while streaming, so an oversized or endless body never reaches a parser.
 from __future__ import annotations
 
 import contextvars
-import json
 import os
 import re
 import time
@@ -23,6 +22,7 @@ from starlette.responses import Response
 from tpx.core.db.pool import UNAVAILABLE_ERRORS
 from tpx.core.errors import Problem
 from tpx.core.inputs import invalid
+from tpx.core.jose.strict_json import loads_with
 from tpx.core.logging import get_logger
 from tpx.core.metrics import HTTP_LATENCY, Children
 from tpx.core.outages import DATABASE
@@ -139,16 +139,12 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
-# Built once: json.loads with hooks builds a new decoder for every body.
-_BODY_DECODER = json.JSONDecoder(object_pairs_hook=_reject_duplicates, parse_constant=_reject_constant)
+_loads_body = loads_with(object_pairs_hook=_reject_duplicates, parse_constant=_reject_constant)
 
 
 def parse_json_object(raw: bytes) -> dict[str, Any]:
     try:
-        text = raw.decode("utf-8")
-        if text.startswith("\ufeff"):   # as json.loads says it (the decoder alone does not check)
-            raise json.JSONDecodeError("Unexpected UTF-8 BOM (decode using utf-8-sig)", text, 0)
-        value = _BODY_DECODER.decode(text)
+        value = _loads_body(raw.decode("utf-8"))
     except UnicodeDecodeError:
         raise Problem("malformed_request", "the body is not UTF-8; send UTF-8 encoded JSON") from None
     except RecursionError:
