@@ -87,32 +87,28 @@ class GroupCommit:
         started = time.perf_counter()
         MINT_GROUP_SIZE.observe(len(group))
         async with self._pool.acquire() as conn:
-            await self._write_on(conn, group, started)
-
-    async def _write_on(self, conn: asyncpg.Connection,
-                        group: list[tuple[MintRequest, asyncio.Future[MintResult]]], started: float) -> None:
-        backend_pid = conn.get_server_pid()
-        try:
-            results = (await token_store.mint_many(conn, [request for request, _ in group]) if len(group) > 1
-                       else [await token_store.mint(conn, group[0][0])])
-        except UNAVAILABLE_ERRORS as exc:
-            raise MintLost(backend_pid) from exc
-        except asyncpg.PostgresError as exc:
-            if len(group) == 1:
-                raise
-            log.warning("group_commit.group_failed", mints=len(group), error=f"{type(exc).__name__}: {exc}")
-            for request, future in group:  # one at a time, so only the mint at fault fails
-                try:
-                    result = await OnConnection(conn).write(request)
-                except Exception as single:  # noqa: BLE001 - handed to its own waiter
-                    if not future.done():
-                        future.set_exception(single)
-                else:
-                    if not future.done():
-                        future.set_result(result)
-            return
-        finally:   # before the waiters are settled below, so their answer follows the measurement
-            MINT_WRITE_LATENCY.observe(time.perf_counter() - started)
-        for (_request, future), result in zip(group, results):
-            if not future.done():
-                future.set_result(result)
+            backend_pid = conn.get_server_pid()
+            try:
+                results = (await token_store.mint_many(conn, [request for request, _ in group]) if len(group) > 1
+                           else [await token_store.mint(conn, group[0][0])])
+            except UNAVAILABLE_ERRORS as exc:
+                raise MintLost(backend_pid) from exc
+            except asyncpg.PostgresError as exc:
+                if len(group) == 1:
+                    raise
+                log.warning("group_commit.group_failed", mints=len(group), error=f"{type(exc).__name__}: {exc}")
+                for request, future in group:  # one at a time, so only the mint at fault fails
+                    try:
+                        result = await OnConnection(conn).write(request)
+                    except Exception as single:  # noqa: BLE001 - handed to its own waiter
+                        if not future.done():
+                            future.set_exception(single)
+                    else:
+                        if not future.done():
+                            future.set_result(result)
+                return
+            finally:   # before the waiters are settled below, so their answer follows the measurement
+                MINT_WRITE_LATENCY.observe(time.perf_counter() - started)
+            for (_request, future), result in zip(group, results):   # before the connection goes back
+                if not future.done():
+                    future.set_result(result)
