@@ -102,20 +102,34 @@ async def prefill(service, count: int, chunk: int = 500_000) -> None:
         await conn.close()
 
 
+async def recorded(command: list[str], target, args: argparse.Namespace, tmp: Path, admin) -> subprocess.Popen:
+    """One wrk run with `command` (a profiler that stops by itself) started as wrk starts, not before: the
+    bodies take seconds to prepare, with the process idle. If wrk runs again (it ran out of bodies), the
+    recording restarts, so it is of the last run. Returns the recorder, still running or done."""
+    recorders: list[subprocess.Popen] = []
+
+    def record() -> None:
+        if recorders:
+            recorders.pop().kill()
+        recorders.append(subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
+
+    try:
+        await measure(target, duration=args.duration, tmp=tmp, admin=admin, on_load=record)
+    except BaseException:
+        for recorder in recorders:
+            recorder.kill()
+        raise
+    return recorders[-1]
+
+
 async def perf_profile(pid: int, target, args: argparse.Namespace, tmp: Path, admin) -> None:
     """Linux perf's view (C frames and the kernel; Python 3.11's own frames all read as the interpreter),
     by shared object and by symbol: what the process spends outside Python code, which py-spy misses."""
     data = tmp / "perf.data"
-    recorders: list[subprocess.Popen] = []
-
-    def record() -> None:
-        recorders.append(subprocess.Popen(["perf", "record", "-F", "499", "-p", str(pid), "-o", str(data), "--",
-                                           "sleep", str(max(args.duration - 1, 1))],
-                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-
     progress(f"wrk {args.duration} s at {args.connections} connections, perf on pid {pid} while wrk runs")
-    await measure(target, duration=args.duration, tmp=tmp, admin=admin, on_load=record)
-    await asyncio.to_thread(recorders[-1].wait)
+    await asyncio.to_thread((await recorded(
+        ["perf", "record", "-F", "499", "-p", str(pid), "-o", str(data), "--", "sleep", str(max(args.duration - 1, 1))],
+        target, args, tmp, admin)).communicate)
     for sort in ("dso", "dso,sym"):
         report = subprocess.run(["perf", "report", "-i", str(data), "--no-children", "--sort", sort, "--stdio",
                                  "--percent-limit", "0.7"], capture_output=True, text=True)
@@ -166,20 +180,11 @@ async def main(args: argparse.Namespace) -> None:
         # --native unwinds C frames too, but pauses the process for each sample and loses most of them under
         # load; --python-only takes Python frames only (more samples, idle ones left out).
         mode = [] if args.python_only else ["--native"]
-        recorders: list[subprocess.Popen] = []
-
-        def record() -> None:   # as wrk starts: the bodies take seconds to prepare, with the process idle
-            if recorders:       # wrk ran out of bodies and runs again: one recording, of the last run
-                recorders.pop().kill()
-            recorders.append(subprocess.Popen(
-                [py_spy, "record", "--pid", str(pid), *mode, "--format", "raw", "--rate", "250",
-                 "--duration", str(max(args.duration - 1, 1)), "--output", str(raw)],
-                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
-
-        stack.callback(lambda: [r.kill() for r in recorders if r.poll() is None])
         progress(f"wrk {args.duration} s at {args.connections} connections, py-spy on pid {pid} while wrk runs")
-        await measure(target, duration=args.duration, tmp=tmp, admin=admin, on_load=record)
-        _, errors = await asyncio.to_thread(recorders[-1].communicate)
+        recorder = await recorded([py_spy, "record", "--pid", str(pid), *mode, "--format", "raw", "--rate", "250",
+                                   "--duration", str(max(args.duration - 1, 1)), "--output", str(raw)],
+                                  target, args, tmp, admin)
+        _, errors = await asyncio.to_thread(recorder.communicate)
         if not raw.exists():
             raise SystemExit(f"bench: py-spy wrote nothing: {errors.decode(errors='replace')[-500:]}")
         summarise(raw, args.top)

@@ -23,30 +23,29 @@ HANDLED = {
 }
 
 
+def assert_built_directly_as_pamqp(monkeypatch, *publish) -> None:
+    """publish_frames(*publish) gives pamqp's bytes without handing anything to pamqp."""
+    expected = pamqp_frames(*publish)
+    monkeypatch.setattr(module, "pamqp_frames", None)   # the direct path only
+    assert publish_frames(*publish) == expected
+
+
 @pytest.mark.parametrize("present", [combo for n in range(len(HANDLED) + 1)
                                      for combo in itertools.combinations(HANDLED, n)])
 def test_every_set_of_the_relays_properties_marshals_as_pamqp_does(present, monkeypatch):
     properties = Basic.Properties(**{name: HANDLED[name] for name in present})
-    body = b'{"id":"x"}'
-    expected = pamqp_frames(1, "tpx.events", "token.issued", body, properties, 131_072)
-    monkeypatch.setattr(module, "pamqp_frames", None)   # the direct path only
-    assert publish_frames(1, "tpx.events", "token.issued", body, properties, 131_072) == expected
+    assert_built_directly_as_pamqp(monkeypatch, 1, "tpx.events", "token.issued", b'{"id":"x"}', properties, 131_072)
 
 
 def test_empty_strings_are_left_out_as_pamqp_leaves_them(monkeypatch):
     properties = Basic.Properties(**{**HANDLED, "content_type": "", "app_id": ""})   # cluster_id is "" too
-    expected = pamqp_frames(1, "e", "k", b"b", properties, 10)
-    monkeypatch.setattr(module, "pamqp_frames", None)
-    assert publish_frames(1, "e", "k", b"b", properties, 10) == expected
+    assert_built_directly_as_pamqp(monkeypatch, 1, "e", "k", b"b", properties, 10)
 
 
 @pytest.mark.parametrize("size", [0, 1, 99, 100, 101, 350])
 def test_bodies_are_cut_into_frames_as_pamqp_cuts_them(size, monkeypatch):
     properties = Basic.Properties(**HANDLED)
-    body = random.Random(size).randbytes(size)
-    expected = pamqp_frames(7, "x", "y", body, properties, 100)
-    monkeypatch.setattr(module, "pamqp_frames", None)
-    assert publish_frames(7, "x", "y", body, properties, 100) == expected
+    assert_built_directly_as_pamqp(monkeypatch, 7, "x", "y", random.Random(size).randbytes(size), properties, 100)
 
 
 @pytest.mark.parametrize("moment", [
@@ -55,10 +54,7 @@ def test_bodies_are_cut_into_frames_as_pamqp_cuts_them(size, monkeypatch):
     datetime.datetime(1970, 1, 1, tzinfo=UTC),
 ])
 def test_timestamps_are_whole_seconds_as_pamqp_gives_them(moment, monkeypatch):
-    properties = Basic.Properties(**{**HANDLED, "timestamp": moment})
-    expected = pamqp_frames(1, "e", "k", b"b", properties, 10)
-    monkeypatch.setattr(module, "pamqp_frames", None)
-    assert publish_frames(1, "e", "k", b"b", properties, 10) == expected
+    assert_built_directly_as_pamqp(monkeypatch, 1, "e", "k", b"b", Basic.Properties(**{**HANDLED, "timestamp": moment}), 10)
 
 
 @pytest.mark.parametrize("exchange, routing_key, extra", [
