@@ -54,7 +54,8 @@ def test_bodies_are_cut_into_frames_as_pamqp_cuts_them(size, monkeypatch):
     datetime.datetime(1970, 1, 1, tzinfo=UTC),
 ])
 def test_timestamps_are_whole_seconds_as_pamqp_gives_them(moment, monkeypatch):
-    assert_built_directly_as_pamqp(monkeypatch, 1, "e", "k", b"b", Basic.Properties(**{**HANDLED, "timestamp": moment}), 10)
+    properties = Basic.Properties(**{**HANDLED, "timestamp": moment})
+    assert_built_directly_as_pamqp(monkeypatch, 1, "e", "k", b"b", properties, 10)
 
 
 @pytest.mark.parametrize("exchange, routing_key, extra", [
