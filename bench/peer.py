@@ -605,7 +605,8 @@ async def measure(target: Target, *, duration: int, tmp: Path, admin: asyncpg.Co
                                     f"first: {sample.first_error[:200]}")
     busy = f"; other load {sample.other_cores:.2f} cores" if sample.other_cores >= DISTURBED_CORES else ""
     progress(f"    {target.label}: {len(bodies)} bodies prepared in {prepared:.1f} s; {sample.rps:.0f} req/s, "
-             f"p50 {sample.p50:.1f} ms, p99 {sample.p99:.1f} ms, CPU {sample.cpu_per_ok:.2f} ms/2xx{relay}{busy}{flag}")
+             f"p50 {sample.p50:.1f} ms, p99 {sample.p99:.1f} ms, CPU {sample.cpu_per_ok:.2f} ms/2xx "
+             f"(PostgreSQL backends {sample.db_cpu_per_ok:.2f}){relay}{busy}{flag}")
     return sample
 
 

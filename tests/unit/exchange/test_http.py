@@ -116,3 +116,92 @@ def test_a_body_that_is_not_one_strict_json_object_is_refused(raw, fragment):
 
 def test_a_json_object_body_is_parsed():
     assert parse_json_object(b'{"jwt": "a", "n": [1, {"x": null}]}') == {"jwt": "a", "n": [1, {"x": None}]}
+
+
+def through_app(app, method: str, path: str, chunks: list[dict[str, Any]]) -> tuple[int, dict[bytes, bytes], dict]:
+    """One request through a whole ASGI app, its body given as ASGI messages; what it answered."""
+    sent: list[dict[str, Any]] = []
+    pending = list(chunks)
+
+    async def receive() -> dict[str, Any]:
+        return pending.pop(0)
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "method": method, "path": path, "raw_path": path.encode(), "root_path": "",
+             "headers": [(b"content-type", b"application/json")], "query_string": b"", "scheme": "http",
+             "server": ("127.0.0.1", 80), "client": ("127.0.0.1", 1234), "http_version": "1.1"}
+    asyncio.run(app(scope, receive, send))   # never raises: the request context is the last word
+    start = next(m for m in sent if m["type"] == "http.response.start")
+    body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    return start["status"], dict(start["headers"]), json.loads(body)
+
+
+def exchange_app_with(monkeypatch, hot_handler):
+    """The exchange's own app class (its middleware stack, no lifespan), with test routes: `/boom` fails
+    with a bug, `/v1/hot` is served as a hot route by `hot_handler`."""
+    from starlette.routing import Route
+
+    from tpx.exchange import app as exchange_app
+
+    async def boom(request):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(exchange_app, "HOT_ROUTES", {("POST", "/v1/hot"): hot_handler})
+    return exchange_app.ExchangeApp(routes=[Route("/boom", boom, methods=["POST"]),
+                                            Route("/v1/hot", hot_handler, methods=["POST"])],
+                                    exception_handlers={Problem: exchange_app._problem})
+
+
+BODY = [{"type": "http.request", "body": b'{"a": 1}', "more_body": False}]
+
+
+@pytest.mark.parametrize("path", ["/boom", "/v1/hot"])
+def test_a_bug_in_any_route_of_the_exchange_app_is_a_problem_with_the_request_id(monkeypatch, path):
+    """The app's stack has no Starlette ServerErrorMiddleware (it answered plain text and re-raised):
+    a bug in a routed handler or a hot one is the request context's problem answer."""
+    async def hot(request):
+        raise RuntimeError("a bug")
+
+    status, headers, body = through_app(exchange_app_with(monkeypatch, hot), "POST", path, BODY)
+    assert (status, body["code"]) == (500, "internal")
+    assert body["request_id"] and headers[b"x-request-id"] == body["request_id"].encode()
+
+
+def test_a_body_is_read_across_messages_and_bounded_across_them(monkeypatch):
+    from tpx.exchange.http import JSONResponse, read_object
+
+    async def echo(request):
+        return JSONResponse(await read_object(request, 20))
+
+    app = exchange_app_with(monkeypatch, echo)
+    parts = [{"type": "http.request", "body": b'{"a":', "more_body": True},
+             {"type": "http.request", "body": b"", "more_body": True},
+             {"type": "http.request", "body": b' "b"}', "more_body": False}]
+    assert through_app(app, "POST", "/v1/hot", parts)[::2] == (200, {"a": "b"})
+    too_long = [{"type": "http.request", "body": b'{"a": "' + b"x" * 10, "more_body": True},
+                {"type": "http.request", "body": b"x" * 10 + b'"}', "more_body": False}]
+    status, _, body = through_app(app, "POST", "/v1/hot", too_long)
+    assert (status, body["code"]) == (413, "request_too_large")
+    gone = [{"type": "http.request", "body": b'{"a":', "more_body": True}, {"type": "http.disconnect"}]
+    status, _, body = through_app(app, "POST", "/v1/hot", gone)
+    assert (status, body["code"]) == (400, "malformed_request") and "closed the connection" in body["detail"]
+
+
+def test_request_ids_are_32_hex_digits_and_differ_in_a_forked_worker():
+    import os
+
+    from tpx.exchange.http import new_request_id
+
+    assert re.fullmatch(r"[0-9a-f]{32}", new_request_id())
+    read_end, write_end = os.pipe()
+    child = os.fork()
+    if child == 0:   # the child draws the id a worker forked now would draw first
+        os.write(write_end, new_request_id().encode())
+        os._exit(0)
+    os.close(write_end)
+    os.waitpid(child, 0)
+    with os.fdopen(read_end, "rb") as pipe:
+        theirs = pipe.read().decode()
+    assert theirs != new_request_id() and len({new_request_id() for _ in range(1000)}) == 1000

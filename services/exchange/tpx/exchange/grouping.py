@@ -42,9 +42,15 @@ class Groups(Generic[Item, Outcome]):
         self._name = name
         self._queue: Group = []
         self._writers: set[asyncio.Task[None]] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def _bind_loop(self) -> asyncio.AbstractEventLoop:
+        self._loop = asyncio.get_running_loop()
+        return self._loop
 
     def enqueue(self, item: Item) -> asyncio.Future[Outcome]:
-        future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+        # The loop is looked up at the first item only: get_running_loop() costs a getpid() call each time.
+        future: asyncio.Future[Outcome] = (self._loop or self._bind_loop()).create_future()
         future.add_done_callback(_retrieve)  # a waiter that was cancelled never reads the outcome
         self._queue.append((item, future))
         self._start_writer()

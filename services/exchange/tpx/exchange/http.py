@@ -7,7 +7,7 @@ again while streaming, so an oversized or endless body never reaches a parser.
 from __future__ import annotations
 
 import contextvars
-import os
+import random
 import re
 import time
 from typing import Any
@@ -16,7 +16,7 @@ from urllib.parse import parse_qsl
 import msgspec
 import structlog
 from starlette import responses
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 from starlette.responses import Response
 
 from tpx.core.db.pool import UNAVAILABLE_ERRORS
@@ -55,8 +55,7 @@ class RequestContextMiddleware:
         started = time.perf_counter()
         headers = scope["headers"]
         incoming = next((v for k, v in headers if k == b"x-request-id"), None)
-        # A new id: 128 random bits as 32 hex digits, the shape uuid4().hex had, at a sixth of its cost.
-        request_id = incoming.decode() if incoming and _REQUEST_ID_RE.fullmatch(incoming) else os.urandom(16).hex()
+        request_id = incoming.decode() if incoming and _REQUEST_ID_RE.fullmatch(incoming) else new_request_id()
         token = request_id_var.set(request_id)
         structlog.contextvars.bind_contextvars(request_id=request_id)
         header = (b"x-request-id", request_id.encode())
@@ -89,6 +88,14 @@ class RequestContextMiddleware:
             route = self.route_names.get(scope.get("endpoint"), "unmatched")
             _LATENCY[route, scope["method"] if route != "unmatched" else "other", status or 500].observe(
                 time.perf_counter() - started)
+
+
+def new_request_id() -> str:
+    """128 random bits as 32 hex digits, the shape uuid4().hex has. From `random`, not the kernel: a request
+    id only correlates log lines and answers, so it needs to be unique, not unguessable, and a getrandom
+    call per request was the costliest line of a trivial request (docs/decisions.md, "Performance levers").
+    `random` reseeds itself in a forked child, so worker processes draw different ids."""
+    return f"{random.getrandbits(128):032x}"
 
 
 def _unexpected(exc: Exception, scope) -> Problem:
@@ -190,17 +197,21 @@ async def read_body(request: Request, max_bytes: int) -> bytes:
             raise Problem("malformed_request", "the Content-Length header is not a number")
         if int(declared) > max_bytes:
             raise Problem("request_too_large", f"the body is {int(declared)} bytes; the limit is {max_bytes} bytes")
+    # Straight from the ASGI messages, as Request.stream() reads them, without an async generator per
+    # request (each one is also registered with the event loop). Routes read their body here only, once.
     chunks: list[bytes] = []
     size = 0
-    try:
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > max_bytes:
-                raise Problem("request_too_large", f"the body is larger than the limit of {max_bytes} bytes")
-            chunks.append(chunk)
-    except ClientDisconnect:
-        raise Problem("malformed_request", "the client closed the connection before the body was complete") from None
-    return b"".join(chunks)
+    while True:
+        message = await request.receive()
+        if message["type"] != "http.request":   # http.disconnect
+            raise Problem("malformed_request", "the client closed the connection before the body was complete")
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > max_bytes:
+            raise Problem("request_too_large", f"the body is larger than the limit of {max_bytes} bytes")
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 async def read_object(request: Request, max_bytes: int, *, allow_form: bool = False) -> dict[str, Any]:

@@ -63,14 +63,23 @@ class VerificationKey:
     alg: str | None
     # cryptography key objects are not hashable; equality still compares them.
     key: PublicKey = field(repr=False, hash=False)
+    _supported: dict[str, bool] = field(default_factory=dict, init=False, repr=False, hash=False, compare=False)
 
     def supports(self, alg: str) -> bool:
         """Whether a token signed with `alg` may be checked with this key.
 
         Guards against algorithm confusion: an RSA key never verifies an EC
         signature, an ES256 token needs a P-256 key, and a key that names its
-        algorithm is used for that one only.
+        algorithm is used for that one only. Asked on every verification, so
+        the answer per algorithm is kept: `isinstance` against cryptography's
+        abstract key classes goes through ABCMeta each time.
         """
+        known = self._supported.get(alg)
+        if known is None:
+            known = self._supported[alg] = self._check_supports(alg)
+        return known
+
+    def _check_supports(self, alg: str) -> bool:
         if alg not in SUPPORTED_ALGORITHMS:
             return False
         if self.alg is not None and self.alg != alg:
