@@ -19,7 +19,9 @@ def rfc3339(moment: datetime, *, seconds: bool = False) -> str:
     if moment.tzinfo is None:
         raise ValueError("an instant must be timezone-aware to be shown in UTC")
     spec = "seconds" if seconds else "microseconds"
-    return moment.astimezone(timezone.utc).isoformat(timespec=spec).replace("+00:00", "Z")
+    if moment.tzinfo is not timezone.utc:   # the database driver's instants already are (an exchange shows two)
+        moment = moment.astimezone(timezone.utc)
+    return moment.isoformat(timespec=spec).replace("+00:00", "Z")
 
 
 def rfc3339_or_none(moment: datetime | None, *, seconds: bool = False) -> str | None:

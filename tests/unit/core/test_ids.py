@@ -25,3 +25,30 @@ def test_ids_of_later_milliseconds_sort_later_and_all_differ():
     assert max(first) < min(later)
     assert len({*first, *later}) == 4000
     assert len({i.int & ((1 << 62) - 1) for i in first}) == 2000   # the random tail differs
+
+
+def test_a_forked_process_never_makes_the_ids_its_parent_makes():
+    """The random bytes are drawn in advance: a child forked with some left over must not reuse them."""
+    import os
+
+    new_id()   # the parent now holds drawn bytes it has not used
+    read_end, write_end = os.pipe()
+    child = os.fork()
+    if child == 0:
+        os.write(write_end, b"".join(new_id().bytes for _ in range(300)))
+        os._exit(0)
+    os.close(write_end)
+    os.waitpid(child, 0)
+    with os.fdopen(read_end, "rb") as pipe:
+        raw = pipe.read()
+    theirs = {raw[i:i + 16][6:] for i in range(0, len(raw), 16)}     # the random part (and version, variant)
+    ours = {new_id().bytes[6:] for _ in range(300)}
+    assert len(theirs) == 300 and not theirs & ours
+
+
+def test_threads_never_share_drawn_bytes():
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(8) as pool:
+        batches = list(pool.map(lambda _: [new_id().int & ((1 << 62) - 1) for _ in range(700)], range(8)))
+    assert len({tail for batch in batches for tail in batch}) == 8 * 700
