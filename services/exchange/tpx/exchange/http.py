@@ -211,7 +211,7 @@ async def read_body(request: Request, max_bytes: int) -> bytes:
             raise Problem("request_too_large", f"the body is larger than the limit of {max_bytes} bytes")
         chunks.append(chunk)
         if not message.get("more_body", False):
-            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+            return b"".join(chunks)
 
 
 async def read_object(request: Request, max_bytes: int, *, allow_form: bool = False) -> dict[str, Any]:

@@ -63,7 +63,11 @@ class VerificationKey:
     alg: str | None
     # cryptography key objects are not hashable; equality still compares them.
     key: PublicKey = field(repr=False, hash=False)
-    _supported: dict[str, bool] = field(default_factory=dict, init=False, repr=False, hash=False, compare=False)
+    # What `supports` answers, derived once from the fields above (frozen: they never change).
+    _algorithms: frozenset[str] = field(init=False, repr=False, hash=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_algorithms", frozenset(a for a in SUPPORTED_ALGORITHMS if self._check_supports(a)))
 
     def supports(self, alg: str) -> bool:
         """Whether a token signed with `alg` may be checked with this key.
@@ -71,13 +75,10 @@ class VerificationKey:
         Guards against algorithm confusion: an RSA key never verifies an EC
         signature, an ES256 token needs a P-256 key, and a key that names its
         algorithm is used for that one only. Asked on every verification, so
-        the answer per algorithm is kept: `isinstance` against cryptography's
-        abstract key classes goes through ABCMeta each time.
+        the answer is worked out at construction: `isinstance` against
+        cryptography's abstract key classes goes through ABCMeta each time.
         """
-        known = self._supported.get(alg)
-        if known is None:
-            known = self._supported[alg] = self._check_supports(alg)
-        return known
+        return alg in self._algorithms
 
     def _check_supports(self, alg: str) -> bool:
         if alg not in SUPPORTED_ALGORITHMS:

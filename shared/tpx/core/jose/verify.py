@@ -129,7 +129,7 @@ def _b64url_decode(segment: str, what: str) -> bytes:
         raise _malformed(
             f"The {what} is not canonical base64url (its last character has non-zero unused bits)."
         )
-    return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+    return base64.urlsafe_b64decode(segment + "=" * (-remainder % 4))
 
 
 def _check_strings(obj: dict[str, Any], what: str, raw: bytes | None = None) -> None:
