@@ -32,6 +32,22 @@ def _stop_with_parent() -> None:
         pass
 
 
+def written_by_forked_child(produce: Callable[[], bytes]) -> bytes:
+    """What `produce()` returns in a child forked now (as a worker process is): for state that must not
+    carry over a fork. The child exits at once, without running the parent's cleanup."""
+    read_end, write_end = os.pipe()
+    child = os.fork()
+    if child == 0:
+        try:
+            os.write(write_end, produce())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    os.waitpid(child, 0)
+    with os.fdopen(read_end, "rb") as pipe:
+        return pipe.read()
+
+
 def free_ports(count: int) -> list[int]:
     """`count` distinct free loopback ports (all held open while choosing, so none repeats)."""
     sockets = []

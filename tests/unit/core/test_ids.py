@@ -6,6 +6,7 @@ import time
 import uuid
 
 from tpx.core.ids import new_id
+from tests.support.processes import written_by_forked_child
 
 
 def test_an_id_is_a_version_7_uuid_of_now():
@@ -29,18 +30,8 @@ def test_ids_of_later_milliseconds_sort_later_and_all_differ():
 
 def test_a_forked_process_never_makes_the_ids_its_parent_makes():
     """The random bytes are drawn in advance: a child forked with some left over must not reuse them."""
-    import os
-
     new_id()   # the parent now holds drawn bytes it has not used
-    read_end, write_end = os.pipe()
-    child = os.fork()
-    if child == 0:
-        os.write(write_end, b"".join(new_id().bytes for _ in range(300)))
-        os._exit(0)
-    os.close(write_end)
-    os.waitpid(child, 0)
-    with os.fdopen(read_end, "rb") as pipe:
-        raw = pipe.read()
+    raw = written_by_forked_child(lambda: b"".join(new_id().bytes for _ in range(300)))
     theirs = {raw[i:i + 16][6:] for i in range(0, len(raw), 16)}     # the random part (and version, variant)
     ours = {new_id().bytes[6:] for _ in range(300)}
     assert len(theirs) == 300 and not theirs & ours

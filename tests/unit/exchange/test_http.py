@@ -18,23 +18,37 @@ import pytest
 
 from tpx.core.errors import Problem
 from tpx.exchange.http import MAX_HEADER_BYTES, RequestContextMiddleware, parse_json_object
+from tests.support.processes import written_by_forked_child
 
 
-def run(app, headers: list[tuple[bytes, bytes]] | None = None) -> tuple[int, dict[bytes, bytes], dict[str, Any]]:
-    """One GET through the middleware; the status, headers and JSON body it sent."""
+EMPTY_BODY = [{"type": "http.request", "body": b"", "more_body": False}]
+
+
+def answered(app, method: str = "GET", path: str = "/x", headers: list[tuple[bytes, bytes]] | None = None,
+             body: list[dict[str, Any]] = EMPTY_BODY) -> tuple[int, dict[bytes, bytes], dict[str, Any]]:
+    """One request through an ASGI app, its body given as ASGI messages; the status, headers and JSON
+    body it answered. Whatever the app does, the call itself must not raise."""
     sent: list[dict[str, Any]] = []
+    pending = list(body)
 
     async def receive() -> dict[str, Any]:
-        return {"type": "http.request", "body": b"", "more_body": False}
+        return pending.pop(0)
 
     async def send(message: dict[str, Any]) -> None:
         sent.append(message)
 
-    scope = {"type": "http", "method": "GET", "path": "/x", "headers": headers or [], "query_string": b""}
-    asyncio.run(RequestContextMiddleware(app, route_names={})(scope, receive, send))
+    scope = {"type": "http", "method": method, "path": path, "raw_path": path.encode(), "root_path": "",
+             "headers": headers or [], "query_string": b"", "scheme": "http", "server": ("127.0.0.1", 80),
+             "client": ("127.0.0.1", 1234), "http_version": "1.1"}
+    asyncio.run(app(scope, receive, send))
     start = next(m for m in sent if m["type"] == "http.response.start")
-    body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
-    return start["status"], dict(start["headers"]), json.loads(body)
+    content = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    return start["status"], dict(start["headers"]), json.loads(content)
+
+
+def run(app, headers: list[tuple[bytes, bytes]] | None = None) -> tuple[int, dict[bytes, bytes], dict[str, Any]]:
+    """One GET through the request-context middleware around `app`."""
+    return answered(RequestContextMiddleware(app, route_names={}), headers=headers)
 
 
 async def bug(scope, receive, send):
@@ -118,26 +132,6 @@ def test_a_json_object_body_is_parsed():
     assert parse_json_object(b'{"jwt": "a", "n": [1, {"x": null}]}') == {"jwt": "a", "n": [1, {"x": None}]}
 
 
-def through_app(app, method: str, path: str, chunks: list[dict[str, Any]]) -> tuple[int, dict[bytes, bytes], dict]:
-    """One request through a whole ASGI app, its body given as ASGI messages; what it answered."""
-    sent: list[dict[str, Any]] = []
-    pending = list(chunks)
-
-    async def receive() -> dict[str, Any]:
-        return pending.pop(0)
-
-    async def send(message: dict[str, Any]) -> None:
-        sent.append(message)
-
-    scope = {"type": "http", "method": method, "path": path, "raw_path": path.encode(), "root_path": "",
-             "headers": [(b"content-type", b"application/json")], "query_string": b"", "scheme": "http",
-             "server": ("127.0.0.1", 80), "client": ("127.0.0.1", 1234), "http_version": "1.1"}
-    asyncio.run(app(scope, receive, send))   # never raises: the request context is the last word
-    start = next(m for m in sent if m["type"] == "http.response.start")
-    body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
-    return start["status"], dict(start["headers"]), json.loads(body)
-
-
 def exchange_app_with(monkeypatch, hot_handler):
     """The exchange's own app class (its middleware stack, no lifespan), with test routes: `/boom` fails
     with a bug, `/v1/hot` is served as a hot route by `hot_handler`."""
@@ -154,6 +148,7 @@ def exchange_app_with(monkeypatch, hot_handler):
                                     exception_handlers={Problem: exchange_app._problem})
 
 
+JSON_HEADERS = [(b"content-type", b"application/json")]
 BODY = [{"type": "http.request", "body": b'{"a": 1}', "more_body": False}]
 
 
@@ -164,7 +159,7 @@ def test_a_bug_in_any_route_of_the_exchange_app_is_a_problem_with_the_request_id
     async def hot(request):
         raise RuntimeError("a bug")
 
-    status, headers, body = through_app(exchange_app_with(monkeypatch, hot), "POST", path, BODY)
+    status, headers, body = answered(exchange_app_with(monkeypatch, hot), "POST", path, JSON_HEADERS, BODY)
     assert (status, body["code"]) == (500, "internal")
     assert body["request_id"] and headers[b"x-request-id"] == body["request_id"].encode()
 
@@ -179,29 +174,19 @@ def test_a_body_is_read_across_messages_and_bounded_across_them(monkeypatch):
     parts = [{"type": "http.request", "body": b'{"a":', "more_body": True},
              {"type": "http.request", "body": b"", "more_body": True},
              {"type": "http.request", "body": b' "b"}', "more_body": False}]
-    assert through_app(app, "POST", "/v1/hot", parts)[::2] == (200, {"a": "b"})
+    assert answered(app, "POST", "/v1/hot", JSON_HEADERS, parts)[::2] == (200, {"a": "b"})
     too_long = [{"type": "http.request", "body": b'{"a": "' + b"x" * 10, "more_body": True},
                 {"type": "http.request", "body": b"x" * 10 + b'"}', "more_body": False}]
-    status, _, body = through_app(app, "POST", "/v1/hot", too_long)
+    status, _, body = answered(app, "POST", "/v1/hot", JSON_HEADERS, too_long)
     assert (status, body["code"]) == (413, "request_too_large")
     gone = [{"type": "http.request", "body": b'{"a":', "more_body": True}, {"type": "http.disconnect"}]
-    status, _, body = through_app(app, "POST", "/v1/hot", gone)
+    status, _, body = answered(app, "POST", "/v1/hot", JSON_HEADERS, gone)
     assert (status, body["code"]) == (400, "malformed_request") and "closed the connection" in body["detail"]
 
 
 def test_request_ids_are_32_hex_digits_and_differ_in_a_forked_worker():
-    import os
-
     from tpx.exchange.http import new_request_id
 
     assert re.fullmatch(r"[0-9a-f]{32}", new_request_id())
-    read_end, write_end = os.pipe()
-    child = os.fork()
-    if child == 0:   # the child draws the id a worker forked now would draw first
-        os.write(write_end, new_request_id().encode())
-        os._exit(0)
-    os.close(write_end)
-    os.waitpid(child, 0)
-    with os.fdopen(read_end, "rb") as pipe:
-        theirs = pipe.read().decode()
-    assert theirs != new_request_id() and len({new_request_id() for _ in range(1000)}) == 1000
+    theirs = written_by_forked_child(lambda: new_request_id().encode())   # what a worker forked now draws first
+    assert theirs.decode() != new_request_id() and len({new_request_id() for _ in range(1000)}) == 1000
