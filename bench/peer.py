@@ -39,7 +39,10 @@ processes and all their descendants, plus the PostgreSQL backends connected to i
 not this script, not the issuers), also split into those two parts. PostgreSQL's background processes
 and RabbitMQ are shared servers: their CPU is reported on a separate line, not in the table. So is the
 CPU everything else on the machine used during each run (/proc/stat less all of the above): runs it
-disturbed are named.
+disturbed are named. Each run's progress line also shows how many cores the target's processes and its
+backends kept busy and how many they spent runnable but waiting for a CPU (/proc/<pid>/schedstat): a
+target busy well under a core per process that still waits tells a run bound by the chain of waits
+between processes on a shared machine, not by any one process's CPU.
 Everything started here is stopped, and the databases, AMQP objects and temporary files are removed,
 also on error or Ctrl-C. Run it on an otherwise idle machine: it takes both cores. The tpx services
 run from this checkout, as it is.
@@ -87,7 +90,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import loadgen  # noqa: E402
 from support import (  # noqa: E402
-    PG, TPX, WORKER_POOL, backend_pids, cpu_ms, delete_amqp_objects, drop_database, empty_database, free_port, fresh_database,
+    PG, TPX, WORKER_POOL, backend_pids, cpu_ms, delete_amqp_objects, run_queue_ms, drop_database, empty_database, free_port, fresh_database,
     machine_busy_ms, process_tree, progress, register_publisher, rss_mb, runtime_tpx, serve_app, shared_server_pids, start, start_tpx, stop, tpx_env,
     wait_http,
 )
@@ -371,6 +374,7 @@ class Sample:
     db_cpu_ms: float        # of which the backends
     shared_cpu_ms: float
     other_cores: float      # CPU of everything else on the machine (not the target, the shared servers, wrk, us)
+    cores: dict[str, tuple[float, float]] = field(default_factory=dict)   # group -> (busy, waiting for a CPU)
     first_error: str = ""
 
     @property
@@ -556,7 +560,8 @@ def own_rusage_ms() -> float:
 
 
 def cpu_delta(before: dict[int, float], after: dict[int, float]) -> float:
-    """CPU used in between; a process that started in between counts whole, one that exited is lost."""
+    """Time used in between (CPU, or waiting for a CPU); a process that started in between counts whole, one
+    that exited is lost."""
     return sum(after[pid] - before.get(pid, 0.0) for pid in after)
 
 
@@ -578,6 +583,7 @@ async def measure(target: Target, *, duration: int, tmp: Path, admin: asyncpg.Co
         pids = {"service": service.service_pids(), "db": await service.database_pids(admin),
                 "shared": await shared_server_pids(admin)}
         before = {group: cpu_ms(group_pids) for group, group_pids in pids.items()}
+        waits_before = {group: run_queue_ms(group_pids) for group, group_pids in pids.items()}
         machine_before, ours_before, wall_before = machine_busy_ms(), own_rusage_ms(), time.monotonic()
         if on_load is not None:
             on_load()
@@ -587,8 +593,12 @@ async def measure(target: Target, *, duration: int, tmp: Path, admin: asyncpg.Co
                "shared": await shared_server_pids(admin)}
         used = {group: cpu_delta(before[group], cpu_ms(sorted(set(pids[group]) | set(now[group]))))
                 for group in pids}
+        waited = {group: cpu_delta(waits_before[group], run_queue_ms(sorted(set(pids[group]) | set(now[group]))))
+                  for group in pids}
         other = machine_busy_ms() - machine_before - sum(used.values()) - (own_rusage_ms() - ours_before)
-        other_cores = max(other, 0.0) / 1000 / (time.monotonic() - wall_before)
+        seconds = time.monotonic() - wall_before
+        other_cores = max(other, 0.0) / 1000 / seconds
+        cores = {group: (used[group] / 1000 / seconds, waited[group] / 1000 / seconds) for group in ("service", "db")}
         if not result["exhausted"]:
             break
         count *= 2
@@ -598,7 +608,7 @@ async def measure(target: Target, *, duration: int, tmp: Path, admin: asyncpg.Co
         socket_errors=sum(result[k] for k in ("connect_errors", "read_errors", "write_errors", "timeouts")),
         window=result["duration_us"] / 1e6, drain=drain, p50=result["p50_us"] / 1000, p99=result["p99_us"] / 1000,
         cpu_ms=used["service"] + used["db"], db_cpu_ms=used["db"], shared_cpu_ms=used["shared"],
-        other_cores=other_cores, first_error=first_error)
+        other_cores=other_cores, cores=cores, first_error=first_error)
     target.expected_rps = max(target.expected_rps, sample.rps)
     relay = f", relay drained in {sample.drain:.2f} s" if service.relay_conn and service.mode == "once" else ""
     flag = "" if sample.valid else (f"  INVALID: {sample.non2xx} non-2xx, {sample.socket_errors} socket errors; "
@@ -606,7 +616,9 @@ async def measure(target: Target, *, duration: int, tmp: Path, admin: asyncpg.Co
     busy = f"; other load {sample.other_cores:.2f} cores" if sample.other_cores >= DISTURBED_CORES else ""
     progress(f"    {target.label}: {len(bodies)} bodies prepared in {prepared:.1f} s; {sample.rps:.0f} req/s, "
              f"p50 {sample.p50:.1f} ms, p99 {sample.p99:.1f} ms, CPU {sample.cpu_per_ok:.2f} ms/2xx "
-             f"(PostgreSQL backends {sample.db_cpu_per_ok:.2f}){relay}{busy}{flag}")
+             f"(PostgreSQL backends {sample.db_cpu_per_ok:.2f}); cores busy/waiting for a CPU: "
+             f"{service.name} {'/'.join(f'{v:.2f}' for v in sample.cores['service'])}, "
+             f"PostgreSQL backends {'/'.join(f'{v:.2f}' for v in sample.cores['db'])}{relay}{busy}{flag}")
     return sample
 
 

@@ -247,6 +247,20 @@ def cpu_ms(pids: list[int]) -> dict[int, float]:
     return times
 
 
+def run_queue_ms(pids: list[int]) -> dict[int, float]:
+    """Time each live process has spent runnable but waiting for a CPU so far, in ms
+    (/proc/<pid>/schedstat, second field, in ns; all threads). Beside CPU time it tells a run bound by
+    the cores from one bound by waits: a process that is busy 75% of the time and waits 10% is not
+    saturated, and backends that wait about as long as they run sit behind other processes."""
+    waits = {}
+    for pid in pids:
+        try:
+            waits[pid] = int(Path(f"/proc/{pid}/schedstat").read_text().split()[1]) / 1e6
+        except (OSError, IndexError, ValueError):
+            continue
+    return waits
+
+
 def rss_mb(pid: int) -> float | None:
     """Resident set size of a live process, in MB (/proc/<pid>/status VmRSS)."""
     try:
