@@ -90,8 +90,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import loadgen  # noqa: E402
 from support import (  # noqa: E402
-    PG, TPX, WORKER_POOL, backend_pids, cpu_ms, delete_amqp_objects, run_queue_ms, drop_database, empty_database, free_port, fresh_database,
-    machine_busy_ms, process_tree, progress, register_publisher, rss_mb, runtime_tpx, serve_app, shared_server_pids, start, start_tpx, stop, tpx_env,
+    PG, TPX, WORKER_POOL, backend_pids, cpu_ms, delete_amqp_objects, drop_database, empty_database, free_port, fresh_database,
+    machine_busy_ms, process_tree, progress, register_publisher, rss_mb, run_queue_ms, runtime_tpx, serve_app, shared_server_pids, start, start_tpx, stop, tpx_env,
     wait_http,
 )
 
