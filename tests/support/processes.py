@@ -39,13 +39,16 @@ def written_by_forked_child(produce: Callable[[], bytes]) -> bytes:
     child = os.fork()
     if child == 0:
         try:
-            os.write(write_end, produce())
+            os.close(read_end)   # or a child whose parent stopped reading would block for ever
+            with os.fdopen(write_end, "wb") as pipe:
+                pipe.write(produce())
         finally:
             os._exit(0)
     os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:   # read before waiting: a child writing more than the pipe holds
+        written = pipe.read()                 # would otherwise block for ever
     os.waitpid(child, 0)
-    with os.fdopen(read_end, "rb") as pipe:
-        return pipe.read()
+    return written
 
 
 def free_ports(count: int) -> list[int]:
