@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from dataclasses import replace
 
@@ -40,16 +41,31 @@ async def transactions_of(db, token_ids) -> int:
 async def test_mints_that_arrive_while_one_is_written_commit_together(repo, db, exchange_app, settings):
     await repo.add_publisher(repository_owner_id=repo.owner_id, repository_id=repo.repository_id)
     group_commit = GroupCommit(db, max_in_flight=1)
-    minted = await asyncio.gather(*(write(group_commit, settings, d)
-                                    for d in await decisions(repo, db, exchange_app, settings, 20)))
+    first, *rest = await decisions(repo, db, exchange_app, settings, 20)
+    async with held_gate(db):
+        writes = [asyncio.create_task(write(group_commit, settings, first))]
+        await gate_waiter(db)            # the first is in flight, alone
+        writes += [asyncio.create_task(write(group_commit, settings, d)) for d in rest]
+        await until_queued(group_commit, 19)
+    minted = await asyncio.gather(*writes)
     assert all(m is not None for m in minted)
     ids = [m.token_id for m in minted]
     assert len(set(ids)) == 20
-    # The first is written at once, alone; the other 19 queue behind it and go in one transaction.
+    # The other 19 queued behind the first and went in one transaction.
     assert await transactions_of(db, ids) == 2
     events = await db.fetchval("SELECT count(*) FROM outbox WHERE type = 'dev.tpx.token.issued' "
                                "AND subject = ANY($1::text[])", ids)
     assert events == 20
+
+
+async def test_mints_that_arrive_together_commit_together(repo, db, exchange_app, settings):
+    """Exchanges that reach the queue in the same turn of the event loop share the first transaction,
+    even with writers free (each used to start one of its own)."""
+    await repo.add_publisher(repository_owner_id=repo.owner_id, repository_id=repo.repository_id)
+    group_commit = GroupCommit(db, max_in_flight=3)
+    minted = await asyncio.gather(*(write(group_commit, settings, d)
+                                    for d in await decisions(repo, db, exchange_app, settings, 5)))
+    assert await transactions_of(db, [m.token_id for m in minted]) == 1
 
 
 async def test_an_idle_service_writes_a_lone_mint_at_once_in_its_own_transaction(repo, db, exchange_app, settings):
@@ -65,12 +81,12 @@ async def test_the_same_id_token_twice_in_one_group_is_minted_once(repo, db, exc
     await repo.add_publisher(repository_owner_id=repo.owner_id, repository_id=repo.repository_id)
     group_commit = GroupCommit(db, max_in_flight=1)
     first, *same = await decisions(repo, db, exchange_app, settings, 4, jti=f"jti-{uuid.uuid4()}")
-    blocker = (await decisions(repo, db, exchange_app, settings, 1))[0]
-    outcomes = await asyncio.gather(write(group_commit, settings, blocker), write(group_commit, settings, first),
+    other = (await decisions(repo, db, exchange_app, settings, 1))[0]
+    outcomes = await asyncio.gather(write(group_commit, settings, other), write(group_commit, settings, first),
                                     *(write(group_commit, settings, d) for d in same), return_exceptions=True)
     assert outcomes[0] is not None and outcomes[1] is not None
     assert [getattr(o, "code", o) for o in outcomes[2:]] == ["token_reused"] * 3
-    assert await transactions_of(db, [outcomes[0].token_id]) == 1
+    assert await transactions_of(db, [outcomes[0].token_id, outcomes[1].token_id]) == 1   # one group
 
 
 async def test_a_mint_that_fails_in_a_group_fails_alone(repo, db, exchange_app, settings, monkeypatch):
@@ -80,8 +96,8 @@ async def test_a_mint_that_fails_in_a_group_fails_alone(repo, db, exchange_app, 
     group_commit = GroupCommit(db, max_in_flight=1)
     decided = await decisions(repo, db, exchange_app, settings, 6)
     taken = uuid.UUID((await write(group_commit, settings, decided[0])).token_id)
-    # The exchanges below draw their token ids in order: the first goes alone, the second (taken id)
-    # and the rest form the next group.
+    # The exchanges below draw their token ids in order and go in one group, which the second one's
+    # (taken) id fails.
     ids = iter([uuid.uuid4(), taken, uuid.uuid4(), uuid.uuid4(), uuid.uuid4()])
     monkeypatch.setattr(minting, "new_id", lambda: next(ids))
     outcomes = await asyncio.gather(*(write(group_commit, settings, d) for d in decided[1:]), return_exceptions=True)
@@ -102,8 +118,10 @@ async def test_a_group_whose_connection_dies_is_lost_with_the_session_to_settle(
             transaction = gate.transaction()
             await transaction.start()
             await gate.execute("SELECT pg_advisory_xact_lock($1)", MINT_GATE)   # every write waits on the gate
-            writes = [asyncio.create_task(write(group_commit, settings, d)) for d in decided]
+            writes = [asyncio.create_task(write(group_commit, settings, decided[0]))]
             alone = await gate_waiter(db)
+            writes += [asyncio.create_task(write(group_commit, settings, d)) for d in decided[1:]]
+            await until_queued(group_commit, 3)
             await db.execute("SELECT pg_terminate_backend($1)", alone)
             group = await gate_waiter(db, other_than=alone)
             await db.execute("SELECT pg_terminate_backend($1)", group)
@@ -115,6 +133,28 @@ async def test_a_group_whose_connection_dies_is_lost_with_the_session_to_settle(
     assert [o.backend_pid for o in outcomes] == [alone, group, group, group]
     assert await db.fetchval("SELECT count(*) FROM tokens WHERE id = ANY($1::uuid[])",
                              [uuid.UUID(o.token_id) for o in outcomes]) == 0
+
+
+@contextlib.asynccontextmanager
+async def held_gate(db):
+    """The mint gate held exclusively in a transaction of its own: every mint waits on it until the block ends."""
+    async with db.acquire() as gate:
+        transaction = gate.transaction()
+        await transaction.start()
+        await gate.execute("SELECT pg_advisory_xact_lock($1)", MINT_GATE)
+        try:
+            yield
+        finally:
+            await transaction.rollback()
+
+
+async def until_queued(group_commit: GroupCommit, count: int) -> None:
+    """Until `count` mints wait in the queue for a writer (their exchanges have reached it)."""
+    for _ in range(1000):
+        if len(group_commit._groups._queue) >= count:
+            return
+        await asyncio.sleep(0)
+    raise AssertionError(f"{count} mints never queued")
 
 
 async def gate_waiter(db, other_than: int | None = None) -> int:
@@ -151,15 +191,13 @@ async def test_an_exchange_cancelled_while_its_mint_waits_does_not_cancel_the_wr
     decided = await decisions(repo, db, exchange_app, settings, 4)
     ids = [uuid.uuid4() for _ in decided]
     monkeypatch.setattr(minting, "new_id", iter(ids).__next__)
-    async with db.acquire() as gate:
-        transaction = gate.transaction()
-        await transaction.start()
-        await gate.execute("SELECT pg_advisory_xact_lock($1)", MINT_GATE)   # every write waits on the gate
-        writes = [asyncio.create_task(write(group_commit, settings, d)) for d in decided]
-        await gate_waiter(db)            # the first is in flight, alone; the other three are queued
+    async with held_gate(db):
+        writes = [asyncio.create_task(write(group_commit, settings, decided[0]))]
+        await gate_waiter(db)            # the first is in flight, alone
+        writes += [asyncio.create_task(write(group_commit, settings, d)) for d in decided[1:]]
+        await until_queued(group_commit, 3)
         writes[0].cancel()               # in flight
         writes[2].cancel()               # queued
-        await transaction.rollback()
     outcomes = await asyncio.gather(*writes, return_exceptions=True)
     assert [type(o).__name__ for o in outcomes] == ["CancelledError", "MintedToken", "CancelledError", "MintedToken"]
     assert await db.fetchval("SELECT count(*) FROM tokens WHERE id = ANY($1::uuid[])", ids) == 4
@@ -178,8 +216,9 @@ async def test_each_group_is_measured_once_with_its_size(repo, db, exchange_app,
     group_commit = GroupCommit(db, max_in_flight=1)
     decided = await decisions(repo, db, exchange_app, settings, 8)
     groups, mints, timed = group_metrics()
+    alone = REGISTRY.get_sample_value("tpx_mint_group_size_bucket", {"le": "4.0"}) or 0.0
     minted = await asyncio.gather(*(write(group_commit, settings, d) for d in decided))
     assert all(m is not None for m in minted)
-    # The first is written alone; the other seven queue behind it and go together.
-    assert group_metrics() == (groups + 2, mints + 8, timed + 2)
-    assert REGISTRY.get_sample_value("tpx_mint_group_size_bucket", {"le": "1.0"}) >= 1
+    # The eight arrived together and went in one group.
+    assert group_metrics() == (groups + 1, mints + 8, timed + 1)
+    assert REGISTRY.get_sample_value("tpx_mint_group_size_bucket", {"le": "4.0"}) == alone

@@ -41,14 +41,31 @@ async def test_lookups_that_arrive_while_one_is_read_share_one_statement(repo, d
     await token_store.revoke_by_hash(db, tokens.hash_token(revoked), "test")
     unknown = tokens.generate()
     reads = CountedReads()
+    reads.hold = release = asyncio.Event()
     group_read = GroupRead(db, reads, max_in_flight=1)
     asked = [live[0], *live, revoked, unknown, live[1]]
-    rows = await asyncio.gather(*(group_read.read(tokens.hash_token(t)) for t in asked))
+    first = asyncio.create_task(group_read.read(tokens.hash_token(asked[0])))
+    while not reads.groups:          # the first is read at once, alone, and held in flight
+        await asyncio.sleep(0)
+    rest = [asyncio.create_task(group_read.read(tokens.hash_token(t))) for t in asked[1:]]
+    await asyncio.sleep(0)           # their first steps: each queues its lookup behind the first
+    release.set()
+    rows = await asyncio.gather(first, *rest)
     assert [row is not None for row in rows] == [True, True, True, True, False, False, True]
     assert [str(row["id"]) for row in rows[1:4]] == [
         str(await db.fetchval("SELECT id FROM tokens WHERE token_hash = $1", tokens.hash_token(t))) for t in live]
-    # The first is read at once, alone; the other six queue behind it and go in one statement.
+    # The other six queued behind the first and went in one statement.
     assert [len(group) for group in reads.groups] == [1, 6]
+
+
+async def test_lookups_that_arrive_together_share_one_statement(repo, db):
+    await repo.add_publisher()
+    live = await minted(repo, 3)
+    reads = CountedReads()
+    group_read = GroupRead(db, reads)
+    rows = await asyncio.gather(*(group_read.read(tokens.hash_token(t)) for t in live))
+    assert all(row is not None for row in rows)
+    assert [len(group) for group in reads.groups] == [3]
 
 
 async def test_a_lone_lookup_is_read_at_once(repo, db):
@@ -95,7 +112,10 @@ async def test_a_failed_read_fails_each_of_its_lookups_and_the_next_read_works(r
         return await token_store.active_by_hashes(conn, hashes)
 
     group_read = GroupRead(db, failing_once, max_in_flight=1)
-    outcomes = await asyncio.gather(*(group_read.read(tokens.hash_token(token)) for _ in range(3)),
+    failing = asyncio.create_task(group_read.read(tokens.hash_token(token)))
+    while not calls:                 # the first read is in flight, alone
+        await asyncio.sleep(0)
+    outcomes = await asyncio.gather(failing, *(group_read.read(tokens.hash_token(token)) for _ in range(2)),
                                     return_exceptions=True)
     assert type(outcomes[0]).__name__ == "DivisionByZeroError"
     assert all(o is not None and not isinstance(o, Exception) for o in outcomes[1:])

@@ -56,16 +56,38 @@ async def test_items_queued_while_a_group_is_in_flight_form_the_next_group():
     assert run.groups == [["a"], ["b", "c", "d"]]
 
 
+async def test_items_queued_in_one_turn_of_the_loop_go_in_one_group():
+    """Requests that arrive together reach the queue in the same turn: the writer the first one starts
+    takes them all at its first step, rather than each starting a writer (a transaction) of its own."""
+    run = Recorder()
+    groups = Groups(run, max_group=64, max_in_flight=3, name="test")
+    assert await asyncio.gather(*(groups.enqueue(x) for x in "abc")) == ["A", "B", "C"]
+    assert run.groups == [["a", "b", "c"]]
+
+
 async def test_groups_are_capped_and_writers_are_bounded():
     run = Recorder()
     groups = Groups(run, max_group=2, max_in_flight=2, name="test")
     run.hold.clear()
     futures = [groups.enqueue(x) for x in "abcde"]
     await run.in_flight(2)
-    assert run.groups == [["a"], ["b"]]   # each found a writer free; c, d and e wait for one
+    assert run.groups == [["a", "b"], ["c", "d"]]   # the cap, and a second writer for what was left; e waits
     run.hold.set()
     assert await asyncio.gather(*futures) == list("ABCDE")
-    assert run.groups == [["a"], ["b"], ["c", "d"], ["e"]]   # the first writer back takes two, the cap
+    assert run.groups == [["a", "b"], ["c", "d"], ["e"]]   # taken by the first writer back
+
+
+async def test_items_of_a_writer_cancelled_before_its_first_step_are_written():
+    """Only a shutdown cancels a writer; one cancelled before it took its group must not strand the
+    items queued for it (no other writer would start while it counted as the one gathering)."""
+    run = Recorder()
+    groups = Groups(run, max_group=64, max_in_flight=1, name="test")
+    first = groups.enqueue("a")
+    (writer,) = [task for task in asyncio.all_tasks() if task.get_name() == "test"]
+    writer.cancel()
+    assert await asyncio.wait_for(first, timeout=5) == "A"
+    assert await asyncio.wait_for(groups.enqueue("b"), timeout=5) == "B"
+    assert run.groups == [["a"], ["b"]]
 
 
 async def test_an_item_queued_as_the_last_writer_finishes_is_written():

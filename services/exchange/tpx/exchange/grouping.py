@@ -1,14 +1,17 @@
 """What group commit and group read share: work that arrives while a group is in flight waits for the next.
 
 Items are queued with a future each and written by at most `max_in_flight`
-writers. An item that finds a writer free starts one with everything queued (up
-to `max_group`: usually itself alone); a writer that finishes a group takes what
-was queued meanwhile at once, so under load it goes from one group to the next
-without a turn of the event loop in between (no task to end, no slot to free in
-a done callback, no new task to start; each of those waits behind every request
-the loop has ready). There is no timer, and groups only form while others are
-in flight, so grouping never adds a wait that load did not already cause. An
-item only ever joins a group that starts after it was queued.
+writers. An item that finds a writer free starts one, which takes everything
+queued (up to `max_group`) at its first step: the item itself and whatever the
+same turn of the event loop queued after it (requests that arrived together),
+which would otherwise each have started a writer, a transaction and a round trip
+of their own. A writer that finishes a group takes what was queued meanwhile at
+once, so under load it goes from one group to the next without a turn of the
+event loop in between (no task to end, no slot to free in a done callback, no
+new task to start; each of those waits behind every request the loop has
+ready). There is no timer: a writer's first step comes one turn after its item
+was queued, as it always did, so grouping never adds a wait that load did not
+already cause. An item only ever joins a group that starts after it was queued.
 
 `run(group)` settles each item's future; whatever it leaves unsettled when it
 raises gets the exception. A waiter that is cancelled cancels its future only,
@@ -42,6 +45,7 @@ class Groups(Generic[Item, Outcome]):
         self._name = name
         self._queue: Group = []
         self._writers: set[asyncio.Task[None]] = set()
+        self._gathering: asyncio.Task[None] | None = None   # started, yet to take its group
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def _bind_loop(self) -> asyncio.AbstractEventLoop:
@@ -57,21 +61,32 @@ class Groups(Generic[Item, Outcome]):
         return future
 
     def _start_writer(self) -> None:
-        if self._queue and len(self._writers) < self._max_in_flight:
-            task = asyncio.create_task(self._write(self._take()), name=self._name)
+        if self._queue and self._gathering is None and len(self._writers) < self._max_in_flight:
+            task = asyncio.create_task(self._write(), name=self._name)
+            self._gathering = task
             self._writers.add(task)
-            task.add_done_callback(self._writers.discard)   # also if it never ran
+            task.add_done_callback(self._writer_done)   # also if it never ran
+
+    def _writer_done(self, task: asyncio.Task[None]) -> None:
+        self._writers.discard(task)
+        if self._gathering is task:   # cancelled before its first step: what it would have taken needs a writer
+            self._gathering = None
+            self._start_writer()
 
     def _take(self) -> Group:
         group, self._queue = self._queue[:self._max_group], self._queue[self._max_group:]
         return group
 
-    async def _write(self, group: Group) -> None:
+    async def _write(self) -> None:
         try:
-            while True:
+            # The group is taken at the writer's first step, not when it was started: what was queued
+            # in between (requests of the same turn of the loop) goes with it instead of starting
+            # writers of its own.
+            self._gathering = None
+            group = self._take()
+            while group:
+                self._start_writer()   # for what is left over the cap, if a writer is free
                 await self._settled(group)
-                if not self._queue:
-                    break
                 group = self._take()
         finally:
             # In the same step as the empty queue was seen: an item queued from now on starts a writer
