@@ -591,10 +591,9 @@ async def measure(target: Target, *, duration: int, tmp: Path, admin: asyncpg.Co
         drain = await wait_for_relay(service.relay_conn) if service.relay_conn and service.mode == "once" else 0.0
         now = {"service": service.service_pids(), "db": await service.database_pids(admin),
                "shared": await shared_server_pids(admin)}
-        used = {group: cpu_delta(before[group], cpu_ms(sorted(set(pids[group]) | set(now[group]))))
-                for group in pids}
-        waited = {group: cpu_delta(waits_before[group], run_queue_ms(sorted(set(pids[group]) | set(now[group]))))
-                  for group in pids}
+        seen = {group: sorted(set(pids[group]) | set(now[group])) for group in pids}
+        used = {group: cpu_delta(before[group], cpu_ms(seen[group])) for group in pids}
+        waited = {group: cpu_delta(waits_before[group], run_queue_ms(seen[group])) for group in pids}
         other = machine_busy_ms() - machine_before - sum(used.values()) - (own_rusage_ms() - ours_before)
         seconds = time.monotonic() - wall_before
         other_cores = max(other, 0.0) / 1000 / seconds

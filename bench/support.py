@@ -248,17 +248,28 @@ def cpu_ms(pids: list[int]) -> dict[int, float]:
 
 
 def run_queue_ms(pids: list[int]) -> dict[int, float]:
-    """Time each live process has spent runnable but waiting for a CPU so far, in ms
-    (/proc/<pid>/schedstat, second field, in ns; all threads). Beside CPU time it tells a run bound by
-    the cores from one bound by waits: a process that is busy 75% of the time and waits 10% is not
-    saturated, and backends that wait about as long as they run sit behind other processes."""
+    """Time each live process has spent runnable but waiting for a CPU so far, in ms (`schedstat_ms`).
+    Beside CPU time it tells a run bound by the cores from one bound by waits: a process that is busy 75%
+    of the time and waits 10% is not saturated, and backends that wait about as long as they run sit
+    behind other processes."""
     waits = {}
     for pid in pids:
         try:
-            waits[pid] = int(Path(f"/proc/{pid}/schedstat").read_text().split()[1]) / 1e6
-        except (OSError, IndexError, ValueError):
+            waits[pid] = schedstat_ms(pid)[1]
+        except OSError:
             continue
     return waits
+
+
+def schedstat_ms(pid: int) -> tuple[float, float]:
+    """A process's time on a CPU and time runnable but waiting for one, in ms, its live threads summed
+    (/proc/<pid>/task/<tid>/schedstat; /proc/<pid>/schedstat is the main thread's alone, and the peer
+    runs on threads)."""
+    on_cpu = waiting = 0
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        thread_on_cpu, thread_waiting, _slices = Path(f"/proc/{pid}/task/{tid}/schedstat").read_text().split()
+        on_cpu, waiting = on_cpu + int(thread_on_cpu), waiting + int(thread_waiting)
+    return on_cpu / 1e6, waiting / 1e6
 
 
 def rss_mb(pid: int) -> float | None:

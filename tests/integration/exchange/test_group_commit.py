@@ -114,10 +114,7 @@ async def test_a_group_whose_connection_dies_is_lost_with_the_session_to_settle(
     try:
         group_commit = GroupCommit(pool, max_in_flight=1)
         decided = await decisions(repo, db, exchange_app, settings, 4)
-        async with db.acquire() as gate:
-            transaction = gate.transaction()
-            await transaction.start()
-            await gate.execute("SELECT pg_advisory_xact_lock($1)", MINT_GATE)   # every write waits on the gate
+        async with held_gate(db):
             writes = [asyncio.create_task(write(group_commit, settings, decided[0]))]
             alone = await gate_waiter(db)
             writes += [asyncio.create_task(write(group_commit, settings, d)) for d in decided[1:]]
@@ -126,7 +123,6 @@ async def test_a_group_whose_connection_dies_is_lost_with_the_session_to_settle(
             group = await gate_waiter(db, other_than=alone)
             await db.execute("SELECT pg_terminate_backend($1)", group)
             outcomes = await asyncio.gather(*writes, return_exceptions=True)
-            await transaction.rollback()
     finally:
         await pool.close()
     assert all(isinstance(o, minting.AmbiguousMint) for o in outcomes), outcomes
