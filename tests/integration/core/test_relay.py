@@ -294,6 +294,30 @@ async def test_only_one_of_two_relays_publishes(settings, db):
         assert len(seen) == len(set(seen))
 
 
+async def test_a_relay_that_stands_by_first_leaves_the_lead_to_one_started_with_it(settings, db):
+    """The exchange's relay stands by first, so a jwks-refresher or revoker started alongside leads."""
+    test_settings = isolated(settings)
+    signal = OutboxSignal()
+    exchange_relay = OutboxRelay(test_settings, db, signal, stand_by_first=True, standby_retry_seconds=60)
+    worker_relay = OutboxRelay(test_settings, db, signal, standby_retry_seconds=60)
+    async with Consumer(test_settings), running(exchange_relay):
+        await eventually(lambda: exchange_relay._lock_session.sessions >= 1, "the first relay's lock session")
+        async with running(worker_relay):
+            await eventually(lambda: worker_relay.is_leader, "the relay started second to lead")
+            assert not exchange_relay.is_leader
+
+
+async def test_a_relay_that_stands_by_first_leads_when_no_other_does(settings, db):
+    test_settings = isolated(settings)
+    signal = OutboxSignal()
+    relay = OutboxRelay(test_settings, db, signal, stand_by_first=True, standby_retry_seconds=0.2)
+    async with Consumer(test_settings) as consumer, running(relay):
+        await eventually(lambda: relay.is_leader, "the relay to lead after one standby retry")
+        events = await insert(db, 3, signal=signal)
+        messages = await consumer.collect({e.id for e in events})
+        assert [m.message_id for m in messages] == [e.id for e in events]
+
+
 async def test_stop_is_prompt_and_releases_the_lock(settings, db):
     test_settings = isolated(settings)
     relay = OutboxRelay(test_settings, db, OutboxSignal())

@@ -180,7 +180,7 @@ def create_app(settings: Settings, *, run_relay: bool = True) -> Starlette:
                 tasks.append(asyncio.create_task(
                     serve_ops(settings, ops_stop, ops_readiness, lambda: ctx.draining, ops_socket), name="ops"))
                 stop_ops.append(ops_stop)
-            relay = OutboxRelay(settings, pool, signal) if run_relay else None
+            relay = OutboxRelay(settings, pool, signal, stand_by_first=True) if run_relay else None
             if relay is not None:
                 tasks.append(asyncio.create_task(relay.run(), name="outbox-relay"))
             app.state.relay = relay
