@@ -102,7 +102,7 @@ def introspection_body(row) -> Introspection:
 
 async def introspect(request: Request) -> JSONResponse:
     ctx = context(request)
-    ctx.introspection.authenticate(request)
+    ctx.introspection.require(request)
     token = await read_token(request, ctx)
     if token is None:
         raise Problem("malformed_request", "send the token to introspect as {\"token\": \"tpx_...\"} or token=tpx_...")
