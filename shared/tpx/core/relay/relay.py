@@ -233,7 +233,8 @@ class OutboxRelay:
         first = self._stand_by_first
         while first or not await outbox.try_lead(session, self._connect_timeout):
             if not told_standby:
-                log.info("relay.standby", retry_seconds=self._standby_retry_seconds, stand_by_first=self._stand_by_first)
+                log.info("relay.standby", retry_seconds=self._standby_retry_seconds,
+                         stand_by_first=self._stand_by_first)
                 told_standby = True
             first = False
             if await self._pause(jittered(self._standby_retry_seconds)):
