@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from dataclasses import replace
+from msgspec.structs import replace
 
 import asyncpg
 import pytest

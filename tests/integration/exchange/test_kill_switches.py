@@ -12,7 +12,7 @@ database behind it, and write: nothing may be minted and no JTI spent.
 from __future__ import annotations
 
 import time
-from dataclasses import replace
+from msgspec.structs import replace
 
 import pytest
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import fnmatch
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Callable
 
@@ -56,8 +55,7 @@ TOKEN_REUSED = ("this ID token was already exchanged; request a fresh ID token f
 RESOLVE_SECONDS = 10.0
 
 
-@dataclass(frozen=True)
-class Narrowing:
+class Narrowing(msgspec.Struct, frozen=True):
     """What an exchange asked for, when it wants less than everything its identity is granted: some of
     the matching packages, some of the permissions, a shorter lifetime (`None`: no limit)."""
 
@@ -69,8 +67,7 @@ class Narrowing:
 EVERYTHING = Narrowing()
 
 
-@dataclass(frozen=True)
-class Decision:
+class Decision(msgspec.Struct, frozen=True):
     """What one exchange will write, decided before any write."""
 
     verified: VerifiedToken
@@ -100,8 +97,7 @@ class ExchangeResult(msgspec.Struct):
     permissions: Annotated[dict[str, list[str]], Meta(description="package -> the permissions granted on it")]
 
 
-@dataclass(frozen=True)
-class MintedToken:
+class MintedToken(msgspec.Struct, frozen=True):
     token: str
     token_id: str
     packages: list[str]

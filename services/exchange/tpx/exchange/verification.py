@@ -9,8 +9,9 @@ from __future__ import annotations
 import base64
 import hashlib
 import time
-from dataclasses import dataclass
 from typing import Any
+
+import msgspec
 
 from tpx.core.config import Settings
 from tpx.core.errors import Problem
@@ -22,8 +23,7 @@ from tpx.core.providers.base import Identity, Provider
 from tpx.exchange.keycache import IssuerEntry, KeyCache
 
 
-@dataclass(frozen=True)
-class VerifiedToken:
+class VerifiedToken(msgspec.Struct, frozen=True):
     issuer: IssuerEntry
     provider: Provider
     identity: Identity

@@ -14,6 +14,7 @@ from datetime import datetime
 from typing import Any, Sequence
 
 import asyncpg
+import msgspec
 
 from tpx.core.db import locks
 from tpx.core.db.outbox import event_columns
@@ -42,8 +43,7 @@ class Binding:
     name_id: str
 
 
-@dataclass(frozen=True)
-class MintResult:
+class MintResult(msgspec.Struct, frozen=True):
     """What the mint statement found after the gate, and what it wrote.
 
     Nothing is written unless every check holds: the issuer is still enabled, the
@@ -131,8 +131,7 @@ bind AS (
 {_CLAIM_TOKEN_EVENTS}"""
 
 
-@dataclass(frozen=True)
-class MintRequest:
+class MintRequest(msgspec.Struct, frozen=True):
     """One exchange's write: what `mint` and `mint_many` insert once every check holds."""
 
     issuer_id: Any

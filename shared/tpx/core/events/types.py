@@ -6,9 +6,10 @@ builder in `tpx.core.events.builders` and a JSON Schema in `schemas/`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
+
+import msgspec
 
 from tpx.core.ids import new_id
 
@@ -35,15 +36,14 @@ JWKS_REFRESHER_SOURCE = "urn:tpx:jwks-refresher"
 REVOKER_SOURCE = "urn:tpx:revoker"
 
 
-@dataclass(frozen=True)
-class Event:
+class Event(msgspec.Struct, frozen=True):
     """An event before it enters the outbox; the relay adds `sequence` and the chain link."""
 
     type: str
     data: dict[str, Any]
     subject: str | None = None
-    id: str = field(default_factory=lambda: str(new_id()))  # time-ordered: the outbox's index grows at its edge
-    time: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
+    id: str = msgspec.field(default_factory=lambda: str(new_id()))  # time-ordered: the outbox's index grows at its edge
+    time: datetime = msgspec.field(default_factory=lambda: datetime.now(timezone.utc))
 
 
 def routing_key(event_type: str) -> str:

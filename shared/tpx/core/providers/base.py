@@ -25,13 +25,15 @@ from tpx.core.bodies import Body, Flag, choices, text, text_list
 PERMISSIONS = ("publish-update", "publish-new")
 
 
-@dataclass(frozen=True)
-class CheckResult:
+class CheckResult(msgspec.Struct, frozen=True):
     """One row of a provider's check table evaluated against one publisher.
 
     `code` names the error a failure of this check produces when no publisher
     matches (almost always `no_matching_publisher`; the trigger check produces
-    `forbidden_trigger`).
+    `forbidden_trigger`). A frozen msgspec Struct, not a frozen dataclass: an
+    exchange builds about ten of these per candidate, and a frozen dataclass's
+    `__init__` (one `object.__setattr__` per field) cost ~2 us each against
+    ~0.2 (docs/decisions.md, "Performance levers").
     """
 
     check: str
@@ -55,8 +57,7 @@ class CheckResult:
         return out
 
 
-@dataclass(frozen=True)
-class Identity:
+class Identity(msgspec.Struct, frozen=True):
     """The CI identity a verified ID token proves, without personal data.
 
     `repository` is `owner/name` (GitHub), `namespace/project` (GitLab), the email's
@@ -85,7 +86,7 @@ class Identity:
     actor: str | None
     event_name: str | None
     runner_environment: str | None
-    extra: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = msgspec.field(default_factory=dict)
 
     @property
     def repository_key(self) -> str:

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import operator
 import re
-from dataclasses import replace
+from msgspec.structs import replace
 from typing import Any
 
 from tpx.core.bodies import text

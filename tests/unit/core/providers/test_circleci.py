@@ -7,12 +7,13 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from dataclasses import asdict, replace
+from dataclasses import replace
 from datetime import datetime, timezone
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from msgspec.structs import asdict
 
 from tpx.core.errors import Problem
 from tpx.core.events import builders, schemas

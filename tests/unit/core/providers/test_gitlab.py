@@ -3,10 +3,11 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, replace
+from dataclasses import replace
 from typing import Any
 
 import pytest
+from msgspec.structs import asdict
 
 from tpx.core.errors import Problem
 from tpx.core.providers import PROVIDERS, get_provider

@@ -7,13 +7,14 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from dataclasses import asdict, replace
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from types import SimpleNamespace
 from typing import Any
 
 import jsonschema
 import pytest
+from msgspec.structs import asdict
 
 from tpx.core import bodies
 from tpx.core.errors import Problem
