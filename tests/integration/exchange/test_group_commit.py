@@ -95,10 +95,10 @@ async def test_a_mint_that_fails_in_a_group_fails_alone(repo, db, exchange_app, 
     await repo.add_publisher(repository_owner_id=repo.owner_id, repository_id=repo.repository_id)
     group_commit = GroupCommit(db, max_in_flight=1)
     decided = await decisions(repo, db, exchange_app, settings, 6)
-    taken = uuid.UUID((await write(group_commit, settings, decided[0])).token_id)
+    taken = (await write(group_commit, settings, decided[0])).token_id
     # The exchanges below draw their token ids in order and go in one group, which the second one's
     # (taken) id fails.
-    ids = iter([uuid.uuid4(), taken, uuid.uuid4(), uuid.uuid4(), uuid.uuid4()])
+    ids = iter([str(uuid.uuid4()), taken, str(uuid.uuid4()), str(uuid.uuid4()), str(uuid.uuid4())])
     monkeypatch.setattr(minting, "new_id", lambda: next(ids))
     outcomes = await asyncio.gather(*(write(group_commit, settings, d) for d in decided[1:]), return_exceptions=True)
     assert isinstance(outcomes[1], asyncpg.UniqueViolationError), outcomes
@@ -185,7 +185,7 @@ async def test_an_exchange_cancelled_while_its_mint_waits_does_not_cancel_the_wr
     await repo.add_publisher(repository_owner_id=repo.owner_id, repository_id=repo.repository_id)
     group_commit = GroupCommit(db, max_in_flight=1)
     decided = await decisions(repo, db, exchange_app, settings, 4)
-    ids = [uuid.uuid4() for _ in decided]
+    ids = [str(uuid.uuid4()) for _ in decided]
     monkeypatch.setattr(minting, "new_id", iter(ids).__next__)
     async with held_gate(db):
         writes = [asyncio.create_task(write(group_commit, settings, decided[0]))]
@@ -197,7 +197,7 @@ async def test_an_exchange_cancelled_while_its_mint_waits_does_not_cancel_the_wr
     outcomes = await asyncio.gather(*writes, return_exceptions=True)
     assert [type(o).__name__ for o in outcomes] == ["CancelledError", "MintedToken", "CancelledError", "MintedToken"]
     assert await db.fetchval("SELECT count(*) FROM tokens WHERE id = ANY($1::uuid[])", ids) == 4
-    assert await transactions_of(db, [str(i) for i in ids]) == 2
+    assert await transactions_of(db, ids) == 2
 
 
 def group_metrics() -> tuple[float, float, float]:

@@ -11,8 +11,10 @@ from tests.support.processes import written_by_forked_child
 
 def test_an_id_is_a_version_7_uuid_of_now():
     before = time.time_ns() // 1_000_000
-    value = new_id()
+    text = new_id()
     after = time.time_ns() // 1_000_000
+    value = uuid.UUID(text)
+    assert str(value) == text   # the canonical form: lower-case hex, 8-4-4-4-12
     assert value.version == 7 and value.variant == uuid.RFC_4122
     assert before <= value.int >> 80 <= after
 
@@ -25,15 +27,15 @@ def test_ids_of_later_milliseconds_sort_later_and_all_differ():
     later = [new_id() for _ in range(2000)]
     assert max(first) < min(later)
     assert len({*first, *later}) == 4000
-    assert len({i.int & ((1 << 62) - 1) for i in first}) == 2000   # the random tail differs
+    assert len({uuid.UUID(i).int & ((1 << 62) - 1) for i in first}) == 2000   # the random tail differs
 
 
 def test_a_forked_process_never_makes_the_ids_its_parent_makes():
     """The random bytes are drawn in advance: a child forked with some left over must not reuse them."""
     new_id()   # the parent now holds drawn bytes it has not used
-    raw = written_by_forked_child(lambda: b"".join(new_id().bytes for _ in range(300)))
+    raw = written_by_forked_child(lambda: b"".join(uuid.UUID(new_id()).bytes for _ in range(300)))
     theirs = {raw[i:i + 16][6:] for i in range(0, len(raw), 16)}     # the random part (and version, variant)
-    ours = {new_id().bytes[6:] for _ in range(300)}
+    ours = {uuid.UUID(new_id()).bytes[6:] for _ in range(300)}
     assert len(theirs) == 300 and not theirs & ours
 
 
@@ -41,5 +43,5 @@ def test_threads_never_share_drawn_bytes():
     from concurrent.futures import ThreadPoolExecutor
 
     with ThreadPoolExecutor(8) as pool:
-        batches = list(pool.map(lambda _: [new_id().int & ((1 << 62) - 1) for _ in range(700)], range(8)))
+        batches = list(pool.map(lambda _: [uuid.UUID(new_id()).int & ((1 << 62) - 1) for _ in range(700)], range(8)))
     assert len({tail for batch in batches for tail in batch}) == 8 * 700

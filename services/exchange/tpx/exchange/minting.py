@@ -298,8 +298,7 @@ async def write(writer: MintWriter, settings: Settings, decision: Decision) -> M
     verified = decision.verified
     identity = verified.identity
     token = tokens.generate()
-    token_uuid = new_id()
-    token_id = str(token_uuid)
+    token_id = new_id()
     binding = None
     if decision.unbound:
         binding = token_store.Binding([publisher.id for publisher, _ in decision.unbound],
@@ -307,7 +306,7 @@ async def write(writer: MintWriter, settings: Settings, decision: Decision) -> M
     request = token_store.MintRequest(
         issuer_id=verified.issuer.id, kid=verified.kid, jti=verified.jti,
         jti_expires_at=verified.exp + settings.leeway_seconds, publisher_ids=decision.publisher_ids,
-        binding=binding, token_id=token_uuid, token_hash=tokens.hash_token(token),
+        binding=binding, token_id=token_id, token_hash=tokens.hash_token(token),
         packages=decision.packages, permissions=decision.permissions, ci=identity.ci(),
         repository_key=identity.repository_key, workflow=identity.workflow,
         lifetime_seconds=decision.lifetime_seconds, events=events_of(decision, token_id), source=EXCHANGE_SOURCE,

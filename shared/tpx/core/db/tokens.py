@@ -8,7 +8,6 @@ effect on every replica the moment its rule commits, before its rows are updated
 
 from __future__ import annotations
 
-import uuid
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Sequence
@@ -140,7 +139,7 @@ class MintRequest(msgspec.Struct, frozen=True):
     jti_expires_at: float
     publisher_ids: list[str]
     binding: Binding | None
-    token_id: uuid.UUID
+    token_id: str
     token_hash: bytes
     packages: list[str]
     permissions: dict[str, list[str]]

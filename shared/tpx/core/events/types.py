@@ -42,7 +42,7 @@ class Event(msgspec.Struct, frozen=True):
     type: str
     data: dict[str, Any]
     subject: str | None = None
-    id: str = msgspec.field(default_factory=lambda: str(new_id()))  # time-ordered: the outbox's index grows at its edge
+    id: str = msgspec.field(default_factory=new_id)  # time-ordered: the outbox's index grows at its edge
     time: datetime = msgspec.field(default_factory=lambda: datetime.now(timezone.utc))
 
 
