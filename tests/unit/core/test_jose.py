@@ -36,6 +36,8 @@ from tpx.core.jose import (
     verify,
 )
 from tpx.core.jose.verify import _b64url_decode
+from tpx.core.jose import strict_json
+from tests.support.claims import github_claims
 
 # ---------------------------------------------------------------------------
 # Keys and token builders
@@ -640,6 +642,46 @@ def test_loads_object_names_what_was_parsed(raw: bytes, fragment: str) -> None:
 
 def test_loads_object_accepts_depth_at_the_limit() -> None:
     assert loads_object(enc(nested(31)), "x")["n"]["n"]
+
+
+# Texts the fast parse (orjson, kept only when its output is the input byte for byte) could take, each
+# of which the strict parser must read the same way or refuse; none may get past the fast parse alone.
+AGREEMENT_CASES = [
+    b'{"a":18446744073709551615}', b'{"a":18446744073709551616}', b'{"a":-9223372036854775809}',
+    b'{"a":1e999}', b'{"a":"\\ud800"}', b'{"a":1,"a":1}', b'{"a":{"b":1,"b":1}}', b'{"a":[{"c":1,"c":1}]}',
+    b'\xef\xbb\xbf{"a":1}', b'{"a":"\\u0000"}', b'{"a":"\\n"}', b'{"a":"\\/"}', b'{"a":-0.0}',
+    b'{"a":1.5e300}', b'{"a":0.1}', b'{"a":"\xc3\xa9"}', b'{"a":"\\u00e9"}', b'{"a":"\x7f"}',
+    b'{"a":"\\u2028"}', b'{"a":NaN}', b'{"a":1} ', b' {"a":1}', b'{"a": 1}', b'{"a":true,"b":null,"c":[]}',
+    b'{"a":1,}', b'{"a":01}', b'{"a":"\x01"}', b"[1]", b'"a"', enc(nested(31)), enc(nested(40)),
+    json.dumps(github_claims(), separators=(",", ":")).encode(),
+]
+
+
+def _checked(raw: bytes, parse: Callable[[bytes], Any]) -> Any:
+    """What loads_object makes of `raw` with this parse: the value, or the refusal's detail."""
+    try:
+        value = parse(raw)
+        if b"\\" in raw or raw.count(b"{") + raw.count(b"[") > strict_json.MAX_DEPTH:
+            strict_json._check_tree(value, "x")
+        return value, json.dumps(value)   # json.dumps tells 1 from 1.0 and True
+    except Problem as refusal:
+        return refusal.detail
+
+
+@pytest.mark.parametrize("raw", AGREEMENT_CASES)
+def test_the_fast_parse_reads_every_text_as_the_strict_parser_does(raw: bytes) -> None:
+    strict = _checked(raw, lambda text: strict_json._strict_object(text, "x"))
+    if strict_json._round_trip(raw) is not None:
+        assert _checked(raw, strict_json._round_trip) == strict
+    assert _checked(raw, lambda text: loads_object(text, "x")) == strict
+
+
+def test_a_compact_id_token_payload_takes_the_fast_parse() -> None:
+    """ID tokens are compact JSON (pyjwt, GitHub's and GitLab's issuers): the strict parser's duplicate
+    check in Python would cost three times the fast parse on every exchange."""
+    for claims in (github_claims(), {"alg": "RS256", "kid": "rsa-1", "typ": "JWT"}):
+        raw = json.dumps(claims, separators=(",", ":")).encode()
+        assert strict_json._round_trip(raw) == claims
 
 
 # ---------------------------------------------------------------------------
