@@ -12,7 +12,7 @@ from tpx.core.errors import Problem
 from tpx.core.providers import PROVIDERS, get_provider
 from tpx.core.providers.base import Identity
 from tpx.core.providers.github import FORBIDDEN_EVENTS, GitHubProvider
-from tpx.core.providers.matching import PublisherEvaluation, ascii_iequal, denial, evaluate
+from tpx.core.providers.matching import PublisherEvaluation, ascii_iequal, ascii_lower, denial, evaluate
 from tpx.core.providers.base import Publisher
 from tests.support.check_table import CheckTable
 
@@ -607,6 +607,17 @@ def test_get_provider() -> None:
 )
 def test_ascii_iequal_folds_only_ascii(a: str, b: str, equal: bool) -> None:
     assert ascii_iequal(a, b) is equal
+
+
+def test_ascii_lower_folds_a_to_z_and_nothing_else() -> None:
+    """Every character of the Basic Multilingual Plane, alone and after an ASCII prefix (the fast path takes
+    ASCII strings only): A-Z become a-z, everything else stays as it is."""
+    for code in range(0x10000):
+        if 0xD800 <= code < 0xE000:
+            continue
+        char = chr(code)
+        folded = chr(code + 32) if "A" <= char <= "Z" else char
+        assert ascii_lower(char) == folded and ascii_lower("Octo-" + char) == "octo-" + folded, hex(code)
 
 
 # --- reusable workflows: a publisher may require the called workflow (job_workflow_ref) --------------------
