@@ -661,8 +661,7 @@ def _checked(raw: bytes, parse: Callable[[bytes], Any]) -> Any:
     """What loads_object makes of `raw` with this parse: the value, or the refusal's detail."""
     try:
         value = parse(raw)
-        if b"\\" in raw or raw.count(b"{") + raw.count(b"[") > strict_json.MAX_DEPTH:
-            strict_json._check_tree(value, "x")
+        strict_json.check_tree_of(value, raw, "x")
         return value, json.dumps(value)   # json.dumps tells 1 from 1.0 and True
     except Problem as refusal:
         return refusal.detail

@@ -188,12 +188,19 @@ def loads_object(data: bytes, what: str) -> dict[str, Any]:
     value = _round_trip(data)
     if value is None:
         value = _strict_object(data, what)
-    # Fast path: without a backslash the text has no escapes, so no string can hold a surrogate
-    # escape (or NUL/CR/LF: raw control characters are already invalid JSON), and fewer opening
-    # brackets than MAX_DEPTH cannot nest deeper than it. Real ID tokens take this path.
+    check_tree_of(value, data, what)
+    return value
+
+
+def check_tree_of(value: Any, data: bytes, what: str) -> None:
+    """Refuse a parsed `value` (from the text `data`) nested beyond MAX_DEPTH or holding a lone surrogate.
+
+    Fast path: without a backslash the text has no escapes, so no string can hold a surrogate
+    escape (or NUL/CR/LF: raw control characters are already invalid JSON), and fewer opening
+    brackets than MAX_DEPTH cannot nest deeper than it. Real ID tokens take this path.
+    """
     if b"\\" in data or data.count(b"{") + data.count(b"[") > MAX_DEPTH:
         _check_tree(value, what)
-    return value
 
 
 def _strict_object(data: bytes, what: str) -> dict[str, Any]:
