@@ -279,9 +279,11 @@ client_id = "{PEER_CLIENT_ID}"
 # --- single-use bodies ---------------------------------------------------------------------------
 
 def mint_tpx(count: int) -> list[str]:
-    """`count` JSON bodies, each with a distinct GitHub-shaped ID token (runs in a minting process)."""
+    """`count` JSON bodies, each with a distinct GitHub-shaped ID token (runs in a minting process), written
+    compactly as tpx's CI client (httpx) sends them."""
     issuer = ISSUERS["tpx"]
-    return [json.dumps({"jwt": issuer.github_token(repository=REPOSITORY)}) for _ in range(count)]
+    return [json.dumps({"jwt": issuer.github_token(repository=REPOSITORY)}, separators=(",", ":"))
+            for _ in range(count)]
 
 
 def mint_peer(nonces: list[str]) -> list[str]:
@@ -506,7 +508,7 @@ async def introspection_service(tpx: Service, registry_token: str, minter: Minte
         for body in await minter.tpx_bodies(count):
             response = await http.post("/v1/exchange", content=body, headers={"Content-Type": "application/json"})
             response.raise_for_status()
-            live.append(json.dumps({"token": response.json()["token"]}))
+            live.append(json.dumps({"token": response.json()["token"]}, separators=(",", ":")))
 
     async def bodies(_count: int) -> list[str]:
         return live

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 
 import pytest
 
@@ -137,3 +138,23 @@ async def test_items_queued_behind_a_cancelled_writer_are_still_written():
         await first
     run.hold.set()
     assert await asyncio.wait_for(queued, timeout=5) == "B"
+
+
+async def test_a_failure_nobody_reads_is_not_logged_as_never_retrieved():
+    """A waiter cancelled after its group failed never reads the exception; asyncio would log it as
+    "Future exception was never retrieved" when the future is collected."""
+    loop = asyncio.get_running_loop()
+    reported: list[dict] = []
+    loop.set_exception_handler(lambda _loop, context: reported.append(context))
+    try:
+        run, groups, first = await a_in_flight()
+        doomed = groups.enqueue("boom")
+        run.hold.set()
+        assert await first == "A"
+        while not doomed.done():
+            await asyncio.sleep(0)
+        del doomed
+        gc.collect()
+        assert reported == []
+    finally:
+        loop.set_exception_handler(None)

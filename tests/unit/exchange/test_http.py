@@ -17,8 +17,10 @@ import asyncpg
 import pytest
 
 from tpx.core.errors import Problem
+from tpx.exchange import http
 from tpx.exchange.http import MAX_HEADER_BYTES, RequestContextMiddleware, parse_json_object
 from tests.support.processes import written_by_forked_child
+from tests.unit.core.test_jose import AGREEMENT_CASES
 
 
 EMPTY_BODY = [{"type": "http.request", "body": b"", "more_body": False}]
@@ -130,6 +132,29 @@ def test_a_body_that_is_not_one_strict_json_object_is_refused(raw, fragment):
 
 def test_a_json_object_body_is_parsed():
     assert parse_json_object(b'{"jwt": "a", "n": [1, {"x": null}]}') == {"jwt": "a", "n": [1, {"x": None}]}
+
+
+def _body_outcome(raw: bytes) -> Any:
+    try:
+        value = parse_json_object(raw)
+        return value, json.dumps(value)   # json.dumps tells 1 from 1.0 and True
+    except Problem as refusal:
+        return refusal.code, refusal.detail
+
+
+@pytest.mark.parametrize("raw", [*AGREEMENT_CASES, b'{"jwt":"a","jwt":"b"}', b'{"jwt":"a"}\n', b'{"jwt":"\\u0061"}',
+                                 b'{"jwt":"a","packages":["p","p"],"lifetime_seconds":600}', b"\xff"])
+def test_the_body_parser_reads_every_text_as_the_strict_parser_does(monkeypatch, raw):
+    """The fast path (orjson, when it writes the text back byte for byte) never changes an outcome."""
+    fast = _body_outcome(raw)
+    monkeypatch.setattr(http, "round_trip", lambda data: None)
+    assert fast == _body_outcome(raw)
+
+
+def test_a_compact_body_takes_the_fast_parse(monkeypatch):
+    """What clients send ({"jwt": ...} written compactly) is read without the strict parser's Python hooks."""
+    monkeypatch.setattr(http, "_loads_body", None)   # the strict parser, unreachable
+    assert parse_json_object(b'{"jwt":"eyJ.eyJ.c2ln","packages":["a"]}') == {"jwt": "eyJ.eyJ.c2ln", "packages": ["a"]}
 
 
 def exchange_app_with(monkeypatch, hot_handler):

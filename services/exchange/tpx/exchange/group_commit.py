@@ -32,7 +32,7 @@ from tpx.core.db.tokens import MintRequest, MintResult
 from tpx.core.logging import get_logger
 from tpx.core.metrics import MINT_GROUP_SIZE, MINT_WRITE_LATENCY
 
-from tpx.exchange.grouping import Groups
+from tpx.exchange.grouping import Groups, fail
 
 log = get_logger("tpx.exchange.group_commit")
 
@@ -102,7 +102,7 @@ class GroupCommit:
                         result = await OnConnection(conn).write(request)
                     except Exception as single:  # noqa: BLE001 - handed to its own waiter
                         if not future.done():
-                            future.set_exception(single)
+                            fail(future, single)
                     else:
                         if not future.done():
                             future.set_result(result)

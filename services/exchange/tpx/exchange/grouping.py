@@ -29,9 +29,12 @@ Outcome = TypeVar("Outcome")
 Group = list[tuple[Item, "asyncio.Future[Outcome]"]]
 
 
-def _retrieve(future: asyncio.Future) -> None:
-    if not future.cancelled():
-        future.exception()
+def fail(future: asyncio.Future, exc: BaseException) -> None:
+    """Settle `future` with `exc`, marked as read: its waiter may have been cancelled after it was settled
+    (and then never reads it), which asyncio would log as "exception was never retrieved". Marking it here
+    rather than in a done callback on every future spares a callback per item on the success path."""
+    future.set_exception(exc)
+    future.exception()
 
 
 class Groups(Generic[Item, Outcome]):
@@ -55,7 +58,6 @@ class Groups(Generic[Item, Outcome]):
     def enqueue(self, item: Item) -> asyncio.Future[Outcome]:
         # The loop is looked up at the first item only: get_running_loop() costs a getpid() call each time.
         future: asyncio.Future[Outcome] = (self._loop or self._bind_loop()).create_future()
-        future.add_done_callback(_retrieve)  # a waiter that was cancelled never reads the outcome
         self._queue.append((item, future))
         self._start_writer()
         return future
@@ -100,6 +102,6 @@ class Groups(Generic[Item, Outcome]):
         except BaseException as exc:  # noqa: BLE001 - every waiter gets the outcome, whatever it is
             for _item, future in group:
                 if not future.done():
-                    future.set_exception(exc)
+                    fail(future, exc)
             if not isinstance(exc, Exception):
                 raise

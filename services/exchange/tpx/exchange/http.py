@@ -22,7 +22,7 @@ from starlette.responses import Response
 from tpx.core.db.pool import UNAVAILABLE_ERRORS
 from tpx.core.errors import Problem
 from tpx.core.inputs import invalid
-from tpx.core.jose.strict_json import loads_with
+from tpx.core.jose.strict_json import loads_with, round_trip
 from tpx.core.logging import get_logger
 from tpx.core.metrics import HTTP_LATENCY, Children
 from tpx.core.outages import DATABASE
@@ -150,6 +150,12 @@ _loads_body = loads_with(object_pairs_hook=_reject_duplicates, parse_constant=_r
 
 
 def parse_json_object(raw: bytes) -> dict[str, Any]:
+    """The body as a JSON object: duplicate members and NaN/Infinity refused, like the ID token's parts.
+    A compact body that orjson writes back byte for byte has neither, and is read so (a third of the
+    strict parse's cost); anything else takes the strict parser and its precise refusal."""
+    value = round_trip(raw)
+    if value is not None:
+        return value
     try:
         value = _loads_body(raw.decode("utf-8"))
     except UnicodeDecodeError:

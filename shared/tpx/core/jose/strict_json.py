@@ -157,7 +157,7 @@ def loads_with(**hooks: Any) -> Callable[[str], Any]:
 _loads = loads_with(object_pairs_hook=_no_duplicates, parse_constant=_no_constant, parse_float=_finite_float)
 
 
-def _round_trip(data: bytes) -> dict[str, Any] | None:
+def round_trip(data: bytes) -> dict[str, Any] | None:
     """The object in `data` if orjson parses it and writes it back byte for byte; None otherwise.
 
     A text that orjson's compact output reproduces exactly has no duplicate
@@ -165,10 +165,12 @@ def _round_trip(data: bytes) -> dict[str, Any] | None:
     shorter), no NaN or Infinity (orjson refuses them; an overflowing float
     would come back as null), no BOM, no spacing, and only the escapes orjson
     writes itself: the strict parser below would return the same object. Real
-    ID tokens are such texts, and this costs a third of the strict parse, whose
-    duplicate check runs in Python. Everything else (spaced or escaped text,
-    numbers beyond 64 bits, floats spelled otherwise, anything invalid) goes the
-    strict way and, if it is refused, gets its precise reason there.
+    ID tokens are such texts, and so are the compact request bodies clients
+    send (the exchange's body parser tries this first too); it costs a third of
+    the strict parse, whose duplicate check runs in Python. Everything else
+    (spaced or escaped text, numbers beyond 64 bits, floats spelled otherwise,
+    anything invalid) goes the strict way and, if it is refused, gets its
+    precise reason there.
     """
     try:
         value = orjson.loads(data)
@@ -185,7 +187,7 @@ def loads_object(data: bytes, what: str) -> dict[str, Any]:
     `what` names the part being parsed ("JWT header", "JWT payload") so the
     detail tells the client exactly which part of its token is broken.
     """
-    value = _round_trip(data)
+    value = round_trip(data)
     if value is None:
         value = _strict_object(data, what)
     check_tree_of(value, data, what)
