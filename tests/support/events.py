@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import json
 import uuid
 from contextlib import asynccontextmanager
 from dataclasses import replace
+from datetime import datetime
+from types import SimpleNamespace
 from typing import Any, AsyncIterator, Awaitable, Callable
 
 import aio_pika
@@ -120,3 +123,24 @@ async def events_about(db, subject: str) -> list[dict[str, Any]]:
     for event in events:
         schemas.validate(event)
     return events
+
+
+class _EventsCollected:
+    """A connection that only collects what `tpx.core.db.outbox.add_events` writes, as outbox rows."""
+
+    def __init__(self) -> None:
+        self.rows: list[dict[str, Any]] = []
+
+    async def execute(self, _sql: str, events_json: str, source: str) -> None:
+        self.rows += [{"event_id": e["id"], "type": e["type"], "source": source, "subject": e["subject"],
+                       "time": datetime.fromisoformat(e["time"]), "data": e["data"]} for e in json.loads(events_json)]
+
+
+def denial_cloudevent(identity: Any, problem: Any) -> dict[str, Any]:
+    """What `minting.record_denial` writes for `problem`, as the relay would publish it (no database)."""
+    from tpx.exchange import minting   # here: the workers' tests import this module too
+
+    conn = _EventsCollected()
+    asyncio.run(minting.record_denial(conn, SimpleNamespace(identity=identity), problem))
+    [row] = conn.rows
+    return to_cloudevent({**row, "sequence": 7, "chainhash": bytes(32)})

@@ -16,7 +16,7 @@ import asyncpg
 import msgspec
 
 from tpx.core.db import locks
-from tpx.core.db.outbox import event_columns
+from tpx.core.db.outbox import events_from, events_json
 from tpx.core.db.pool import affected
 from tpx.core.db.revocations import matched_by_pending_rule
 from tpx.core.events.types import TOKEN_ISSUED, Event
@@ -61,10 +61,10 @@ class MintResult(msgspec.Struct, frozen=True):
 
 
 # What a replica's caches may have missed, checked after the gate with the statement's own reads: the
-# issuer is enabled, the verifying key ($19) is stored, and the token's exp + leeway ($5) is still ahead
+# issuer is enabled, the verifying key ($16) is stored, and the token's exp + leeway ($5) is still ahead
 # by this database's clock, the clock the spent-JTI purge uses (so no clock skew reopens a replay).
 _KILL_SWITCHES = """EXISTS (SELECT 1 FROM issuers WHERE id = $3 AND enabled) AS issuer_ok,
-       EXISTS (SELECT 1 FROM issuer_keys WHERE issuer_id = $3 AND kid = $19) AS key_ok,
+       EXISTS (SELECT 1 FROM issuer_keys WHERE issuer_id = $3 AND kid = $16) AS key_ok,
        to_timestamp($5) > clock_timestamp() AS unexpired"""
 
 # The claim, the token and its events, written only if every check held after the mint gate. The token
@@ -86,13 +86,12 @@ token AS (
     RETURNING issued_at, expires_at),
 events AS (
     INSERT INTO outbox (event_id, type, source, subject, time, data)
-    SELECT e.id, e.type, e.source, e.subject, token.issued_at,
+    SELECT e.id, e.type, $15::text, e.subject, token.issued_at,
            CASE WHEN e.type = '{TOKEN_ISSUED}'
                 THEN e.data || jsonb_build_object('issued_at', {_rfc3339_seconds('token.issued_at')},
                                                   'expires_at', {_rfc3339_seconds('token.expires_at')})
                 ELSE e.data END
-    FROM unnest($14::uuid[], $15::text[], $16::text[], $17::text[], $18::jsonb[]) AS e(id, type, source, subject, data),
-         token)
+    FROM {events_from("$14")}, token)
 SELECT checked.issuer_ok, checked.key_ok, checked.unexpired, checked.ok AS publishers_ok,
        (SELECT issued_at FROM token) AS issued_at, (SELECT expires_at FROM token) AS expires_at
 FROM checked
@@ -118,14 +117,14 @@ locked AS MATERIALIZED (
     FOR UPDATE OF p),
 checked AS MATERIALIZED (
     SELECT count(*) = cardinality($2::uuid[])
-           AND coalesce(bool_and(coalesce(owner_id, $20) = $20 AND coalesce(name_id, $21) = $21), false) AS ok,
+           AND coalesce(bool_and(coalesce(owner_id, $17) = $17 AND coalesce(name_id, $18) = $18), false) AS ok,
            {_KILL_SWITCHES}
     FROM locked),
 bind AS (
-    UPDATE publishers p SET owner_id = coalesce(p.owner_id, $20), name_id = coalesce(p.name_id, $21),
+    UPDATE publishers p SET owner_id = coalesce(p.owner_id, $17), name_id = coalesce(p.name_id, $18),
                             bound_at = coalesce(p.bound_at, now())
     FROM checked WHERE checked.ok AND checked.issuer_ok AND checked.key_ok AND checked.unexpired
-                       AND p.id = ANY($22::uuid[])
+                       AND p.id = ANY($19::uuid[])
     RETURNING p.id),
 {_CLAIM_TOKEN_EVENTS}"""
 
@@ -151,11 +150,10 @@ class MintRequest(msgspec.Struct, frozen=True):
     source: str
 
     def arguments(self) -> list[Any]:
-        ids, types, sources, subjects, _times, datas = event_columns(self.events, self.source)
         args: list[Any] = [
             locks.MINT_GATE, self.publisher_ids, self.issuer_id, self.jti, self.jti_expires_at, self.token_id,
             self.token_hash, self.packages, self.permissions, self.ci, self.repository_key, self.workflow,
-            float(self.lifetime_seconds), ids, types, sources, subjects, datas, self.kid,
+            float(self.lifetime_seconds), events_json(self.events), self.source, self.kid,
         ]
         if self.binding is not None:
             args += [self.binding.owner_id, self.binding.name_id, self.binding.publisher_ids]

@@ -8,19 +8,16 @@ describe fails here first.
 
 from __future__ import annotations
 
-import asyncio
 import copy
 import json
 import uuid
 from datetime import datetime, timedelta, timezone
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from jsonschema import Draft202012Validator
 
 from tpx.core import tokens
-from tpx.core.errors import Problem
 from tpx.core.events import builders, schemas
 from tpx.core.events import types as event_types
 from tpx.core.events.cloudevents import to_cloudevent
@@ -33,8 +30,8 @@ from tpx.core.providers.matching import PublisherEvaluation, denial
 from tpx.core.publishers import publisher_json
 from tpx.core.revocations import Rule
 from tpx.core.times import rfc3339
-from tpx.exchange import minting
 from tests.support.claims import github_claims
+from tests.support.events import denial_cloudevent
 from tests.support.paths import ROOT
 
 ISSUER = "https://token.actions.githubusercontent.com"
@@ -97,32 +94,12 @@ def rule(kind: str = "package", **changes: Any) -> Rule:
     return Rule(**fields)
 
 
-class FakeConnection:
-    """Collects what `add_events` writes (record_denial needs a connection, not a database)."""
-
-    def __init__(self) -> None:
-        self.rows: list[tuple] = []
-
-    async def execute(self, _sql: str, *columns) -> None:
-        """`add_events` sends the events as parallel arrays (one INSERT ... FROM unnest)."""
-        self.rows.extend(zip(*columns))
-
-
 def cloudevent(event: Event, source: str, sequence: int = 42) -> dict[str, Any]:
     """The event as the relay publishes it (to_cloudevent of its outbox row, JSON round trip)."""
     row = {"event_id": event.id, "type": event.type, "source": source, "subject": event.subject,
            "time": event.time, "data": json.loads(json.dumps(event.data)), "sequence": sequence,
            "chainhash": bytes(range(32))}
     return to_cloudevent(row)
-
-
-def denial_event(identity: Identity, problem: Problem) -> dict[str, Any]:
-    """What minting.record_denial writes for `problem`, as a CloudEvent."""
-    conn = FakeConnection()
-    asyncio.run(minting.record_denial(conn, SimpleNamespace(identity=identity), problem))
-    [(event_id, event_type, source, subject, time, data)] = conn.rows
-    return to_cloudevent({"event_id": event_id, "type": event_type, "source": source, "subject": subject,
-                          "time": time, "data": json.loads(json.dumps(data)), "sequence": 7, "chainhash": bytes(32)})
 
 
 def samples() -> list[tuple[str, dict[str, Any]]]:
@@ -190,11 +167,11 @@ def samples() -> list[tuple[str, dict[str, Any]]]:
         add(f"completed-{pending.kind}", builders.revocation_completed(done), "revoker")
 
     refused = github_publisher(environments=("prod",))
-    out.append(("denied", denial_event(gh, denial(PROVIDERS["github"], gh, [PublisherEvaluation(refused, [
+    out.append(("denied", denial_cloudevent(gh, denial(PROVIDERS["github"], gh, [PublisherEvaluation(refused, [
         CheckResult("repository", "repository", refused.repository, gh.repository, True),
         CheckResult("environment", "environment", ["prod"], "staging", False),
     ])]))))
-    out.append(("denied-no-candidates", denial_event(gl, denial(PROVIDERS["gitlab"], gl, []))))
+    out.append(("denied-no-candidates", denial_cloudevent(gl, denial(PROVIDERS["gitlab"], gl, []))))
     return out
 
 

@@ -4,12 +4,10 @@ publisher, and the events a CircleCI exchange writes against their schemas."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import uuid
 from dataclasses import replace
 from datetime import datetime, timezone
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -25,11 +23,11 @@ from tpx.core.providers.base import CheckResult, Identity, Publisher
 from tpx.core.providers.circleci import CircleCIProvider, issuer_organization
 from tpx.core.providers.matching import denial, evaluate
 from tpx.core.publishers import identity_key, publisher_input, publisher_json
-from tpx.exchange import minting
 from tests.support.circleci_claims import (
     ABSENT, CONTEXT, JOB, ORG, PIPELINE, PIPELINE_DEFINITION, PROJECT, ROOT_ISSUER, USER, VCS_ORIGIN, VCS_REF,
     WORKFLOW, circleci_claims,
 )
+from tests.support.events import denial_cloudevent
 
 ISSUER = f"{ROOT_ISSUER}/org/{ORG}"
 LOOPBACK = "http://127.0.0.1:41234"
@@ -736,18 +734,9 @@ def test_token_issued_and_denied_events_match_their_schemas(changes: dict[str, A
 
     refused_publisher = publisher(id=str(uuid.uuid4()), conditions={"vcs_ref": "refs/tags/v1"})
     problem = denial(PROVIDER, identity, evaluate(PROVIDER, identity, [refused_publisher]))
-    rows: list[tuple] = []
-
-    class Connection:
-        async def execute(self, _sql: str, *columns: Any) -> None:
-            rows.extend(zip(*columns))
-
-    asyncio.run(minting.record_denial(Connection(), SimpleNamespace(identity=identity), problem))
-    [(event_id, event_type, source, subject, time, data)] = rows
-    schemas.validate(to_cloudevent({"event_id": event_id, "type": event_type, "source": source, "subject": subject,
-                                    "time": time, "data": json.loads(json.dumps(data)), "sequence": 7,
-                                    "chainhash": bytes(32)}))
-    assert json.loads(json.dumps(data))["publishers"][0]["failed_checks"] == ["vcs_ref"]
+    event = denial_cloudevent(identity, problem)
+    schemas.validate(event)
+    assert event["data"]["publishers"][0]["failed_checks"] == ["vcs_ref"]
 
 
 @pytest.mark.parametrize("body", [BODY, {**BODY, "issuer": ROOT_ISSUER, "pipeline_definition_id": PIPELINE_DEFINITION,

@@ -4,12 +4,10 @@ built from it, and the events a Google identity produces."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import uuid
 from dataclasses import replace
 from datetime import datetime, timedelta, timezone
-from types import SimpleNamespace
 from typing import Any
 
 import jsonschema
@@ -28,10 +26,10 @@ from tpx.core.providers.google import GoogleProvider
 from tpx.core.providers.matching import denial, evaluate
 from tpx.core.publishers import PUBLISHER_INPUT, identity_key, publisher_input, publisher_json
 from tpx.core.times import rfc3339
-from tpx.exchange import minting
 from tpx.exchange.openapi import OPENAPI
 from tests.support.google_claims import EMAIL, OMIT, SUB, google_claims
 from tests.support.check_table import CheckTable
+from tests.support.events import denial_cloudevent
 
 ISSUER = "https://accounts.google.com"
 LOOPBACK = "http://127.0.0.1:41234"
@@ -643,22 +641,6 @@ def _cloudevent(event: Event, source: str = "urn:tpx:exchange") -> dict[str, Any
     return to_cloudevent(row)
 
 
-class _FakeConnection:
-    def __init__(self) -> None:
-        self.rows: list[tuple] = []
-
-    async def execute(self, _sql: str, *columns) -> None:
-        self.rows.extend(zip(*columns))
-
-
-def _denial_event(identity: Identity, problem: Problem) -> dict[str, Any]:
-    conn = _FakeConnection()
-    asyncio.run(minting.record_denial(conn, SimpleNamespace(identity=identity), problem))
-    [(event_id, event_type, source, subject, time, data)] = conn.rows
-    return to_cloudevent({"event_id": event_id, "type": event_type, "source": source, "subject": subject,
-                          "time": time, "data": json.loads(json.dumps(data)), "sequence": 7, "chainhash": bytes(32)})
-
-
 def google_events() -> list[tuple[str, dict[str, Any]]]:
     identity = identity_with()
     ci = identity.ci()
@@ -677,9 +659,9 @@ def google_events() -> list[tuple[str, dict[str, Any]]]:
         out.append((f"deleted-{label}", _cloudevent(builders.admin_change(
             event_types.PUBLISHER_DELETED, "credential:0123456789ab", p.id, publisher_json(p), None))))
     refused_identity = identity_with(email_verified=False)
-    out.append(("denied", _denial_event(refused_identity, denial(
+    out.append(("denied", denial_cloudevent(refused_identity, denial(
         PROVIDER, refused_identity, evaluate(PROVIDER, refused_identity, [pinned])))))
-    out.append(("denied-no-candidates", _denial_event(identity, denial(PROVIDER, identity, []))))
+    out.append(("denied-no-candidates", denial_cloudevent(identity, denial(PROVIDER, identity, []))))
     return out
 
 
