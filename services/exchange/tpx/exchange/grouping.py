@@ -93,7 +93,8 @@ class Groups(Generic[Item, Outcome]):
         finally:
             # In the same step as the empty queue was seen: an item queued from now on starts a writer
             # (a done callback would leave a turn of the loop in which it found every writer busy).
-            self._writers.discard(asyncio.current_task())  # type: ignore[arg-type]
+            # The loop given: without it current_task() looks the loop up, a getpid() call each time.
+            self._writers.discard(asyncio.current_task(self._loop))  # type: ignore[arg-type]
             self._start_writer()   # what a cancelled writer leaves queued gets a writer of its own
 
     async def _settled(self, group: Group) -> None:
