@@ -24,6 +24,7 @@ from tpx.core.events.types import Event
 # and a batch of 500 in one go held them up for 10-20 ms (the exchange's p99 at 8 connections).
 YIELD_EVERY = 50
 
+
 def events_json(events: Sequence[Event]) -> str:
     """The events of one write as one JSON array, read back by `events_from`: one parameter however many
     there are. msgspec encodes the Structs in C; as parallel arrays (one per column) the driver checked
