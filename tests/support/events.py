@@ -131,9 +131,10 @@ class _EventsCollected:
     def __init__(self) -> None:
         self.rows: list[dict[str, Any]] = []
 
-    async def execute(self, _sql: str, events_json: str, source: str) -> None:
+    async def execute(self, _sql: str, events: str, source: str) -> None:
+        """`events` is `tpx.core.db.outbox.events_json` of the events written."""
         self.rows += [{"event_id": e["id"], "type": e["type"], "source": source, "subject": e["subject"],
-                       "time": datetime.fromisoformat(e["time"]), "data": e["data"]} for e in json.loads(events_json)]
+                       "time": datetime.fromisoformat(e["time"]), "data": e["data"]} for e in json.loads(events)]
 
 
 def denial_cloudevent(identity: Any, problem: Any) -> dict[str, Any]:
