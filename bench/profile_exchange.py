@@ -8,7 +8,8 @@ samples the exchange process (native frames included), and prints the share of s
 that pass through each of a few layers (our handler, the database driver, the HTTP server,
 JSON, the relay, garbage collection, ...) and the heaviest leaf functions. py-spy is not a
 dependency of tpx: install it anywhere (`pip install py-spy`) and pass its path, or have it
-on PATH. Needs root or ptrace permission.
+on PATH. Needs root or ptrace permission. With --introspection, the load is a registry's
+`POST /v1/introspect` over live tokens (as bench/peer.py's introspection row) instead of exchanges.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from peer import ISSUERS, Minter, Target, measure, start_tpx_service  # noqa: E402
+from peer import ISSUERS, Minter, Target, introspection_service, measure, start_tpx_service  # noqa: E402
 from support import PG, free_port, progress, rss_mb, runtime_tpx, serve_app  # noqa: E402
 
 import asyncpg  # noqa: E402
@@ -38,6 +39,8 @@ from tpx.cli.devissuer import DevIssuer  # noqa: E402
 # Layers, matched against "function (file)" frames, first match wins per layer; a sample counts once per layer.
 LAYERS = {
     "exchange handler (tpx/exchange/routes/exchange.py)": "routes/exchange.py",
+    "introspection handler (tpx/exchange/routes/tokens.py)": "routes/tokens.py",
+    "group read (tpx/exchange/group_read.py)": "exchange/group_read.py",
     "ID token verification (tpx/exchange/verification.py)": "exchange/verification.py",
     "matching (tpx/core/providers)": "core/providers/",
     "group commit + mint (tpx/exchange/group_commit.py, db/tokens.py)": ("group_commit.py", "db/tokens.py"),
@@ -153,11 +156,14 @@ async def main(args: argparse.Namespace) -> None:
         await stack.enter_async_context(serve_app(issuer.app(), port))
         admin = await asyncpg.connect(f"{PG}/postgres")
         stack.push_async_callback(admin.close)
+        registry_token = "bench-registry-" + secrets.token_urlsafe(16)
         service = await start_tpx_service(stack, name="profile", workers=1, issuer_url=issuer.url, minter=minter,
                                           pool=10, admin_token="bench-admin-" + secrets.token_urlsafe(16),
-                                          registry_token="bench-registry-" + secrets.token_urlsafe(16),
-                                          tpx=await runtime_tpx())
+                                          registry_token=registry_token, tpx=await runtime_tpx())
         target = Target("tpx", f"tpx, {args.connections} connections", service, args.connections, 3000)
+        if args.introspection:
+            target = Target("tpx-introspect", f"tpx introspection, {args.connections} connections",
+                            await introspection_service(service, registry_token, minter), args.connections)
         progress(f"exchange process RSS before any load: {rss_mb(service.processes[0].pid):.1f} MB")
         progress("warm-up, 3 s")
         await measure(target, duration=3, tmp=tmp, admin=admin)
@@ -202,6 +208,8 @@ if __name__ == "__main__":
                         help="sample without pausing the process: Python frames only, many more samples")
     parser.add_argument("--perf", action="store_true", help="sample with Linux perf instead of py-spy")
     parser.add_argument("--keep", help="also copy py-spy's raw (collapsed) stacks to this file")
+    parser.add_argument("--introspection", action="store_true",
+                        help="load with introspections of live tokens instead of exchanges")
     parser.add_argument("--runs", type=int, default=0, help="only measure, this many wrk runs, without py-spy")
     parser.add_argument("--prefill-tokens", type=int, default=0,
                         help="with --runs: measure, add this many token rows, measure again, print the ratio")
