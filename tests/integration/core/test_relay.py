@@ -19,8 +19,8 @@ import asyncpg
 import pytest
 
 from tpx.core.db.pool import create_pool
-from tpx.core.events import types
-from tpx.core.events.cloudevents import CONTENT_TYPE, encode
+from tpx.core.events import chain, types
+from tpx.core.events.cloudevents import CONTENT_TYPE, encode, to_cloudevent
 from tpx.core.db import outbox
 from tpx.core.db.outbox import add_events
 from tpx.core.events.types import Event
@@ -233,6 +233,51 @@ async def test_many_events_arrive_in_order_across_batches(settings, db):
             sequences = [sequence_of(m) for m in messages]
             assert sequences == list(range(sequences[0], sequences[0] + len(events)))
             await eventually(lambda: all_published(db, events), "the events to be marked published")
+    await assert_sequences_gap_free(db)
+
+
+async def test_racing_sequencers_number_each_row_once_in_one_chain(settings, db):
+    """Sequencing steps that race (two relays during a rollout, a leader and one whose session was just
+    lost) give every committed row one number, without gaps, each linked to the one before: the sequence
+    lock alone orders them, the rows are read without row locks."""
+
+    def link(previous: bytes, sequence: int, row: asyncpg.Record) -> bytes:   # the relay's own link
+        return chain.link_encoded(previous, encode(to_cloudevent({**dict(row), "sequence": sequence})))
+
+    sequencers = await create_pool(settings, min_size=4, max_size=4)
+    try:
+        events: list[Event] = []
+        writing = True
+
+        async def write() -> None:
+            nonlocal writing
+            for _ in range(30):
+                events.extend(await insert(db, 5))
+            writing = False
+
+        async def sequence() -> int:
+            numbered = 0
+            while writing or await db.fetchval("SELECT count(*) FROM outbox WHERE sequence IS NULL"):
+                numbered += await outbox.assign_sequences(sequencers, 7, link)
+                await asyncio.sleep(0)
+            return numbered
+
+        counts = await asyncio.gather(write(), *(sequence() for _ in range(4)))
+        assert sum(counts[1:]) >= len(events) and sum(1 for c in counts[1:] if c) >= 2, counts
+    finally:
+        await sequencers.close()
+    rows = await db.fetch(
+        """SELECT event_id, type, source, subject, time, data, sequence, chainhash FROM outbox
+           WHERE sequence BETWEEN (SELECT min(sequence) - 1 FROM outbox WHERE event_id = ANY($1::uuid[]))
+                              AND (SELECT max(sequence) FROM outbox WHERE event_id = ANY($1::uuid[]))
+           ORDER BY sequence""", [e.id for e in events])
+    ours = {e.id for e in events}
+    assert len([r for r in rows if str(r["event_id"]) in ours]) == len(events)
+    for before, row in zip(rows, rows[1:]):
+        assert row["sequence"] == before["sequence"] + 1
+        if str(row["event_id"]) in ours:
+            content = {k: v for k, v in row.items() if k not in ("sequence", "chainhash")}
+            assert bytes(row["chainhash"]) == link(bytes(before["chainhash"]), row["sequence"], content), row["sequence"]
     await assert_sequences_gap_free(db)
 
 

@@ -60,13 +60,17 @@ async def assign_sequences(pool: asyncpg.Pool, limit: int,
     `link(previous chainhash, sequence, row)` returns the row's chainhash. One
     transaction under the sequence lock, so a rolled-back writer never takes a
     number and two relays never interleave; returns how many rows it numbered.
+    The rows are read without row locks: the sequence lock is all that orders
+    writers of unsequenced rows (only this step updates them, and the purge
+    deletes sequenced rows only), and a row lock is a heap write and a WAL
+    record per event.
     """
     async with pool.acquire() as conn:
         async with conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock($1)", locks.SEQUENCE)
             rows = await conn.fetch(
                 """SELECT id, event_id, type, source, subject, time, data
-                   FROM outbox WHERE sequence IS NULL ORDER BY id LIMIT $1 FOR UPDATE""", limit)
+                   FROM outbox WHERE sequence IS NULL ORDER BY id LIMIT $1""", limit)
             if not rows:
                 return 0
             head = await conn.fetchrow("SELECT sequence, chainhash FROM event_chain FOR UPDATE")

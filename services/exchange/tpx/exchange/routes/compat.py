@@ -66,7 +66,7 @@ from tpx.core.logging import get_logger
 from tpx.core.outages import DATABASE
 
 from tpx.exchange.context import ServiceContext, context
-from tpx.exchange.http import JSONResponse, parse_json_object, read_body
+from tpx.exchange.http import JSONResponse, NoStoreJSONResponse, parse_json_object, read_body
 from tpx.exchange.minting import EVERYTHING, MintedToken, Narrowing, PublishToken
 from tpx.exchange.routes.exchange import ID_TOKEN_TEXT, IdTokenBody, counted_exchange, id_token_of, read_verified
 from tpx.exchange.routes.tokens import revoke_token
@@ -81,7 +81,6 @@ PYPI_LEGACY_MINT_PATH = "/_/oidc/github/mint-token"
 # Every route here takes all common methods and answers the unsupported ones
 # itself, so even a 405 comes back in the registry's shape.
 ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
-NO_STORE = {"Cache-Control": "no-store"}
 
 Handler = Callable[[Request], Awaitable[Response]]
 Renderer = Callable[[Problem], Response]
@@ -203,7 +202,7 @@ def render_crates(problem: Problem) -> Response:
 
 async def _crates_exchange(request: Request) -> Response:
     minted = await exchange(request, body_type=IdTokenBody)
-    return JSONResponse(CratesToken(minted.token), headers=NO_STORE)
+    return NoStoreJSONResponse(CratesToken(minted.token))
 
 
 async def _crates_revoke(request: Request) -> Response:
@@ -300,7 +299,7 @@ def _mint_token(path: str) -> Handler:
             return pypi_error(405, "invalid-payload", f"{request.method} is not allowed on {path}; use POST",
                               {"Allow": "POST"})
         minted = await exchange(request, body_type=PypiTokenBody, any_content_type=True)
-        return JSONResponse(PypiToken(True, minted.token, int(minted.expires_at.timestamp())), headers=NO_STORE)
+        return NoStoreJSONResponse(PypiToken(True, minted.token, int(minted.expires_at.timestamp())))
 
     return mint_token
 

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import time
-from typing import Annotated, Any, Awaitable, Callable, Iterator
+from typing import Annotated, Any, Awaitable, Callable
 
 import msgspec
 from msgspec import Meta
@@ -22,7 +21,7 @@ from tpx.core.providers.base import PERMISSIONS, Package
 from tpx.core.providers.matching import PublisherExplanation
 
 from tpx.exchange.context import ServiceContext, context
-from tpx.exchange.http import JSONResponse, read_object
+from tpx.exchange.http import JSONResponse, NoStoreJSONResponse, read_object
 from tpx.exchange.minting import (
     EVERYTHING, AmbiguousMint, MintedToken, Narrowing, explain, mint, record_denial, resolve_ambiguous,
 )
@@ -93,18 +92,29 @@ async def read_exchange(request: Request, ctx: ServiceContext) -> tuple[Verified
     return await verify_id_token(typed.jwt, ctx.keycache, ctx.settings), typed.narrowing()
 
 
-@contextlib.contextmanager
-def client_failures_limited(ctx: ServiceContext, request: Request) -> Iterator[None]:
-    """Refuse a client address that keeps failing; count this attempt if it fails on the client's side."""
-    address = client_address(request.client.host if request.client else None,
-                             request.headers.getlist("x-forwarded-for"), ctx.limits.trusted_proxies)
-    ctx.limits.check_client(address)
-    try:
-        yield
-    except Problem as problem:
-        if problem.status < 500 and problem.code != "rate_limited":
-            ctx.limits.record_failure(address)
-        raise
+class client_failures_limited:  # noqa: N801 - used as a context manager, named like one
+    """Refuse a client address that keeps failing; count this attempt if it fails on the client's side.
+
+    A class rather than a generator-based context manager: it wraps every exchange, and contextlib's
+    generator protocol cost as much as the check itself. X-Forwarded-For is read only when a proxy is
+    trusted at all, the only case in which it can name the client.
+    """
+
+    __slots__ = ("_limits", "_address")
+
+    def __init__(self, ctx: ServiceContext, request: Request) -> None:
+        limits = self._limits = ctx.limits
+        trusted = limits.trusted_proxies
+        peer = request.scope.get("client")
+        self._address = client_address(peer[0] if peer else None,
+                                       request.headers.getlist("x-forwarded-for") if trusted else (), trusted)
+
+    def __enter__(self) -> None:
+        self._limits.check_client(self._address)
+
+    def __exit__(self, kind: type[BaseException] | None, problem: BaseException | None, _traceback: Any) -> None:
+        if isinstance(problem, Problem) and problem.status < 500 and problem.code != "rate_limited":
+            self._limits.record_failure(self._address)
 
 
 async def exchange_token(ctx: ServiceContext, verified: VerifiedToken, narrowing: Narrowing = EVERYTHING) -> MintedToken:
@@ -165,8 +175,7 @@ async def counted_exchange(request: Request, read: Reader) -> MintedToken:
 
 
 async def exchange(request: Request) -> JSONResponse:
-    minted = await counted_exchange(request, read_exchange)
-    return JSONResponse(minted.response(), headers={"Cache-Control": "no-store"})
+    return NoStoreJSONResponse((await counted_exchange(request, read_exchange)).response())
 
 
 async def explain_route(request: Request) -> JSONResponse:

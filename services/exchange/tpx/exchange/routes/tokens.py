@@ -20,7 +20,7 @@ from tpx.core.metrics import INTROSPECTIONS, TOKENS_REVOKED, Children
 from tpx.core.providers.base import PERMISSIONS
 
 from tpx.exchange.context import ServiceContext, context
-from tpx.exchange.http import JSONResponse, read_object
+from tpx.exchange.http import JSONResponse, NoStoreJSONResponse, read_object
 
 
 class TokenBody(Body):
@@ -106,9 +106,6 @@ async def introspect(request: Request) -> JSONResponse:
     token = await read_token(request, ctx)
     if token is None:
         raise Problem("malformed_request", "send the token to introspect as {\"token\": \"tpx_...\"} or token=tpx_...")
-    headers = {"Cache-Control": "no-store"}
     row = await ctx.token_reads.read(tokens.hash_token(token)) if tokens.is_well_formed(token) else None
     _INTROSPECTIONS["active" if row is not None else "inactive", ].inc()
-    if row is None:
-        return JSONResponse(INACTIVE, headers=headers)
-    return JSONResponse(introspection_body(row), headers=headers)
+    return NoStoreJSONResponse(INACTIVE if row is None else introspection_body(row))
