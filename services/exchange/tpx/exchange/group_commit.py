@@ -4,9 +4,10 @@ Every mint is a synchronous-commit transaction, and under load most of its cost
 is per transaction and per round trip, not per row: the client's call, the
 server's statement start and commit, the WAL flush the answer waits for. So the
 exchange's mints are queued here and written by at most `max_in_flight` writers
-at a time; each writer takes everything queued (up to `max_group`) and writes it
-with `tpx.core.db.tokens.mint_many`: one statement per mint, each with its own
-checks and JTI outcome, in one transaction. There is no timer: an idle service
+at a time, each on a pooled connection it keeps while groups follow each other;
+each writer takes everything queued (up to `max_group`) and writes it with
+`tpx.core.db.tokens.mint_many`: one statement per mint, each with its own checks
+and JTI outcome, in one transaction. There is no timer: an idle service
 writes a lone mint at once, and groups only form while writes are in flight, so
 batching never adds a wait that load did not already cause.
 
@@ -71,8 +72,9 @@ class GroupCommit:
 
     def __init__(self, pool: asyncpg.Pool, *, max_group: int = MAX_GROUP, max_in_flight: int = MAX_IN_FLIGHT) -> None:
         self._pool = pool
-        self._groups: Groups[MintRequest, MintResult] = Groups(self._write_group, max_group=max_group,
-                                                               max_in_flight=max_in_flight, name="mint-group")
+        self._groups: Groups[MintRequest, MintResult, asyncpg.Connection] = Groups(
+            self._write_group, session=pool.acquire, max_group=max_group, max_in_flight=max_in_flight,
+            name="mint-group")
 
     async def write(self, request: MintRequest) -> MintResult:
         if request.binding is not None:
@@ -83,32 +85,32 @@ class GroupCommit:
         # asyncio.shield: it would cost one more turn of the event loop per exchange.)
         return await self._groups.enqueue(request)
 
-    async def _write_group(self, group: list[tuple[MintRequest, asyncio.Future[MintResult]]]) -> None:
+    async def _write_group(self, group: list[tuple[MintRequest, asyncio.Future[MintResult]]],
+                           conn: asyncpg.Connection) -> None:
         started = time.perf_counter()
         MINT_GROUP_SIZE.observe(len(group))
-        async with self._pool.acquire() as conn:
-            backend_pid = conn.get_server_pid()
-            try:
-                results = (await token_store.mint_many(conn, [request for request, _ in group]) if len(group) > 1
-                           else [await token_store.mint(conn, group[0][0])])
-            except UNAVAILABLE_ERRORS as exc:
-                raise MintLost(backend_pid) from exc
-            except asyncpg.PostgresError as exc:
-                if len(group) == 1:
-                    raise
-                log.warning("group_commit.group_failed", mints=len(group), error=f"{type(exc).__name__}: {exc}")
-                for request, future in group:  # one at a time, so only the mint at fault fails
-                    try:
-                        result = await OnConnection(conn).write(request)
-                    except Exception as single:  # noqa: BLE001 - handed to its own waiter
-                        if not future.done():
-                            fail(future, single)
-                    else:
-                        if not future.done():
-                            future.set_result(result)
-                return
-            finally:   # before the waiters are settled below, so their answer follows the measurement
-                MINT_WRITE_LATENCY.observe(time.perf_counter() - started)
-            for (_request, future), result in zip(group, results):   # before the connection goes back
-                if not future.done():
-                    future.set_result(result)
+        backend_pid = conn.get_server_pid()
+        try:
+            results = (await token_store.mint_many(conn, [request for request, _ in group]) if len(group) > 1
+                       else [await token_store.mint(conn, group[0][0])])
+        except UNAVAILABLE_ERRORS as exc:
+            raise MintLost(backend_pid) from exc
+        except asyncpg.PostgresError as exc:
+            if len(group) == 1:
+                raise
+            log.warning("group_commit.group_failed", mints=len(group), error=f"{type(exc).__name__}: {exc}")
+            for request, future in group:  # one at a time, so only the mint at fault fails
+                try:
+                    result = await OnConnection(conn).write(request)
+                except Exception as single:  # noqa: BLE001 - handed to its own waiter
+                    if not future.done():
+                        fail(future, single)
+                else:
+                    if not future.done():
+                        future.set_result(result)
+            return
+        finally:   # before the waiters are settled below, so their answer follows the measurement
+            MINT_WRITE_LATENCY.observe(time.perf_counter() - started)
+        for (_request, future), result in zip(group, results):
+            if not future.done():
+                future.set_result(result)
