@@ -10,6 +10,11 @@ services' PYTHONPATH (the same runtime venv, so the same library versions). Each
 (stack, connections) pair and the introspection of each stack, alternating which stack goes first;
 it prints medians and the ratio new/old of throughput, sustained throughput (relay drain included),
 p99 and CPU per 2xx. Nothing here is kept: both databases, AMQP prefixes and the worktree go at the end.
+
+    .venv/bin/python bench/ab.py --ref HEAD --prefill-tokens 10000000 --no-introspection
+
+gives the new stack's database 10,000,000 more token rows first: the same code with and without a large
+table, in the same minutes (a before/after in sequence measures the host's drift as much as the table).
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from peer import ISSUERS, Minter, Target, introspection_service, measure, start_tpx_service  # noqa: E402
-from support import PG, ROOT, free_port, progress, runtime_tpx, serve_app  # noqa: E402
+from support import PG, ROOT, free_port, prefill, progress, runtime_tpx, serve_app  # noqa: E402
 
 import asyncpg  # noqa: E402
 
@@ -98,6 +103,9 @@ async def main(args: argparse.Namespace) -> None:
             with python_path(tree):   # the tree's own `tpx migrate` migrates its database (bench/support.py)
                 services[side] = await start_tpx_service(stack, name=f"ab{side}", **common)
             progress(f"  ({side}: {'this checkout' if tree is None else ref})")
+        if args.prefill_tokens:
+            progress(f"the new stack's tokens table gets {args.prefill_tokens:,} more rows; the old stack's none")
+            await prefill(services["new"], args.prefill_tokens)
         targets = {}
         for side, service in services.items():
             for c in args.connections:
@@ -120,8 +128,9 @@ async def main(args: argparse.Namespace) -> None:
                     samples[(side, name)].append(await measure(targets[(side, name)], duration=args.duration,
                                                                tmp=tmp, admin=admin))
         progress("stopping both stacks")
+    prefilled = f" with {args.prefill_tokens:,} more token rows" if args.prefill_tokens else ""
     print(f"\nA/B, medians of {args.runs} alternating runs of {args.duration} s (wrk -t1), {args.workers} exchange "
-          f"process(es): new = this checkout, old = {ref}")
+          f"process(es): new = this checkout{prefilled}, old = {ref}")
     invalid = sum(1 for runs in samples.values() for s in runs if not s.valid)
     for name in names:
         new, old = samples[("new", name)], samples[("old", name)]
@@ -141,4 +150,7 @@ if __name__ == "__main__":
     parser.add_argument("--connections", type=int, nargs="+", default=[32, 8])
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--no-introspection", dest="introspection", action="store_false")
+    parser.add_argument("--prefill-tokens", type=int, default=0,
+                        help="add this many token rows to the new stack's database first (with --ref HEAD: the same "
+                             "code with and without a large tokens table, in the same minutes)")
     asyncio.run(main(parser.parse_args()))

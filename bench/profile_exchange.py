@@ -30,7 +30,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from peer import ISSUERS, Minter, Target, introspection_service, measure, start_tpx_service  # noqa: E402
-from support import PG, free_port, progress, rss_mb, runtime_tpx, serve_app  # noqa: E402
+from support import PG, free_port, prefill, progress, rss_mb, runtime_tpx, serve_app  # noqa: E402
 
 import asyncpg  # noqa: E402
 
@@ -79,30 +79,6 @@ def summarise(raw: Path, top: int) -> None:
     print(f"\nheaviest leaf frames (top {top})")
     for leaf, count in leaves.most_common(top):
         print(f"  {100 * count / total:5.1f}%  {leaf}")
-
-
-async def prefill(service, count: int, chunk: int = 500_000) -> None:
-    """`count` expired-looking but live token rows of other repositories, as a long-running registry has
-    (the revoker's retention keeps about a retention period's worth), written by SQL in chunks."""
-    conn = await asyncpg.connect(f"{PG}/{service.database}")
-    try:
-        done = 0
-        while done < count:
-            size = min(chunk, count - done)
-            await conn.execute(
-                """INSERT INTO tokens (id, token_hash, issuer_id, packages, permissions, publisher_ids, ci,
-                                       repository_key, workflow, issued_at, expires_at)
-                   SELECT gen_random_uuid(), sha256(gen_random_uuid()::text::bytea), gen_random_uuid(),
-                          ARRAY['pkg-' || (n % 50000)], '{}'::jsonb, ARRAY[gen_random_uuid()], '{}'::jsonb,
-                          'prefill/repo-' || (n % 50000), 'release.yml', now() - interval '1 hour',
-                          now() + interval '1 day'
-                   FROM generate_series($1::bigint, $2::bigint) AS n""", done, done + size - 1)
-            done += size
-            progress(f"prefill: {done:,} of {count:,} token rows")
-        await conn.execute("VACUUM ANALYZE tokens")
-        await conn.execute("CHECKPOINT")   # the bulk load's dirty pages written now, not during the runs
-    finally:
-        await conn.close()
 
 
 async def recorded(command: list[str], target, args: argparse.Namespace, tmp: Path, admin) -> subprocess.Popen:
