@@ -119,7 +119,7 @@ class Groups(Generic[Item, Outcome, Session]):
                     self._start_writer()   # for what is left over the cap, if a writer is free
                     try:
                         await self._run(group, session)
-                    except Exception as exc:  # noqa: BLE001 - every waiter gets the outcome, whatever it is
+                    except Exception as exc:  # noqa: BLE001 - every waiter gets the outcome (a cancellation: below)
                         _fail_unsettled(group, exc)
                         break   # the session ends with the group that failed: the next one opens a new one
                     group = self._take()
