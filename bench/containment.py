@@ -48,7 +48,7 @@ async def seed(url: str, repository: str, count: int) -> list[str]:
         await conn.copy_records_to_table("tokens", columns=[
             "id", "token_hash", "issuer_id", "packages", "permissions", "publisher_ids", "ci", "repository_key",
             "workflow", "issued_at", "expires_at"], records=[
-            (uuid.uuid4(), tokens.hash_token(t), issuer, ["pkg"], json.dumps({"pkg": ["publish-update"]}), [],
+            (uuid.uuid4(), tokens.lookup_key(t), issuer, ["pkg"], json.dumps({"pkg": ["publish-update"]}), [],
              ci, repository.lower(), "release.yml", _now(-60), _now(1800)) for t in raw])
     finally:
         await conn.close()

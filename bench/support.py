@@ -312,8 +312,9 @@ async def shared_server_pids(conn: asyncpg.Connection) -> list[int]:
 
 
 async def prefill(service, count: int, chunk: int = 500_000) -> None:
-    """`count` expired-looking but live token rows of other repositories, as a long-running registry has
-    (the revoker's retention keeps about a retention period's worth), written by SQL in chunks."""
+    """`count` live token rows of other repositories, minted over the last 30 days, as a long-running
+    registry has (the revoker's retention keeps about a retention period's worth), written by SQL in
+    chunks; each stored under a time-stamped lookup key (tpx.core.tokens) of its mint second."""
     conn = await asyncpg.connect(f"{PG}/{service.database}")
     try:
         done = 0
@@ -322,11 +323,14 @@ async def prefill(service, count: int, chunk: int = 500_000) -> None:
             await conn.execute(
                 """INSERT INTO tokens (id, token_hash, issuer_id, packages, permissions, publisher_ids, ci,
                                        repository_key, workflow, issued_at, expires_at)
-                   SELECT gen_random_uuid(), sha256(gen_random_uuid()::text::bytea), gen_random_uuid(),
-                          ARRAY['pkg-' || (n % 50000)], '{}'::jsonb, ARRAY[gen_random_uuid()], '{}'::jsonb,
-                          'prefill/repo-' || (n % 50000), 'release.yml', now() - interval '1 hour',
-                          now() + interval '1 day'
-                   FROM generate_series($1::bigint, $2::bigint) AS n""", done, done + size - 1)
+                   SELECT gen_random_uuid(),
+                          substring(int8send(extract(epoch FROM issued)::bigint) FROM 4 FOR 5)
+                              || sha256(gen_random_uuid()::text::bytea),
+                          gen_random_uuid(), ARRAY['pkg-' || (n % 50000)], '{}'::jsonb, ARRAY[gen_random_uuid()],
+                          '{}'::jsonb, 'prefill/repo-' || (n % 50000), 'release.yml', issued, now() + interval '1 day'
+                   FROM generate_series($1::bigint, $2::bigint) AS n,
+                        LATERAL (SELECT now() - interval '1 hour' - (n % 2592000) * interval '1 second') AS t(issued)
+                   """, done, done + size - 1)
             done += size
             progress(f"prefill: {done:,} of {count:,} token rows")
         await conn.execute("VACUUM ANALYZE tokens")

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
+from tpx.core import tokens
+
 SECRET_VARIABLES = ("TPX_DATABASE_URL", "TPX_AMQP_URL", "TPX_ADMIN_TOKENS", "TPX_INTROSPECTION_TOKENS")
 _PREFIX_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 MIN_CREDENTIAL_LENGTH = 16
@@ -85,7 +87,8 @@ class Settings:
             host=env.text("TPX_HOST", cls.host, pattern=r"[A-Za-z0-9.:\[\]-]{1,255}", accepts="a host name or address"),
             port=env.integer("TPX_PORT", cls.port, 0, 65535),
             token_ttl_seconds=env.integer("TPX_TOKEN_TTL_SECONDS", cls.token_ttl_seconds, 60, 86400),
-            token_ttl_max_seconds=env.integer("TPX_TOKEN_TTL_MAX_SECONDS", cls.token_ttl_max_seconds, 60, 7 * 86400),
+            token_ttl_max_seconds=env.integer("TPX_TOKEN_TTL_MAX_SECONDS", cls.token_ttl_max_seconds, 60,
+                                              tokens.MAX_LIFETIME_SECONDS),
             leeway_seconds=env.integer("TPX_LEEWAY_SECONDS", cls.leeway_seconds, 0, 300),
             insecure_loopback_issuers=env.boolean("TPX_INSECURE_LOOPBACK_ISSUERS", False),
             ops_separate=env.boolean("TPX_OPS_SEPARATE", False),

@@ -170,7 +170,7 @@ async def gate_waiter(db, other_than: int | None = None) -> int:
 def test_a_request_that_pins_ids_is_never_grouped():
     from tpx.core.db.tokens import Binding, MintRequest, mint_many
     request = MintRequest(issuer_id=None, kid="k", jti="j", jti_expires_at=0.0, publisher_ids=[],
-                          binding=Binding([], "1", "2"), token_id=uuid.uuid4(), token_hash=b"", packages=[],
+                          binding=Binding([], "1", "2"), token_id=uuid.uuid4(), lookup_key=b"", packages=[],
                           permissions={}, ci={}, repository_key="r", workflow="w", lifetime_seconds=1, events=[],
                           source="s")
     with pytest.raises(ValueError, match="binding"):

@@ -15,7 +15,7 @@ pytestmark = pytest.mark.integration
 
 
 class CountedReads:
-    """token_store.active_by_hashes as it is, with the groups it was called with recorded."""
+    """token_store.active_by_keys as it is, with the groups it was called with recorded."""
 
     def __init__(self) -> None:
         self.groups: list[list[bytes]] = []
@@ -23,7 +23,7 @@ class CountedReads:
 
     async def __call__(self, conn, hashes):
         self.groups.append(list(hashes))
-        found = await token_store.active_by_hashes(conn, hashes)
+        found = await token_store.active_by_keys(conn, hashes)
         if self.hold is not None:
             hold, self.hold = self.hold, None
             await hold.wait()
@@ -38,22 +38,22 @@ async def test_lookups_that_arrive_while_one_is_read_share_one_statement(repo, d
     await repo.add_publisher()
     live = await minted(repo, 4)
     revoked = live.pop()
-    await token_store.revoke_by_hash(db, tokens.hash_token(revoked), "test")
+    await token_store.revoke_by_key(db, tokens.lookup_key(revoked), "test")
     unknown = tokens.generate()
     reads = CountedReads()
     reads.hold = release = asyncio.Event()
     group_read = GroupRead(db, reads, max_in_flight=1)
     asked = [live[0], *live, revoked, unknown, live[1]]
-    first = asyncio.create_task(group_read.read(tokens.hash_token(asked[0])))
+    first = asyncio.create_task(group_read.read(tokens.lookup_key(asked[0])))
     while not reads.groups:          # the first is read at once, alone, and held in flight
         await asyncio.sleep(0)
-    rest = [asyncio.create_task(group_read.read(tokens.hash_token(t))) for t in asked[1:]]
+    rest = [asyncio.create_task(group_read.read(tokens.lookup_key(t))) for t in asked[1:]]
     await asyncio.sleep(0)           # their first steps: each queues its lookup behind the first
     release.set()
     rows = await asyncio.gather(first, *rest)
     assert [row is not None for row in rows] == [True, True, True, True, False, False, True]
     assert [str(row["id"]) for row in rows[1:4]] == [
-        str(await db.fetchval("SELECT id FROM tokens WHERE token_hash = $1", tokens.hash_token(t))) for t in live]
+        str(await db.fetchval("SELECT id FROM tokens WHERE token_hash = $1", tokens.lookup_key(t))) for t in live]
     # The other six queued behind the first and went in one statement.
     assert [len(group) for group in reads.groups] == [1, 6]
 
@@ -63,7 +63,7 @@ async def test_lookups_that_arrive_together_share_one_statement(repo, db):
     live = await minted(repo, 3)
     reads = CountedReads()
     group_read = GroupRead(db, reads)
-    rows = await asyncio.gather(*(group_read.read(tokens.hash_token(t)) for t in live))
+    rows = await asyncio.gather(*(group_read.read(tokens.lookup_key(t)) for t in live))
     assert all(row is not None for row in rows)
     assert [len(group) for group in reads.groups] == [3]
 
@@ -74,7 +74,7 @@ async def test_a_lone_lookup_is_read_at_once(repo, db):
     reads = CountedReads()
     group_read = GroupRead(db, reads)
     for _ in range(3):
-        assert await group_read.read(tokens.hash_token(token)) is not None
+        assert await group_read.read(tokens.lookup_key(token)) is not None
     assert [len(group) for group in reads.groups] == [1, 1, 1]
 
 
@@ -83,15 +83,15 @@ async def test_a_lookup_never_joins_a_read_that_began_before_it(repo, db):
     a lookup asked after the revocation committed waits for a read of its own and sees it revoked."""
     await repo.add_publisher()
     (token,) = await minted(repo, 1)
-    token_hash = tokens.hash_token(token)
+    key = tokens.lookup_key(token)
     reads = CountedReads()
     reads.hold = release = asyncio.Event()
     group_read = GroupRead(db, reads, max_in_flight=1)
-    before = asyncio.create_task(group_read.read(token_hash))
+    before = asyncio.create_task(group_read.read(key))
     while not reads.groups:
         await asyncio.sleep(0)
-    assert await token_store.revoke_by_hash(db, token_hash, "test") is not None
-    after = asyncio.create_task(group_read.read(token_hash))
+    assert await token_store.revoke_by_key(db, key, "test") is not None
+    after = asyncio.create_task(group_read.read(key))
     await asyncio.sleep(0)
     release.set()
     assert await before is not None      # read before the revocation
@@ -109,14 +109,14 @@ async def test_a_failed_read_fails_each_of_its_lookups_and_the_next_read_works(r
         calls += 1
         if calls == 1:
             await conn.fetchval("SELECT 1 / 0")
-        return await token_store.active_by_hashes(conn, hashes)
+        return await token_store.active_by_keys(conn, hashes)
 
     group_read = GroupRead(db, failing_once, max_in_flight=1)
-    failing = asyncio.create_task(group_read.read(tokens.hash_token(token)))
+    failing = asyncio.create_task(group_read.read(tokens.lookup_key(token)))
     while not calls:                 # the first read is in flight, alone
         await asyncio.sleep(0)
-    outcomes = await asyncio.gather(failing, *(group_read.read(tokens.hash_token(token)) for _ in range(2)),
+    outcomes = await asyncio.gather(failing, *(group_read.read(tokens.lookup_key(token)) for _ in range(2)),
                                     return_exceptions=True)
     assert type(outcomes[0]).__name__ == "DivisionByZeroError"
     assert all(o is not None and not isinstance(o, Exception) for o in outcomes[1:])
-    assert await group_read.read(tokens.hash_token(token)) is not None
+    assert await group_read.read(tokens.lookup_key(token)) is not None

@@ -60,8 +60,8 @@ async def active(client, token: str) -> bool:
 async def active_count(db: asyncpg.Pool, raw: list[str]) -> int:
     """How many of `raw` introspection would call active (its own query; HTTP is checked on samples)."""
     async with db.acquire() as conn:
-        active = await token_store.active_by_hashes(conn, [tokens.hash_token(t) for t in raw])
-    return sum(tokens.hash_token(t) in active for t in raw)
+        active = await token_store.active_by_keys(conn, [tokens.lookup_key(t) for t in raw])
+    return sum(tokens.lookup_key(t) in active for t in raw)
 
 
 async def mint(repo, **claims: Any) -> dict[str, Any]:
@@ -89,7 +89,7 @@ async def insert_tokens(
         """INSERT INTO tokens (id, token_hash, issuer_id, packages, permissions, publisher_ids, ci, repository_key,
                                workflow, issued_at, expires_at, revoked_at, revocation_reason)
            VALUES ($1, $2, $3, $4, $5, $6::uuid[], $7, $8, $9, $10, $11, $12, $13)""",
-        [(uuid.uuid4(), tokens.hash_token(token), uuid.uuid4(), list(packages),
+        [(uuid.uuid4(), tokens.lookup_key(token), uuid.uuid4(), list(packages),
           {p: ["publish-update"] for p in packages}, list(publisher_ids),
           {"provider": "github", "repository": repository, "workflow": workflow}, repository.lower(), workflow,
           issued_at, expires_at or now + timedelta(minutes=30), now if revoked else None,
@@ -114,7 +114,7 @@ async def events_of(db: asyncpg.Pool, event_type: str, key: str, value: str) -> 
 
 async def revoked_rows(db: asyncpg.Pool, raw: list[str]) -> int:
     return await db.fetchval("SELECT count(*) FROM tokens WHERE token_hash = ANY($1::bytea[]) AND revoked_at IS NOT NULL",
-                             [tokens.hash_token(t) for t in raw])
+                             [tokens.lookup_key(t) for t in raw])
 
 
 def isolated(settings: Settings) -> Settings:
@@ -632,7 +632,7 @@ async def test_sweep_marks_expired_tokens_and_announces_them(db, settings):
     assert counts["tokens_expired"] >= 7
 
     def hashes(raw: list[str]) -> list[bytes]:
-        return [tokens.hash_token(t) for t in raw]
+        return [tokens.lookup_key(t) for t in raw]
 
     rows = await db.fetch("SELECT id, expired_at FROM tokens WHERE token_hash = ANY($1::bytea[])", hashes(expired))
     assert all(row["expired_at"] is not None for row in rows)
@@ -686,7 +686,7 @@ async def test_sweep_purges_old_rows_and_keeps_recent_ones(db, settings):
     assert jtis == {"fresh"}
     assert await db.fetchval("SELECT count(*) FROM tokens WHERE packages = ARRAY[$1]", run) == len(recent)
     assert not await db.fetchval("SELECT count(*) FROM tokens WHERE token_hash = ANY($1::bytea[])",
-                                 [tokens.hash_token(t) for t in ancient])
+                                 [tokens.lookup_key(t) for t in ancient])
     rules = {r["id"] for r in await db.fetch("SELECT id FROM revocations WHERE id = ANY($1::uuid[])",
                                              [old_rule, pending_rule, recent_rule])}
     assert rules == {pending_rule, recent_rule}  # pending rules are never purged

@@ -38,6 +38,7 @@ from tpx.core.relay.signal import OutboxSignal
 from tpx.core.serving.ops import bind_ops_socket, serve_ops
 from tpx.core.serving.server import freeze_startup_heap
 
+from tpx.exchange import token_format
 from tpx.exchange.auth import Credentials
 from tpx.exchange.candidates import CandidateCache
 from tpx.exchange.context import ServiceContext
@@ -144,7 +145,8 @@ def create_app(settings: Settings, *, run_relay: bool = True) -> Starlette:
 
             listener = Listener(settings.database_url, {issuer_store.CHANGED_CHANNEL: keycache.changed,
                                                         publisher_store.CHANGED_CHANNEL: candidates.invalidate},
-                                name="exchange-listener", on_connect=catch_up)
+                                name="exchange-listener", on_connect=catch_up,
+                                server_settings={"application_name": token_format.APPLICATION_NAME})
             signal = OutboxSignal()
             ctx = ServiceContext(
                 settings=settings, pool=pool, keycache=keycache, outbox_signal=signal,
@@ -157,7 +159,8 @@ def create_app(settings: Settings, *, run_relay: bool = True) -> Starlette:
                 candidates=candidates,
                 listener=listener,
                 group_commit=GroupCommit(pool),
-                token_reads=GroupRead(pool, token_store.active_by_hashes),
+                token_reads=GroupRead(pool, token_store.active_by_keys),
+                token_format=token_format.TokenFormat(),
             )
             app.state.tpx = ctx
             metrics.POOLS.add("exchange", pool)
@@ -168,7 +171,8 @@ def create_app(settings: Settings, *, run_relay: bool = True) -> Starlette:
             stop_ops: list[asyncio.Event] = []
             tasks = [asyncio.create_task(listener.run(), name="exchange-listener"),
                      asyncio.create_task(keycache.run(), name="keycache"),
-                     asyncio.create_task(sample_forever(pool), name="outbox-sampler")]
+                     asyncio.create_task(sample_forever(pool), name="outbox-sampler"),
+                     asyncio.create_task(ctx.token_format.run(pool), name="token-format")]
             if settings.ops_separate:   # /metrics and the full readiness report, off the public port
                 ops_stop = asyncio.Event()
                 ops_socket = bind_ops_socket(settings, shared=True)   # every exchange process serves it

@@ -17,6 +17,7 @@ from tpx.exchange.group_commit import GroupCommit
 from tpx.exchange.group_read import GroupRead
 from tpx.exchange.keycache import KeyCache
 from tpx.exchange.ratelimit import RateLimits
+from tpx.exchange.token_format import TokenFormat
 
 
 @dataclass
@@ -31,7 +32,8 @@ class ServiceContext:
     candidates: CandidateCache
     listener: Listener
     group_commit: GroupCommit
-    token_reads: GroupRead[bytes, asyncpg.Record]   # introspection's lookups, by token hash
+    token_reads: GroupRead[bytes, asyncpg.Record]   # introspection's lookups, by tpx.core.tokens.lookup_key
+    token_format: TokenFormat
     draining: bool = False
 
 

@@ -268,10 +268,10 @@ async def resolve_ambiguous(pool: asyncpg.Pool, ambiguous: AmbiguousMint, settin
     loop = asyncio.get_running_loop()
     deadline = loop.time() + RESOLVE_SECONDS
     backoff = Backoff(first=0.05, maximum=0.5)
-    token_hash = tokens.hash_token(ambiguous.token)
+    lookup_key = tokens.lookup_key(ambiguous.token)
     while True:
         try:
-            settled, row = await token_store.settled_mint(pool, token_hash, ambiguous.backend_pid)
+            settled, row = await token_store.settled_mint(pool, lookup_key, ambiguous.backend_pid)
         except UNAVAILABLE_ERRORS:
             settled, row = False, None
         if settled:
@@ -292,12 +292,13 @@ async def resolve_ambiguous(pool: asyncpg.Pool, ambiguous: AmbiguousMint, settin
                        decision.publisher_ids, row["issued_at"], row["expires_at"])
 
 
-async def write(writer: MintWriter, settings: Settings, decision: Decision) -> MintedToken | None:
+async def write(writer: MintWriter, settings: Settings, decision: Decision,
+                new_token: Callable[[], str] = tokens.generate) -> MintedToken | None:
     """Write the decision (with others: tpx.exchange.group_commit); None when its publishers changed
-    meanwhile (nothing written)."""
+    meanwhile (nothing written). `new_token` makes the token (tpx.exchange.token_format)."""
     verified = decision.verified
     identity = verified.identity
-    token = tokens.generate()
+    token = new_token()
     token_id = new_id()
     binding = None
     if decision.unbound:
@@ -306,7 +307,7 @@ async def write(writer: MintWriter, settings: Settings, decision: Decision) -> M
     request = token_store.MintRequest(
         issuer_id=verified.issuer.id, kid=verified.kid, jti=verified.jti,
         jti_expires_at=verified.exp + settings.leeway_seconds, publisher_ids=decision.publisher_ids,
-        binding=binding, token_id=token_id, token_hash=tokens.hash_token(token),
+        binding=binding, token_id=token_id, lookup_key=tokens.lookup_key(token),
         packages=decision.packages, permissions=decision.permissions, ci=identity.ci(),
         repository_key=identity.repository_key, workflow=identity.workflow,
         lifetime_seconds=decision.lifetime_seconds, events=events_of(decision, token_id), source=EXCHANGE_SOURCE,
@@ -335,7 +336,7 @@ async def write(writer: MintWriter, settings: Settings, decision: Decision) -> M
 
 async def mint(reader: asyncpg.Pool | asyncpg.Connection, settings: Settings, verified: VerifiedToken,
                cache: CandidateCache, writer: MintWriter, admit: Callable[[Decision], None] | None = None,
-               narrowing: Narrowing = EVERYTHING) -> MintedToken:
+               narrowing: Narrowing = EVERYTHING, new_token: Callable[[], str] = tokens.generate) -> MintedToken:
     """Decide on the (possibly cached) candidates, then write; `admit` may refuse the first decision
     before anything is written (the per-publisher rate limit). `reader` reads candidates on a cache miss."""
     issuer_id, repository_key = verified.issuer.id, verified.identity.repository_key
@@ -351,7 +352,7 @@ async def mint(reader: asyncpg.Pool | asyncpg.Connection, settings: Settings, ve
         if admit is not None:
             admit(decision)
             admit = None
-        minted = await write(writer, settings, decision)
+        minted = await write(writer, settings, decision, new_token)
         if minted is not None:
             return minted
         candidates, fresh = await cache.read(reader, issuer_id, repository_key), True

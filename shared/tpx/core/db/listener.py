@@ -167,11 +167,12 @@ class Listener:
 
     def __init__(self, database_url: str, channels: Mapping[str, Callable[[str], None]], *, name: str,
                  on_connect: Callable[[], Awaitable[None]] | None = None, keepalive_seconds: float = 5.0,
-                 backoff: Backoff | None = None, outage: Outage = DATABASE) -> None:
+                 backoff: Backoff | None = None, outage: Outage = DATABASE,
+                 server_settings: Mapping[str, str] | None = None) -> None:
         self.channels = dict(channels)
         self.on_connect = on_connect
         self.connection = KeptConnection(database_url, name=name, keepalive_seconds=keepalive_seconds,
-                                         backoff=backoff, outage=outage)
+                                         backoff=backoff, outage=outage, server_settings=server_settings)
 
     @property
     def healthy(self) -> asyncio.Event:

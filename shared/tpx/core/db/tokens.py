@@ -1,4 +1,4 @@
-"""The tokens and used_jtis tables: minted tokens (their SHA-256 only, no personal data) and spent ID tokens.
+"""The tokens and used_jtis tables: minted tokens (their lookup key only, no personal data) and spent ID tokens.
 
 Two notions of "live": `LIVE` is the row's own state (not revoked, not expired)
 and is what revoking updates; `ACTIVE` adds "no pending revocation rule matches
@@ -139,7 +139,7 @@ class MintRequest(msgspec.Struct, frozen=True):
     publisher_ids: list[str]
     binding: Binding | None
     token_id: str
-    token_hash: bytes
+    lookup_key: bytes
     packages: list[str]
     permissions: dict[str, list[str]]
     ci: dict[str, Any]
@@ -152,7 +152,7 @@ class MintRequest(msgspec.Struct, frozen=True):
     def arguments(self) -> list[Any]:
         args: list[Any] = [
             locks.MINT_GATE, self.publisher_ids, self.issuer_id, self.jti, self.jti_expires_at, self.token_id,
-            self.token_hash, self.packages, self.permissions, self.ci, self.repository_key, self.workflow,
+            self.lookup_key, self.packages, self.permissions, self.ci, self.repository_key, self.workflow,
             float(self.lifetime_seconds), events_json(self.events), self.source, self.kid,
         ]
         if self.binding is not None:
@@ -186,7 +186,7 @@ async def mint_many(conn: asyncpg.Connection, requests: Sequence[MintRequest]) -
     return [_result(row) for row in await conn.fetchmany(_MINT, [request.arguments() for request in requests])]
 
 
-async def settled_mint(pool: asyncpg.Pool, token_hash: bytes, backend_pid: int) -> tuple[bool, asyncpg.Record | None]:
+async def settled_mint(pool: asyncpg.Pool, lookup_key: bytes, backend_pid: int) -> tuple[bool, asyncpg.Record | None]:
     """After a mint's connection died: end its server session, then tell whether the mint committed.
 
     The old session may still be running the statement, or may wait for ever on a connection nobody
@@ -205,29 +205,42 @@ async def settled_mint(pool: asyncpg.Pool, token_hash: bytes, backend_pid: int) 
         backend_pid)
     if not gone:
         return False, None
-    row = await pool.fetchrow("SELECT issued_at, expires_at FROM tokens WHERE token_hash = $1", token_hash)
+    row = await pool.fetchrow("SELECT issued_at, expires_at FROM tokens WHERE token_hash = $1", lookup_key)
     return True, row
 
 
 # --- introspection, revocation by the holder, listings -------------------------------------------------------
 
-async def active_by_hashes(conn: asyncpg.Connection, token_hashes: Sequence[bytes]) -> dict[bytes, asyncpg.Record]:
-    """The active tokens among `token_hashes` (one statement for a group of introspections), by hash."""
+# The application_name of an exchange replica's listener in releases that read only first-format tokens
+# (tpx.core.tokens; tpx.exchange.token_format): later ones connect under another name.
+FIRST_FORMAT_READER = "tpx-exchange-listener"
+
+
+async def first_format_readers(conn: asyncpg.Pool | asyncpg.Connection) -> int:
+    """How many exchange replicas of such a release are connected to this database now."""
+    return await conn.fetchval(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND application_name = $1",
+        FIRST_FORMAT_READER)
+
+
+async def active_by_keys(conn: asyncpg.Connection, lookup_keys: Sequence[bytes]) -> dict[bytes, asyncpg.Record]:
+    """The active tokens among `lookup_keys` (tpx.core.tokens.lookup_key; one statement for a group of
+    introspections), by key."""
     rows = await conn.fetch(
         f"""SELECT token_hash, id, packages, permissions, publisher_ids, ci, issued_at, expires_at
             FROM tokens WHERE token_hash = ANY($1::bytea[]) AND {ACTIVE}""",
-        token_hashes,
+        lookup_keys,
     )
     return {bytes(row["token_hash"]): row for row in rows}
 
 
-async def revoke_by_hash(conn: asyncpg.Connection, token_hash: bytes, reason: str) -> asyncpg.Record | None:
+async def revoke_by_key(conn: asyncpg.Connection, lookup_key: bytes, reason: str) -> asyncpg.Record | None:
     """Revoke one token row; also one a pending rule already covers, so its holder's request is recorded."""
     return await conn.fetchrow(
         f"""UPDATE tokens SET revoked_at = now(), revocation_reason = $2
             WHERE token_hash = $1 AND {LIVE}
             RETURNING id, packages, publisher_ids, ci""",
-        token_hash, reason,
+        lookup_key, reason,
     )
 
 

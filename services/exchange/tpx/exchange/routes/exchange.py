@@ -123,7 +123,7 @@ async def exchange_token(ctx: ServiceContext, verified: VerifiedToken, narrowing
         try:
             minted = await mint(ctx.pool, ctx.settings, verified, ctx.candidates, ctx.group_commit,
                                 admit=lambda d: ctx.limits.admit_publishers(e.publisher for e in d.matched),
-                                narrowing=narrowing)
+                                narrowing=narrowing, new_token=ctx.token_format.generate)
         except Problem as problem:
             if problem.code in ("no_matching_publisher", "forbidden_trigger"):
                 async with ctx.pool.acquire() as conn:

@@ -58,7 +58,7 @@ async def revoke(request: Request) -> Response:
 async def revoke_token(ctx: ServiceContext, token: str, reason: str) -> None:
     async with ctx.pool.acquire() as conn:
         async with conn.transaction():
-            row = await token_store.revoke_by_hash(conn, tokens.hash_token(token), reason)
+            row = await token_store.revoke_by_key(conn, tokens.lookup_key(token), reason)
             if row is not None:
                 await add_events(conn, [builders.token_revoked(row, reason)], source=EXCHANGE_SOURCE)
     if row is not None:
@@ -106,6 +106,6 @@ async def introspect(request: Request) -> JSONResponse:
     token = await read_token(request, ctx)
     if token is None:
         raise Problem("malformed_request", "send the token to introspect as {\"token\": \"tpx_...\"} or token=tpx_...")
-    row = await ctx.token_reads.read(tokens.hash_token(token)) if tokens.is_well_formed(token) else None
+    row = await ctx.token_reads.read(tokens.lookup_key(token)) if tokens.is_well_formed(token) else None
     _INTROSPECTIONS["active" if row is not None else "inactive", ].inc()
     return NoStoreJSONResponse(INACTIVE if row is None else introspection_body(row))

@@ -1,0 +1,59 @@
+"""Which token format this replica mints: time-stamped once no replica that reads only the first is left.
+
+Releases before the time-stamped format (tpx.core.tokens) look a token up by its
+SHA-256 alone: a time-stamped token would read as unknown there, and a holder's
+revocation sent to such a replica would find nothing to revoke. So during a
+rolling update a replica mints first-format tokens, which every release reads,
+while an older replica's listener is connected to the database (its
+application_name says which release it is), and time-stamped ones once two
+checks in a row, `CHECK_SECONDS` apart, found none (one check could fall while an
+older replica's listener is reconnecting). Migration 0009 keeps an older replica
+that restarts from coming back. Both formats stay readable by this release.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import asyncpg
+
+from tpx.core import tokens
+from tpx.core.db import tokens as token_store
+from tpx.core.db.pool import UNAVAILABLE_ERRORS
+from tpx.core.logging import get_logger
+
+log = get_logger(__name__)
+
+# The exchange listener's application_name from this release on (token_store.FIRST_FORMAT_READER before).
+APPLICATION_NAME = "tpx-exchange-listener+time-stamped-tokens"
+CHECK_SECONDS = 10.0
+CLEAR_CHECKS = 2
+
+
+class TokenFormat:
+    """`generate()` makes a token of the format every connected replica reads."""
+
+    def __init__(self) -> None:
+        self.time_stamped = False
+        self._clear_checks = 0
+
+    def generate(self) -> str:
+        return tokens.generate() if self.time_stamped else tokens.generate_first_format()
+
+    async def check(self, pool: asyncpg.Pool) -> None:
+        older = await token_store.first_format_readers(pool)
+        self._clear_checks = 0 if older else self._clear_checks + 1
+        time_stamped = self._clear_checks >= CLEAR_CHECKS
+        if time_stamped != self.time_stamped:
+            log.info("token_format.changed", minting="time-stamped" if time_stamped else "first format",
+                     older_replicas=older)
+        self.time_stamped = time_stamped
+
+    async def run(self, pool: asyncpg.Pool) -> None:
+        """Check every `CHECK_SECONDS`; while the database is away the last answer stands (nothing mints)."""
+        while True:
+            try:
+                await self.check(pool)
+            except UNAVAILABLE_ERRORS:
+                pass
+            await asyncio.sleep(CHECK_SECONDS)
