@@ -17,6 +17,7 @@ stay readable: a body whose first six digits are not a recent second is one.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 import secrets
@@ -67,10 +68,15 @@ def _random_digits(count: int) -> str:
     return digits[:count].decode("ascii")
 
 
+@functools.lru_cache(maxsize=4)
+def _second_digits(second: int) -> str:
+    """The stamp changes once a second; rendering it (six divisions) cost as much as the random part."""
+    return _base62(second, SECOND_DIGITS)
+
+
 def generate(now: float | None = None) -> str:
     """A token stamped with the second `now` (default: the clock's), for its time-ordered lookup key."""
-    second = int(time.time() if now is None else now)
-    body = _base62(second, SECOND_DIGITS) + _random_digits(RANDOM_DIGITS)
+    body = _second_digits(int(time.time() if now is None else now)) + _random_digits(RANDOM_DIGITS)
     return PREFIX + body + checksum(body)
 
 
