@@ -10,6 +10,7 @@ JSON, the relay, garbage collection, ...) and the heaviest leaf functions. py-sp
 dependency of tpx: install it anywhere (`pip install py-spy`) and pass its path, or have it
 on PATH. Needs root or ptrace permission. With --introspection, the load is a registry's
 `POST /v1/introspect` over live tokens (as bench/peer.py's introspection row) instead of exchanges.
+With --relay, the process sampled is the jwks-refresher, which leads the outbox relay.
 """
 
 from __future__ import annotations
@@ -155,7 +156,7 @@ async def main(args: argparse.Namespace) -> None:
             progress(f"exchange process RSS after the runs: {rss_mb(service.processes[0].pid):.1f} MB")
             return
         raw = tmp / "profile.txt"
-        pid = service.processes[0].pid
+        pid = service.processes[1 if args.relay else 0].pid   # start_tpx: exchange, jwks-refresher, revoker
         if args.perf:
             await perf_profile(pid, target, args, tmp, admin)
             return
@@ -186,6 +187,8 @@ if __name__ == "__main__":
     parser.add_argument("--keep", help="also copy py-spy's raw (collapsed) stacks to this file")
     parser.add_argument("--introspection", action="store_true",
                         help="load with introspections of live tokens instead of exchanges")
+    parser.add_argument("--relay", action="store_true",
+                        help="sample the jwks-refresher process, the outbox relay's leader, instead of the exchange")
     parser.add_argument("--runs", type=int, default=0, help="only measure, this many wrk runs, without py-spy")
     parser.add_argument("--prefill-tokens", type=int, default=0,
                         help="with --runs: measure, add this many token rows, measure again, print the ratio")

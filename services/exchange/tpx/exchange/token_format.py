@@ -41,8 +41,16 @@ class TokenFormat:
         return tokens.generate() if self.time_stamped else tokens.generate_first_format()
 
     async def check(self, pool: asyncpg.Pool) -> None:
-        older = await token_store.first_format_readers(pool)
-        self._clear_checks = 0 if older else self._clear_checks + 1
+        """While the database is away the last answer stands (nothing mints then); a check that fails
+        otherwise is said, and counts as one that saw an older replica."""
+        try:
+            older = await token_store.first_format_readers(pool)
+        except UNAVAILABLE_ERRORS:
+            return
+        except Exception as exc:  # noqa: BLE001 - e.g. pg_stat_activity not readable: mint what every release reads
+            log.warning("token_format.check_failed", error=f"{type(exc).__name__}: {exc}"[:300])
+            older = None
+        self._clear_checks = self._clear_checks + 1 if older == 0 else 0
         time_stamped = self._clear_checks >= CLEAR_CHECKS
         if time_stamped != self.time_stamped:
             log.info("token_format.changed", minting="time-stamped" if time_stamped else "first format",
@@ -50,10 +58,6 @@ class TokenFormat:
         self.time_stamped = time_stamped
 
     async def run(self, pool: asyncpg.Pool) -> None:
-        """Check every `CHECK_SECONDS`; while the database is away the last answer stands (nothing mints)."""
         while True:
-            try:
-                await self.check(pool)
-            except UNAVAILABLE_ERRORS:
-                pass
+            await self.check(pool)
             await asyncio.sleep(CHECK_SECONDS)
