@@ -222,3 +222,10 @@ async def test_a_session_that_cannot_be_opened_fails_its_group_only():
     sessions.refuse = None
     assert await groups.enqueue("b") == "B"
     assert (sessions.opened, sessions.closed) == (1, 1)
+
+
+def test_mint_writers_per_process_three_alone_one_each_when_several_share_the_database():
+    from tpx.exchange.group_commit import MAX_IN_FLIGHT, writers_per_process
+
+    assert writers_per_process(1) == MAX_IN_FLIGHT == 3
+    assert [writers_per_process(workers) for workers in (2, 4, 64)] == [1, 1, 1]

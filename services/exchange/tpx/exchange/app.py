@@ -42,7 +42,7 @@ from tpx.exchange import token_format
 from tpx.exchange.auth import Credentials
 from tpx.exchange.candidates import CandidateCache
 from tpx.exchange.context import ServiceContext
-from tpx.exchange.group_commit import GroupCommit
+from tpx.exchange.group_commit import GroupCommit, writers_per_process
 from tpx.exchange.group_read import GroupRead
 from tpx.exchange.hot_routes import HotRoutes
 from tpx.exchange.http import RequestContextMiddleware, problem_response
@@ -158,7 +158,7 @@ def create_app(settings: Settings, *, run_relay: bool = True) -> Starlette:
                                   parse_networks(settings.trusted_proxies)),
                 candidates=candidates,
                 listener=listener,
-                group_commit=GroupCommit(pool),
+                group_commit=GroupCommit(pool, max_in_flight=writers_per_process(settings.workers)),
                 token_reads=GroupRead(pool, token_store.active_by_keys),
                 token_format=token_format.TokenFormat(),
             )

@@ -41,6 +41,14 @@ MAX_GROUP = 64
 MAX_IN_FLIGHT = 3
 
 
+def writers_per_process(workers: int) -> int:
+    """Mint writers in flight for each of `workers` exchange processes: three for one process, one each
+    for several. PostgreSQL serves every process's writers; with several processes on a host, each has a
+    share of the connections and its groups hold one or two mints, so more writers only mean more
+    transactions and wake-ups per exchange (docs/decisions.md, "One mint writer per process")."""
+    return MAX_IN_FLIGHT if workers == 1 else 1
+
+
 class MintLost(Exception):
     """The connection died while the mint was in flight: it may have committed on server session `backend_pid`."""
 
