@@ -78,6 +78,9 @@ RELAY_LAG = Gauge("tpx_relay_lag_seconds", "Age of the oldest event not yet rela
 QUEUE_DEPTH = Gauge("tpx_queue_depth", "Messages waiting in a queue tpx consumes.", ["queue"],
                     multiprocess_mode="livemax")
 DRAINING = Gauge("tpx_draining", "1 while the service is shutting down.", multiprocess_mode="livemax")
+TOKENS_TIME_STAMPED = Gauge(
+    "tpx_tokens_time_stamped", "1 while this exchange mints time-stamped tokens; 0 while it mints the first format "
+    "(an exchange of an earlier release is connected, or it has just started).", multiprocess_mode="livemin")
 DEPENDENCY_UP = Gauge("tpx_dependency_up", "0 while this process finds the dependency unreachable.", ["dependency"],
                       multiprocess_mode="livemin")
 DEPENDENCY_FAILURES = Counter("tpx_dependency_failures_total", "Operations that found a dependency unreachable.",

@@ -7,6 +7,7 @@ import uuid
 
 import asyncpg
 import pytest
+from prometheus_client import REGISTRY
 
 from tpx.core import tokens
 from tpx.core.db import tokens as token_store
@@ -38,8 +39,10 @@ async def test_first_format_while_an_older_replica_is_connected_time_stamped_aft
             assert tokens.minted_second(token_format.generate()) is None
     await token_format.check(db)
     assert not token_format.time_stamped
+    assert REGISTRY.get_sample_value("tpx_tokens_time_stamped") == 0
     await token_format.check(db)
     assert token_format.time_stamped
+    assert REGISTRY.get_sample_value("tpx_tokens_time_stamped") == 1
     assert tokens.minted_second(token_format.generate()) is not None
     async with older_replica(settings):
         await token_format.check(db)

@@ -21,6 +21,7 @@ from tpx.core import tokens
 from tpx.core.db import tokens as token_store
 from tpx.core.db.pool import UNAVAILABLE_ERRORS
 from tpx.core.logging import get_logger
+from tpx.core.metrics import TOKENS_TIME_STAMPED
 
 log = get_logger(__name__)
 
@@ -56,6 +57,7 @@ class TokenFormat:
             log.info("token_format.changed", minting="time-stamped" if time_stamped else "first format",
                      older_replicas=older)
         self.time_stamped = time_stamped
+        TOKENS_TIME_STAMPED.set(int(time_stamped))
 
     async def run(self, pool: asyncpg.Pool) -> None:
         while True:
