@@ -35,8 +35,11 @@ class TokenFormat:
     """`generate()` makes a token of the format every connected replica reads."""
 
     def __init__(self) -> None:
-        self.time_stamped = False
         self._clear_checks = 0
+
+    @property
+    def time_stamped(self) -> bool:
+        return self._clear_checks >= CLEAR_CHECKS
 
     def generate(self) -> str:
         return tokens.generate() if self.time_stamped else tokens.generate_first_format()
@@ -51,13 +54,12 @@ class TokenFormat:
         except Exception as exc:  # noqa: BLE001 - e.g. pg_stat_activity not readable: mint what every release reads
             log.warning("token_format.check_failed", error=f"{type(exc).__name__}: {exc}"[:300])
             older = None
+        was = self.time_stamped
         self._clear_checks = self._clear_checks + 1 if older == 0 else 0
-        time_stamped = self._clear_checks >= CLEAR_CHECKS
-        if time_stamped != self.time_stamped:
-            log.info("token_format.changed", minting="time-stamped" if time_stamped else "first format",
+        if self.time_stamped != was:
+            log.info("token_format.changed", minting="time-stamped" if self.time_stamped else "first format",
                      older_replicas=older)
-        self.time_stamped = time_stamped
-        TOKENS_TIME_STAMPED.set(int(time_stamped))
+        TOKENS_TIME_STAMPED.set(int(self.time_stamped))
 
     async def run(self, pool: asyncpg.Pool) -> None:
         while True:
